@@ -2,6 +2,15 @@
 
 The released configurations are data, kept here and nowhere else.
 """
+import copy
+import importlib
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 HUB_REPO = "Manmay/tortoise-tts"
 
@@ -28,3 +37,181 @@ RELEASED_CONFIGS = {
                         resblock_kernel_sizes=[3, 7, 11], upsample_kernel_sizes=[16, 16, 4, 4],
                         upsample_initial_channel=512, upsample_factors=[8, 8, 2, 2], cond_channels=1024),
 }
+
+# Small configurations for tests and quick trials: the same architectures, tiny widths and depths. Dimensions that
+# cross model boundaries stay consistent (AR model_dim = diffusion in_latent_channels = HiFi-GAN in/cond channels;
+# diffusion conditioning latent = 2 x model_channels = rlg_diffuser channels).
+TINY_CONFIGS = {
+    "autoregressive": dict(RELEASED_CONFIGS["autoregressive"], layers=2, model_dim=64, heads=4),
+    "diffusion": dict(RELEASED_CONFIGS["diffusion"], model_channels=64, num_layers=2, in_latent_channels=64,
+                      num_heads=2),
+    "clvp": dict(RELEASED_CONFIGS["clvp"], dim_text=32, dim_speech=32, dim_latent=32, text_enc_depth=1,
+                 text_heads=2, speech_enc_depth=1, speech_heads=2),
+    "cvvp": dict(RELEASED_CONFIGS["cvvp"], model_dim=32, transformer_heads=2, conditioning_enc_depth=1,
+                 speech_enc_depth=1),
+    "vocoder": dict(noise_dim=8, channel_size=8),
+    "rlg_auto": dict(channels=64),
+    "rlg_diffuser": dict(channels=128),
+    "classifier": dict(RELEASED_CONFIGS["classifier"], embedding_dim=32, resnet_blocks=1, attn_blocks=1,
+                       num_attn_heads=2, base_channels=8),
+    "hifidecoder": dict(RELEASED_CONFIGS["hifidecoder"], in_channels=64, cond_channels=64,
+                        upsample_initial_channel=32),
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One released checkpoint file and the network it holds."""
+    name: str            # registry key, also the key of its section in a models dir's config.json
+    filename: str        # file name in the hub repository and in a models directory
+    target: str          # "module:Class" of the network
+    state_key: str = ""  # the state dict sits under this key of the saved dict ("" = the dict itself)
+    hub_repo: str = HUB_REPO
+
+
+CHECKPOINTS = {c.name: c for c in (
+    Checkpoint("autoregressive", "autoregressive.pth", "tortoise.models.autoregressive:UnifiedVoice"),
+    Checkpoint("diffusion", "diffusion_decoder.pth", "tortoise.models.diffusion_decoder:DiffusionTts"),
+    Checkpoint("clvp", "clvp2.pth", "tortoise.models.clvp:CLVP"),
+    Checkpoint("cvvp", "cvvp.pth", "tortoise.models.cvvp:CVVP"),
+    Checkpoint("vocoder", "vocoder.pth", "tortoise.models.vocoder:UnivNetGenerator", state_key="model_g"),
+    Checkpoint("rlg_auto", "rlg_auto.pth", "tortoise.models.random_latent_generator:RandomLatentConverter"),
+    Checkpoint("rlg_diffuser", "rlg_diffuser.pth", "tortoise.models.random_latent_generator:RandomLatentConverter"),
+    Checkpoint("classifier", "classifier.pth", "tortoise.models.classifier:AudioMiniEncoderWithClassifierHead"),
+    Checkpoint("hifidecoder", "hifidecoder.pth", "tortoise.models.hifigan_decoder:HifiganGenerator"),
+)}
+
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be found or loaded; the message is one line that says how to fix it."""
+
+
+def default_models_dir():
+    """``$TORTOISE_MODELS_DIR``, else ``~/.cache/tortoise/models`` (the original's location)."""
+    return Path(os.environ.get("TORTOISE_MODELS_DIR") or Path.home() / ".cache" / "tortoise" / "models")
+
+
+def _spec(name):
+    try:
+        return CHECKPOINTS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}") from None
+
+
+def resolve_checkpoint(name, models_dir=None, path=None, download=True):
+    """Path of checkpoint ``name``: an explicit ``path`` > ``models_dir/<file>`` > the hub (cached under models_dir).
+
+    The hub download is the original's (``hf_hub_download(repo, file, cache_dir=models_dir)``), so a models directory
+    filled by the original implementation is found too, and ``HF_HUB_OFFLINE=1`` uses only what is cached there.
+    """
+    spec = _spec(name)
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{name} checkpoint {path} does not exist; check the path you passed")
+        return path
+    models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    local = models_dir / spec.filename
+    if local.is_file():
+        return local
+    if not download:
+        raise CheckpointError(f"{spec.filename} is not in {models_dir}; put it there or pass --models_dir")
+    try:
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(repo_id=spec.hub_repo, filename=spec.filename, cache_dir=str(models_dir)))
+    except Exception as e:  # offline, no network, hub error: one line with the fix
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{spec.filename} is not in {models_dir} and could not be downloaded from the hub repository "
+            f"{spec.hub_repo} ({type(e).__name__}: {reason[:160]}); download it into that directory or pass "
+            f"--models_dir DIR") from e
+
+
+def model_config(name, models_dir=None):
+    """The constructor kwargs of network ``name``: the released config, overridden by ``config.json[name]``."""
+    _spec(name)
+    cfg = copy.deepcopy(RELEASED_CONFIGS[name])
+    models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    cfg_file = models_dir / CONFIG_FILE
+    if cfg_file.is_file():
+        try:
+            overrides = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); fix or delete it") from e
+        cfg.update(overrides.get(name, {}))
+    return cfg
+
+
+def load_state_dict(path, state_key=""):
+    """Read a checkpoint without running code (``weights_only=True``), memory-mapped where the format allows."""
+    path = Path(path)
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) serialisation cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds more than tensors (pickled code or objects) and was refused; "
+                              f"use the released file or re-save it as a plain state dict") from e
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} could not be read ({type(e).__name__}); the file is damaged or not a "
+                              f"checkpoint: download it again") from e
+    if state_key:
+        if not isinstance(sd, dict) or state_key not in sd:
+            raise CheckpointError(f"{path} has no {state_key!r} entry; is it the right checkpoint?")
+        sd = sd[state_key]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} does not hold a state dict; is it the right checkpoint?")
+    return sd
+
+
+def check_state_dict(model, state_dict, source="checkpoint"):
+    """Raise a one-line CheckpointError naming the first missing, unexpected or misshapen key."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state_dict:
+            raise CheckpointError(f"{source} lacks key {key!r} that {type(model).__name__} needs; "
+                                  f"wrong checkpoint or model config")
+        if tuple(state_dict[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, "
+                                  f"{type(model).__name__} expects {tuple(value.shape)}; wrong model config?")
+    for key in state_dict:
+        if key not in expected:
+            raise CheckpointError(f"{source} has unexpected key {key!r} for {type(model).__name__}; "
+                                  f"wrong checkpoint or model config")
+
+
+def model_class(name):
+    module, cls = _spec(name).target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_model(name, config):
+    return model_class(name)(**config)
+
+
+def load_model(name, models_dir=None, path=None, device="cpu", config=None):
+    """Build network ``name`` from its config and load its checkpoint strictly; returned in eval mode on ``device``.
+
+    A network may define ``convert_checkpoint(state_dict) -> state_dict`` (a classmethod mapping legacy key names
+    of released files) and ``prepare_inference()`` (e.g. folding weight norm) and they are applied here.
+    """
+    spec = _spec(name)
+    ckpt = resolve_checkpoint(name, models_dir=models_dir, path=path)
+    cfg = config if config is not None else model_config(name, models_dir)
+    model = build_model(name, cfg)
+    sd = load_state_dict(ckpt, spec.state_key)
+    convert = getattr(model, "convert_checkpoint", None)
+    if convert is not None:
+        sd = convert(sd)
+    check_state_dict(model, sd, source=str(ckpt))
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    prepare = getattr(model, "prepare_inference", None)
+    if prepare is not None:
+        prepare()
+    return model.to(device)
