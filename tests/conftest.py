@@ -1,0 +1,28 @@
+"""Shared test fixtures: tiny random-weight models in the released checkpoint format, parity fixture loading."""
+from pathlib import Path
+
+import pytest
+import torch
+
+PARITY_FIXTURES = Path(__file__).parent / "parity" / "fixtures"
+
+
+def load_parity_fixture(area, name):
+    """A fixture written by ``tests/parity/make_<area>_fixtures.py`` in the original implementation's environment."""
+    return torch.load(PARITY_FIXTURES / area / name, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """A complete models directory of tiny random-weight networks (written once per test session)."""
+    from tortoise.utils.make_test_models import write_models
+    out = tmp_path_factory.mktemp("tiny_models")
+    write_models(out, size="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # The suite must run well on 2 cores; intra-op threads beyond that only add contention.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
