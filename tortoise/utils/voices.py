@@ -1,0 +1,180 @@
+"""Voice directories: find voices, load their clips or saved latents, combine them.
+
+A voice is a directory named after it, holding reference clips (wav / mp3 / flac / ogg) or exactly one ``.pth`` file
+with the tuple (autoregressive latent, diffusion latent) written by ``tortoise-get-conditioning-latents``.
+Voices are searched in the caller's directories first, then in the package's own ``tortoise/voices`` directory
+(which ships no recordings). ``random`` means the random latent generators; ``a&b`` averages voices.
+
+Names and semantics follow the original ``tortoise.utils.audio`` (``get_voices``, ``load_voice``, ``load_voices``);
+differences: a voice name can never leave its directory, bad input raises :class:`VoiceError` with the fix in its
+message, and ``random`` cannot be combined with other voices.
+"""
+import os
+from glob import escape, glob
+
+import torch
+
+BUILTIN_VOICES_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "voices")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
+LATENT_EXTENSION = ".pth"
+AR_SAMPLE_RATE = 22050  # the conditioning clips feed the 22.05 kHz mel of the autoregressive model
+RANDOM_VOICE = "random"
+
+
+class VoiceError(ValueError):
+    """A voice that cannot be found or used; the message says how to fix it."""
+
+
+def check_voice_name(voice):
+    """Refuse a name that could address anything but a direct subdirectory of a voices directory."""
+    if not isinstance(voice, str) or not voice.strip():
+        raise VoiceError("Empty voice name: pass a voice such as --voice random, or list them with --list_voices.")
+    bad = (voice in (".", "..") or voice.startswith(".") or "/" in voice or "\\" in voice or os.sep in voice
+           or (os.altsep and os.altsep in voice) or "\0" in voice or os.path.isabs(voice))
+    if bad:
+        raise VoiceError(f"Invalid voice name {voice!r}: a voice is the name of a directory inside a voices directory "
+                         "(no path separators, no leading dot); pass --voices_dir to add a directory of voices.")
+    return voice
+
+
+def _voice_files(voice_dir):
+    """Sorted clip and latent files directly inside one voice directory."""
+    files = []
+    for ext in AUDIO_EXTENSIONS + (LATENT_EXTENSION,):
+        files += glob(os.path.join(escape(voice_dir), f"*{ext}"))  # escape: a name may hold [ ] * ?
+    return sorted(f for f in files if os.path.isfile(f))
+
+
+def _search_dirs(extra_voice_dirs):
+    extra = [extra_voice_dirs] if isinstance(extra_voice_dirs, str) else list(extra_voice_dirs or [])
+    for d in extra:
+        if not os.path.isdir(d):
+            raise VoiceError(f"Voices directory {d!r} does not exist: create it (one subdirectory per voice) or fix "
+                             "--voices_dir.")
+    dirs = extra
+    if os.path.isdir(BUILTIN_VOICES_DIR):
+        dirs.append(BUILTIN_VOICES_DIR)
+    return dirs
+
+
+def get_voices(extra_voice_dirs=()):
+    """Map each voice name to its files. The caller's directories come first and win over the package's own."""
+    voices = {}
+    for d in _search_dirs(extra_voice_dirs):
+        for sub in sorted(os.listdir(d)):
+            path = os.path.join(d, sub)
+            if sub.startswith(".") or not os.path.isdir(path) or sub in voices:
+                continue
+            voices[sub] = _voice_files(path)
+    return voices
+
+
+def unknown_voice_error(voice, known):
+    shown = ", ".join(sorted(known)[:40]) or "(none)"
+    more = f" and {len(known) - 40} more" if len(known) > 40 else ""
+    return VoiceError(f"Unknown voice {voice!r}. Known voices: random, {shown}{more}. Add one as a directory of clips "
+                      "under a --voices_dir, or pick one with --list_voices.")
+
+
+def load_latents(path):
+    """Read a saved (autoregressive latent, diffusion latent) pair without running any pickled code."""
+    try:
+        latents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or code-carrying pickle: refuse, naming the file
+        raise VoiceError(f"Cannot read voice latents {path!r} ({type(e).__name__}): regenerate it with "
+                         "tortoise-get-conditioning-latents.") from None
+    ok = (isinstance(latents, (tuple, list)) and len(latents) == 2
+          and all(isinstance(t, torch.Tensor) for t in latents))
+    if not ok:
+        raise VoiceError(f"{path!r} does not hold an (autoregressive, diffusion) latent pair: regenerate it with "
+                         "tortoise-get-conditioning-latents.")
+    return tuple(latents)
+
+
+def _load_clip(path, sampling_rate):
+    from tortoise.utils.audio import load_audio
+    try:
+        return load_audio(path, sampling_rate)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VoiceError(f"Cannot read voice clip {path!r}: {msg}. Replace or remove the file.") from None
+
+
+def load_voice(voice, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
+    """Return (clips, None) for a voice of clips, (None, latents) for a voice of one .pth, (None, None) for random.
+
+    Clips are ``[1, N]`` float tensors at ``sampling_rate`` (22.05 kHz, what ``TextToSpeech`` expects).
+    """
+    if voice == RANDOM_VOICE:
+        return None, None
+    check_voice_name(voice)
+    voices = get_voices(extra_voice_dirs)
+    if voice not in voices:
+        raise unknown_voice_error(voice, voices)
+    paths = voices[voice]
+    latents = [p for p in paths if p.endswith(LATENT_EXTENSION)]
+    clips = [p for p in paths if not p.endswith(LATENT_EXTENSION)]
+    if latents and not clips and len(latents) == 1:
+        return None, load_latents(latents[0])
+    if latents:
+        raise VoiceError(f"Voice {voice!r} mixes clips and .pth latents (or holds several .pth files): keep either "
+                         "clips or a single .pth in its directory.")
+    if not clips:
+        raise VoiceError(f"Voice {voice!r} has no clips: put wav/mp3/flac/ogg files (about 10 s each) in its "
+                         "directory.")
+    return [_load_clip(p, sampling_rate) for p in clips], None
+
+
+def average_latents(latents):
+    """Average several (autoregressive, diffusion) latent pairs element-wise, as the original does for a&b."""
+    auto = torch.stack([pair[0] for pair in latents], dim=0).mean(dim=0)
+    diffusion = torch.stack([pair[1] for pair in latents], dim=0).mean(dim=0)
+    return auto, diffusion
+
+
+def load_voices(voices, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
+    """Combine several voices (the parts of ``a&b``): clips are pooled, latents averaged; returns (clips, latents)."""
+    voices = list(voices)
+    if RANDOM_VOICE in voices:
+        if len(voices) > 1:
+            raise VoiceError("The random voice cannot be combined with other voices: use --voice random alone.")
+        return None, None
+    clips, latents = [], []
+    for voice in voices:
+        clip, latent = load_voice(voice, extra_voice_dirs, sampling_rate)
+        if clip is not None:
+            clips.extend(clip)
+        else:
+            latents.append(latent)
+    if clips and latents:
+        raise VoiceError(f"Cannot combine voices of clips with voices of .pth latents ({'&'.join(voices)}): compute "
+                         "latents for every part with tortoise-get-conditioning-latents, or use clips for all.")
+    if latents:
+        return None, average_latents(latents)
+    return clips, None
+
+
+def parse_voice_selection(voice_str, known_voices):
+    """Parse a ``--voice`` value: ``a,b`` renders each, ``a&b`` merges, ``all`` renders every known voice.
+
+    Returns a list of voice groups (each a list of names). Unknown names raise a VoiceError listing the known ones.
+    """
+    if voice_str is None or not voice_str.strip():
+        raise VoiceError("Empty --voice: pass a voice name, 'random', 'all', 'a&b' or 'a,b'.")
+    if voice_str.strip() == "all":
+        if not known_voices:
+            raise VoiceError("--voice all found no voices: add voice directories with --voices_dir.")
+        return [[v] for v in sorted(known_voices)]
+    groups = []
+    for part in voice_str.split(","):
+        names = [n.strip() for n in part.split("&")]
+        for name in names:
+            if name == RANDOM_VOICE:
+                continue
+            check_voice_name(name)
+            if name not in known_voices:
+                raise unknown_voice_error(name, known_voices)
+        if RANDOM_VOICE in names and len(names) > 1:
+            raise VoiceError("The random voice cannot be combined with other voices: use --voice random alone.")
+        groups.append(names)
+    return groups
