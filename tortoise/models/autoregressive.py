@@ -1,0 +1,500 @@
+"""UnifiedVoice: Tortoise's autoregressive text-to-speech-code model, with its own GPT-2 and a fast decode loop.
+
+State-dict compatible with the released `autoregressive.pth` (see `released_to_ours` for the explicit key map).
+Same constructor keywords, submodule names and public methods as the original (`tortoise-tts` 3.0.0):
+`get_conditioning`, `inference_speech`, `forward(..., return_latent=True)`, `post_init_gpt2_config`.
+
+Decoding (`inference_speech`): the prompt (conditioning latent + text + start mel token) is prefilled once per
+distinct prompt and its keys/values broadcast to all `num_return_sequences` rows of a preallocated KV cache; each
+step then feeds one token per row, writes its keys/values in place and computes the mel head on that position only.
+Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.utils.sampling`), so on CPU fp32 the
+same seed gives the same codes as the original.
+
+Mel positions while decoding — a quirk of the original kept on purpose: with `kv_cache=True` the original's
+inference model gives the k-th generated token the learned mel position k + 1 (it derives it from the attention
+mask length, one past the token's own index), while with `kv_cache=False` it recomputes the whole sequence with
+positions 0, 1, 2, ... (as in training). `position_mode="original"` (the default) reproduces whichever the
+`kv_cache` setting implies; "contiguous" gives 0, 1, 2, ... with the fast cached loop (the same codes as the
+original's default `kv_cache=False`, fast); "shifted" forces the +1 quirk.
+"""
+import contextlib
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tortoise.models.arch_util import AttentionBlock
+from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache
+from tortoise.utils.sampling import SamplingOptions, choose_next
+
+POSITION_MODES = ("original", "contiguous", "shifted")
+
+
+def null_position_embeddings(range, dim):
+    return torch.zeros((range.shape[0], range.shape[1], dim), device=range.device)
+
+
+class ResBlock(nn.Module):
+    """Residual conv block with GroupNorm (used by MelEncoder)."""
+
+    def __init__(self, chan):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(chan, chan, kernel_size=3, padding=1),
+            nn.GroupNorm(chan // 8, chan),
+            nn.ReLU(),
+            nn.Conv1d(chan, chan, kernel_size=3, padding=1),
+            nn.GroupNorm(chan // 8, chan),
+        )
+
+    def forward(self, x):
+        return F.relu(self.net(x) + x)
+
+
+class ConditioningEncoder(nn.Module):
+    """Mel (B, 80, S) -> one conditioning vector (B, d): a 1x1 conv then attention blocks; first frame (or mean)."""
+
+    def __init__(self, spec_dim, embedding_dim, attn_blocks=6, num_attn_heads=4, do_checkpointing=False, mean=False):
+        super().__init__()
+        self.init = nn.Conv1d(spec_dim, embedding_dim, kernel_size=1)
+        self.attn = nn.Sequential(*[AttentionBlock(embedding_dim, num_attn_heads) for _ in range(attn_blocks)])
+        self.dim = embedding_dim
+        self.do_checkpointing = do_checkpointing
+        self.mean = mean
+
+    def forward(self, x):
+        h = self.attn(self.init(x))  # (B, d, S)
+        return h.mean(dim=2) if self.mean else h[:, :, 0]
+
+
+class LearnedPositionEmbeddings(nn.Module):
+    def __init__(self, seq_len, model_dim, init=.02):
+        super().__init__()
+        self.emb = nn.Embedding(seq_len, model_dim)
+        self.emb.weight.data.normal_(mean=0.0, std=init)
+
+    def forward(self, x):  # (B, S, ...) -> (S, d) positions 0..S-1
+        return self.emb.weight[:x.shape[1]]
+
+    def get_fixed_embedding(self, ind, dev):  # -> (1, 1, d)
+        return self.emb(torch.tensor([ind], device=dev)).unsqueeze(0)
+
+    def check_range(self, last_index):
+        if last_index >= self.emb.num_embeddings:
+            raise ValueError(f"mel position {last_index} exceeds the model's {self.emb.num_embeddings} learned "
+                             f"positions; lower max_generate_length (or the length of input_tokens)")
+
+
+def build_hf_gpt_transformer(layers, model_dim, heads, max_mel_seq_len, max_text_seq_len, checkpointing):
+    """The GPT-2 stack (no token/position embeddings) and the learned mel and text position embeddings."""
+    cfg = GPT2Config(n_embd=model_dim, n_layer=layers, n_head=heads, n_positions=max_mel_seq_len + max_text_seq_len)
+    return (GPT2Model(cfg), LearnedPositionEmbeddings(max_mel_seq_len, model_dim),
+            LearnedPositionEmbeddings(max_text_seq_len, model_dim), None, None)
+
+
+class MelEncoder(nn.Module):
+    def __init__(self, channels, mel_channels=80, resblocks_per_reduction=2):
+        super().__init__()
+        self.channels = channels
+        self.encoder = nn.Sequential(
+            nn.Conv1d(mel_channels, channels // 4, kernel_size=3, padding=1),
+            nn.Sequential(*[ResBlock(channels // 4) for _ in range(resblocks_per_reduction)]),
+            nn.Conv1d(channels // 4, channels // 2, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(channels // 16, channels // 2),
+            nn.ReLU(),
+            nn.Sequential(*[ResBlock(channels // 2) for _ in range(resblocks_per_reduction)]),
+            nn.Conv1d(channels // 2, channels, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(channels // 8, channels),
+            nn.ReLU(),
+            nn.Sequential(*[ResBlock(channels) for _ in range(resblocks_per_reduction)]),
+        )
+        self.reduction = 4
+
+    def forward(self, x):  # (B, 80, S) -> (B, S/4, channels)
+        return self.encoder(x).permute(0, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint key map
+
+def _is_legacy_attention_buffer(key):
+    """HF GPT-2 < 4.2x saved its causal mask (`attn.bias`, (1,1,n,n) tril) and `attn.masked_bias` (-1e4)."""
+    return key.startswith("gpt.h.") and (key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"))
+
+
+# Modules the original aliases after `post_init_gpt2_config` (same tensors under a second name).
+_ALIAS_PREFIXES = ("inference_model.", "gpt.wte.")
+
+
+def released_to_ours(state_dict):
+    """Map a released-format UnifiedVoice state dict onto ours.
+
+    Dropped, with a check of what they are: the legacy per-layer attention buffers `gpt.h.N.attn.bias` (the causal
+    mask) and `gpt.h.N.attn.masked_bias` (a constant) that checkpoints saved with older transformers contain and the
+    original ignores (it loads with strict=False); and the aliases a model saved after `post_init_gpt2_config`
+    carries (`gpt.wte.*` = `mel_embedding.*`, `inference_model.*` = the gpt, mel embeddings, norm and head).
+    Everything else is kept as is and must then match strictly.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if _is_legacy_attention_buffer(key):
+            _check_legacy_buffer(key, value)
+        elif not key.startswith(_ALIAS_PREFIXES):
+            out[key] = value
+    return out
+
+
+def _check_legacy_buffer(key, value):
+    if key.endswith("masked_bias"):
+        ok = value.numel() == 1
+    else:
+        n = value.shape[-1]
+        ok = value.dim() == 4 and value.shape[:2] == (1, 1) and value.shape[2] == n and bool(
+            torch.equal(value[0, 0].bool(), torch.ones(n, n, dtype=torch.bool).tril()))
+    if not ok:
+        raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}) is not the GPT-2 causal-mask buffer it "
+                         f"is expected to be; the file is not a Tortoise autoregressive checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Device helpers (kept local and small; the `xpu` device layer answers when it is installed)
+
+def _autocast(device, enabled):
+    if not enabled:
+        return contextlib.nullcontext()
+    try:
+        import xpu
+        if hasattr(xpu, "autocast"):
+            return xpu.autocast(device)
+    except ImportError:
+        pass
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _is_oom(err):
+    try:
+        import xpu
+        if hasattr(xpu, "is_oom_error"):
+            return bool(xpu.is_oom_error(err))
+    except ImportError:
+        pass
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower() or "OUT_OF_" in text
+
+
+def _compute_dtype(device, param_dtype):
+    """dtype activations (and so the KV cache) take here: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return param_dtype
+
+
+class UnifiedVoice(nn.Module):
+    def __init__(self, layers=8, model_dim=512, heads=8, max_text_tokens=120, max_mel_tokens=250,
+                 max_conditioning_inputs=1, mel_length_compression=1024, number_text_tokens=256,
+                 start_text_token=None, number_mel_codes=8194, start_mel_token=8192,
+                 stop_mel_token=8193, train_solo_embeddings=False, use_mel_codes_as_input=True,
+                 checkpointing=True, types=1):
+        """Arguments as the original: transformer depth/width/heads, token budgets (max_text_tokens,
+        max_mel_tokens, max_conditioning_inputs), mel_length_compression (wav samples per mel code), vocabulary
+        sizes and special tokens. `checkpointing` is accepted and unused (inference only)."""
+        super().__init__()
+        self.number_text_tokens = number_text_tokens
+        self.start_text_token = number_text_tokens * types if start_text_token is None else start_text_token
+        self.stop_text_token = 0
+        self.number_mel_codes = number_mel_codes
+        self.start_mel_token = start_mel_token
+        self.stop_mel_token = stop_mel_token
+        self.layers = layers
+        self.heads = heads
+        self.max_mel_tokens = max_mel_tokens
+        self.max_text_tokens = max_text_tokens
+        self.model_dim = model_dim
+        self.max_conditioning_inputs = max_conditioning_inputs
+        self.mel_length_compression = mel_length_compression
+        self.conditioning_encoder = ConditioningEncoder(80, model_dim, num_attn_heads=heads)
+        self.text_embedding = nn.Embedding(self.number_text_tokens * types + 1, model_dim)
+        if use_mel_codes_as_input:
+            self.mel_embedding = nn.Embedding(self.number_mel_codes, model_dim)
+        else:
+            self.mel_embedding = MelEncoder(model_dim, resblocks_per_reduction=1)
+        (self.gpt, self.mel_pos_embedding, self.text_pos_embedding, self.mel_layer_pos_embedding,
+         self.text_layer_pos_embedding) = build_hf_gpt_transformer(
+            layers, model_dim, heads, self.max_mel_tokens + 2 + self.max_conditioning_inputs,
+            self.max_text_tokens + 2, checkpointing)
+        if train_solo_embeddings:
+            self.mel_solo_embedding = nn.Parameter(torch.randn(1, 1, model_dim) * .02, requires_grad=True)
+            self.text_solo_embedding = nn.Parameter(torch.randn(1, 1, model_dim) * .02, requires_grad=True)
+        else:
+            self.mel_solo_embedding = 0
+            self.text_solo_embedding = 0
+        self.final_norm = nn.LayerNorm(model_dim)
+        self.text_head = nn.Linear(model_dim, self.number_text_tokens * types + 1)
+        self.mel_head = nn.Linear(model_dim, self.number_mel_codes)
+        embeddings = [self.text_embedding] + ([self.mel_embedding] if use_mel_codes_as_input else [])
+        for module in embeddings:
+            module.weight.data.normal_(mean=0.0, std=.02)
+        self.kv_cache = False
+        self.half = False
+        self.position_mode = "original"
+        self._compiled_step = None
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Loads our own or a released-format state dict (see `released_to_ours` for what is dropped and why)."""
+        return super().load_state_dict(released_to_ours(state_dict), strict=strict, assign=assign)
+
+    def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=False, half=False, *, position_mode="original",
+                              compile=False):
+        """Inference settings (the original built its HF inference model here). `use_deepspeed` is accepted and
+        ignored (no DeepSpeed kernels here); `kv_cache` picks the cached loop (True) or recomputation (False);
+        `half` runs decoding under autocast in the device's half dtype; `compile` torch.compiles the fixed-shape
+        decode step (cached loop only); `position_mode` see the module docstring."""
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        if use_deepspeed:
+            warnings.warn("use_deepspeed is ignored: this implementation has its own fused decode loop")
+        self.kv_cache, self.half, self.position_mode = bool(kv_cache), bool(half), position_mode
+        self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False) if compile else None
+        self.eval()
+
+    # -- teacher-forced forward (training layout; also the latent pass) -----------------------------------------------
+    def build_aligned_inputs_and_targets(self, input, start_token, stop_token):
+        return F.pad(input, (1, 0), value=start_token), F.pad(input, (0, 1), value=stop_token)
+
+    def set_mel_padding(self, mel_input_tokens, wav_lengths):
+        """Replace codes past each clip's true length (+1) with the stop token (returns a new tensor)."""
+        mel_lengths = torch.div(wav_lengths, self.mel_length_compression, rounding_mode='trunc')
+        positions = torch.arange(mel_input_tokens.shape[-1], device=mel_input_tokens.device)
+        past_end = positions[None, :] >= (mel_lengths[:, None] + 1)
+        return mel_input_tokens.masked_fill(past_end, self.stop_mel_token)
+
+    def get_logits(self, speech_conditioning_inputs, first_inputs, first_head, second_inputs=None, second_head=None,
+                   get_attns=False, return_latent=False):
+        parts = [speech_conditioning_inputs, first_inputs] + ([second_inputs] if second_inputs is not None else [])
+        gpt_out = self.gpt(inputs_embeds=torch.cat(parts, dim=1), return_dict=True, output_attentions=get_attns)
+        if get_attns:
+            return gpt_out.attentions
+        enc = gpt_out.last_hidden_state[:, 1:]  # the first position belongs to the conditioning input
+        n_cond, n_first = speech_conditioning_inputs.shape[1], first_inputs.shape[1]
+        if return_latent:
+            first = self.final_norm(enc[:, n_cond:n_cond + n_first])
+            return first, self.final_norm(enc[:, -second_inputs.shape[1]:])
+        enc = self.final_norm(enc)
+        first_logits = first_head(enc[:, :n_first]).permute(0, 2, 1)
+        if second_inputs is None:
+            return first_logits
+        return first_logits, second_head(enc[:, -second_inputs.shape[1]:]).permute(0, 2, 1)
+
+    def get_conditioning(self, speech_conditioning_input):
+        """(B, 80, S) or (B, N, 80, S) mels -> (B, d): the mean over the N clips of the conditioning encoder."""
+        if speech_conditioning_input.dim() == 3:
+            speech_conditioning_input = speech_conditioning_input.unsqueeze(1)
+        conds = [self.conditioning_encoder(speech_conditioning_input[:, j])
+                 for j in range(speech_conditioning_input.shape[1])]
+        return torch.stack(conds, dim=1).mean(dim=1)
+
+    def forward(self, speech_conditioning_latent, text_inputs, text_lengths, mel_codes, wav_lengths, types=None,
+                text_first=True, raw_mels=None, return_attentions=False, return_latent=False, clip_inputs=True):
+        """Teacher-forced pass. speech_conditioning_latent (b, d); text_inputs (b, t); text_lengths (b,);
+        mel_codes (b, m); wav_lengths (b,). Returns (text loss, mel loss, mel logits (b, V, m+2)); with
+        return_attentions the attentions (sic: the original returns the mel logits variable, holding them);
+        with return_latent the final-norm hidden states (b, m, d) that predict each code."""
+        if types is not None:
+            text_inputs = text_inputs * (1 + types).unsqueeze(-1)
+        if clip_inputs:
+            text_inputs = text_inputs[:, :text_lengths.max()]
+            max_mel_len = wav_lengths.max() // self.mel_length_compression
+            mel_codes = mel_codes[:, :max_mel_len]
+            if raw_mels is not None:
+                raw_mels = raw_mels[:, :, :max_mel_len * 4]
+        mel_codes = self.set_mel_padding(mel_codes, wav_lengths)
+        text_inputs = F.pad(text_inputs, (0, 1), value=self.stop_text_token)
+        mel_codes = F.pad(mel_codes, (0, 1), value=self.stop_mel_token)
+        conds = speech_conditioning_latent.unsqueeze(1)
+        text_inputs, text_targets = self.build_aligned_inputs_and_targets(
+            text_inputs, self.start_text_token, self.stop_text_token)
+        text_emb = self.text_embedding(text_inputs) + self.text_pos_embedding(text_inputs)
+        mel_codes, mel_targets = self.build_aligned_inputs_and_targets(
+            mel_codes, self.start_mel_token, self.stop_mel_token)
+        mel_inp = F.pad(raw_mels, (0, 8)) if raw_mels is not None else mel_codes
+        mel_emb = self.mel_embedding(mel_inp) + self.mel_pos_embedding(mel_codes)
+        if text_first:
+            text_logits, mel_logits = self.get_logits(conds, text_emb, self.text_head, mel_emb, self.mel_head,
+                                                      get_attns=return_attentions, return_latent=return_latent)
+            if return_latent:
+                return mel_logits[:, :-2]  # strip the two tokens this pass added
+        else:
+            mel_logits, text_logits = self.get_logits(conds, mel_emb, self.mel_head, text_emb, self.text_head,
+                                                      get_attns=return_attentions, return_latent=return_latent)
+            if return_latent:
+                return text_logits[:, :-2]
+        if return_attentions:
+            return mel_logits
+        loss_text = F.cross_entropy(text_logits, text_targets.long())
+        loss_mel = F.cross_entropy(mel_logits, mel_targets.long())
+        return loss_text.mean(), loss_mel.mean(), mel_logits
+
+    def latents_for_codes(self, speech_conditioning_latent, text_inputs, codes, code_lengths=None, batch_size=None):
+        """The latent pass for many code sequences: (1, d) latent, (1, t) text, (N, W) codes -> (N, L, d) with
+        L = max(code_lengths) (W when not given). Rows are padded only to the longest sample; since the model is
+        causal, row i's first code_lengths[i] latents equal the original's `forward(..., return_latent=True,
+        clip_inputs=False)` on the same codes padded to any width."""
+        n = codes.shape[0]
+        width = int(code_lengths.max()) if code_lengths is not None else codes.shape[1]
+        codes = codes[:, :width]
+        batch_size = batch_size or n
+        out = []
+        for start in range(0, n, batch_size):
+            chunk = codes[start:start + batch_size]
+            b = chunk.shape[0]
+            out.append(self(speech_conditioning_latent.expand(b, -1), text_inputs.expand(b, -1),
+                            torch.tensor([text_inputs.shape[-1]], device=codes.device), chunk,
+                            torch.tensor([width * self.mel_length_compression], device=codes.device),
+                            return_latent=True, clip_inputs=False))
+        return torch.cat(out, dim=0)
+
+    # -- decoding ---------------------------------------------------------------------------------------------------
+    def compute_embeddings(self, cond_latents, text_inputs):
+        """(b, d), (b, t) -> (b, 1 + t + 2, d): conditioning latent, then [start, text..., stop] with positions."""
+        text_inputs = F.pad(text_inputs, (0, 1), value=self.stop_text_token)
+        text_inputs = F.pad(text_inputs, (1, 0), value=self.start_text_token)
+        emb = self.text_embedding(text_inputs) + self.text_pos_embedding(text_inputs)
+        return torch.cat([cond_latents.unsqueeze(1), emb], dim=1)
+
+    def _mel_step_embedding(self, tokens, position):  # (B,) long, int or 0-d tensor -> (B, 1, d)
+        return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[position]).unsqueeze(1)
+
+    def _head(self, hidden):  # (B, d) -> (B, V) float32 logits
+        return self.mel_head(self.final_norm(hidden)).float()
+
+    def _position_offset(self):
+        mode = self.position_mode
+        return 1 if mode == "shifted" or (mode == "original" and self.kv_cache) else 0
+
+    def inference_speech(self, speech_conditioning_latent, text_inputs, input_tokens=None, num_return_sequences=1,
+                         max_generate_length=None, typical_sampling=False, typical_mass=.9, *, batch_size=None,
+                         **hf_generate_kwargs):
+        """Generate mel codes. speech_conditioning_latent (b, d), text_inputs (b, t) -> (b * n, steps) long codes
+        after the prompt, each row ending in the stop token and padded with it (as HF `generate` returns them).
+        Keywords as the original's HF generate: do_sample, temperature, top_k, top_p, typical_p,
+        repetition_penalty, length_penalty (no effect, as in HF). `batch_size` caps the rows decoded at once
+        (an out-of-memory error halves it and retries, with a warning)."""
+        opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
+        max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
+        with torch.no_grad(), _autocast(text_inputs.device, self.half):
+            prompt, prompt_ids, row_map = self._build_prompt(speech_conditioning_latent, text_inputs, input_tokens,
+                                                             num_return_sequences)
+            self.mel_pos_embedding.check_range(prompt_ids.shape[1] - prompt.shape[1] + max_new
+                                               + self._position_offset())
+            return self._decode_in_chunks(prompt, prompt_ids, row_map, max_new, opts, batch_size)
+
+    def _build_prompt(self, cond_latent, text_inputs, input_tokens, n):
+        """-> prompt embeddings (u, P, d) of the u distinct prompts, HF's prompt ids (u, P + 1) (what the
+        repetition penalty sees: ones, then the start token, then input_tokens) and row_map (B,) prompt per row."""
+        emb = self.compute_embeddings(cond_latent, text_inputs)  # (b, P0, d)
+        b, p0 = emb.shape[:2]
+        if input_tokens is None:
+            mel_tokens = torch.full((b, 1), self.start_mel_token, dtype=torch.long, device=emb.device)
+            row_map = torch.arange(b, device=emb.device).repeat_interleave(n)
+        else:
+            if b != 1 or n % input_tokens.shape[0] != 0:
+                raise ValueError("input_tokens needs one conditioning latent/text row and num_return_sequences "
+                                 "divisible by its number of rows")
+            r = input_tokens.shape[0]
+            start = torch.full((r, 1), self.start_mel_token, dtype=torch.long, device=emb.device)
+            mel_tokens = torch.cat([start, input_tokens.long()], dim=1)
+            emb = emb.expand(r, -1, -1)
+            # the original tiles input_tokens to n rows, then HF expands each row n times: n * n rows
+            row_map = (torch.arange(n, device=emb.device) % r).repeat_interleave(n)
+        mel_emb = self.mel_embedding(mel_tokens) + self.mel_pos_embedding(mel_tokens)
+        ones = torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=emb.device)
+        return torch.cat([emb, mel_emb], dim=1), torch.cat([ones, mel_tokens], dim=1), row_map
+
+    def _decode_in_chunks(self, prompt, prompt_ids, row_map, max_new, opts, batch_size):
+        rows = row_map.shape[0]
+        batch_size = min(batch_size or rows, rows)
+        outputs, start = [], 0
+        while start < rows:
+            chunk = row_map[start:start + batch_size]
+            try:
+                outputs.append(self._decode_rows(prompt, prompt_ids, chunk, max_new, opts))
+            except RuntimeError as err:
+                if not _is_oom(err) or batch_size == 1:
+                    raise
+                batch_size //= 2
+                warnings.warn(f"out of memory while decoding; retrying with batch size {batch_size}")
+                continue
+            start += chunk.shape[0]
+        width = max(o.shape[1] for o in outputs)
+        return torch.cat([F.pad(o, (0, width - o.shape[1]), value=self.stop_mel_token) for o in outputs], dim=0)
+
+    def _decode_rows(self, prompt, prompt_ids, row_map, max_new, opts):
+        """Decode len(row_map) rows -> (B, steps) codes. The HF-style loop: sample every row at every step (so the
+        random stream matches), rows that have produced the stop token keep emitting it, stop when all have."""
+        rows = row_map.shape[0]
+        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=prompt.device)
+        seen.scatter_(1, prompt_ids[row_map], True)
+        out = torch.full((rows, max_new), self.stop_mel_token, dtype=torch.long, device=prompt.device)
+        unfinished = torch.ones(rows, dtype=torch.bool, device=prompt.device)
+        next_logits = self._logit_source(prompt, prompt_ids.shape[1] - prompt.shape[1], row_map, max_new)
+        steps = 0
+        for t in range(max_new):
+            scores = next_logits(out[:, t - 1] if t else None, t)
+            token = torch.where(unfinished, choose_next(scores, seen, opts), self.stop_mel_token)
+            out[:, t] = token
+            seen.scatter_(1, token[:, None], True)
+            unfinished &= token != self.stop_mel_token
+            steps = t + 1
+            if not bool(unfinished.any()):
+                break
+        return out[:, :steps]
+
+    def _logit_source(self, prompt, n_mel_prompt, row_map, max_new):
+        """A function (previous tokens (B,) or None, step t) -> (B, V) logits for token t. n_mel_prompt: mel tokens
+        in the prompt (start + input_tokens); the token generated at step t - 1 sits at mel position
+        n_mel_prompt + t - 1 (+1 with the cached-path quirk)."""
+        offset = self._position_offset()
+        if not self.kv_cache:
+            return self._recompute_source(prompt, n_mel_prompt, row_map, offset)
+        prompt_len = prompt.shape[1]
+        dtype = _compute_dtype(prompt.device, prompt.dtype)
+        small = self.gpt.new_cache(prompt.shape[0], prompt_len, prompt.to(dtype))
+        first = self._head(self.gpt.prefill(prompt, small)[:, -1])[row_map]  # prefill once per distinct prompt
+        cache = self.gpt.new_cache(row_map.shape[0], prompt_len + max_new - 1, first.to(dtype))
+        cache.broadcast_from(small, row_map, prompt_len)
+        del small
+
+        def logits(prev, t):
+            if t == 0:
+                return first
+            mel_pos, cache_pos = n_mel_prompt + t - 1 + offset, prompt_len + t - 1
+            if self._compiled_step is not None:
+                dev = prev.device
+                return self._compiled_step(prev, torch.tensor(mel_pos, device=dev), cache.data,
+                                           torch.tensor(cache_pos, device=dev))
+            x = self._mel_step_embedding(prev, mel_pos)
+            return self._head(self.gpt.step(x, cache, cache_pos)[:, 0])
+        return logits
+
+    def _step_logits_fixed(self, prev, mel_pos, cache_data, cache_pos):
+        """The fixed-shape step torch.compile compiles: every tensor's shape is the same at every step."""
+        x = self._mel_step_embedding(prev, mel_pos)
+        return self._head(self.gpt.step(x, KVCache(cache_data), cache_pos, fixed_shape=True)[:, 0])
+
+    def _recompute_source(self, prompt, n_mel_prompt, row_map, offset):
+        """kv_cache=False: rerun the whole sequence at every step (as the original without a cache)."""
+        generated = []
+
+        def logits(prev, t):
+            if t == 0:
+                return self._head(self.gpt(inputs_embeds=prompt).last_hidden_state[:, -1])[row_map]
+            generated.append(prev)
+            tokens = torch.stack(generated, dim=1)  # (B, t)
+            positions = torch.arange(t, device=prompt.device) + n_mel_prompt + offset
+            gen = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[positions]
+            x = torch.cat([prompt[row_map], gen], dim=1)  # (B, P + t, d)
+            return self._head(self.gpt(inputs_embeds=x).last_hidden_state[:, -1])
+        return logits

@@ -1,0 +1,187 @@
+"""A plain PyTorch GPT-2 stack laid out exactly like the checkpoint's Hugging Face `GPT2Model` (no embeddings).
+
+Parameter names and layouts are those of HF GPT-2 as Tortoise uses it: `h.N.ln_1`, `h.N.attn.c_attn` (a `Conv1D`
+whose weight is stored [in, out]), `h.N.attn.c_proj`, `h.N.ln_2`, `h.N.mlp.c_fc`, `h.N.mlp.c_proj`, `ln_f`.
+Tortoise deletes GPT-2's token and position embeddings (`wte`, `wpe`), so this module has none: it maps input
+embeddings (B, S, d) to hidden states (B, S, d).
+
+Three ways to run it:
+- `forward(x)`: the whole sequence, causal (training / teacher forcing / recompute decoding);
+- `prefill(x, cache)`: the same, also writing every layer's keys and values into a preallocated `KVCache`;
+- `step(x, cache, pos)`: one new position per row, its keys/values written in place at `pos`, attending to the
+  cache up to `pos`. With `fixed_shape=True` the step attends to the whole cache under a mask, so every step has the
+  same shapes (what `torch.compile` wants); otherwise it attends to the slice `[:pos + 1]`.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_positions: int  # kept for the record: HF used it for its causal-mask buffer; we need no buffer
+    layer_norm_epsilon: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Conv1D(nn.Module):
+    """HF GPT-2's linear layer: y = x @ weight + bias with weight stored [in, out]."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(std=0.02))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):  # (..., in) -> (..., out)
+        shape = x.shape[:-1] + (self.weight.shape[1],)
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated once: (layers, 2, B, H, T, D), written in place."""
+
+    def __init__(self, data: torch.Tensor):
+        self.data = data  # (layers, 2, B, H, T, D)
+
+    @classmethod
+    def allocate(cls, cfg: GPT2Config, batch: int, length: int, device, dtype) -> "KVCache":
+        return cls(torch.zeros(cfg.n_layer, 2, batch, cfg.n_head, length, cfg.head_dim, device=device, dtype=dtype))
+
+    @property
+    def length(self) -> int:
+        return self.data.shape[4]
+
+    def layer(self, i: int):  # -> k, v: (B, H, T, D)
+        return self.data[i, 0], self.data[i, 1]
+
+    def broadcast_from(self, other: "KVCache", rows: torch.Tensor, n_positions: int):
+        """Fill positions [:n_positions] of every row from row `rows[b]` of `other` (prefill once, share it)."""
+        src = other.data[:, :, :, :, :n_positions]
+        self.data[:, :, :, :, :n_positions] = src.index_select(2, rows.to(src.device))
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
+
+    def _heads(self, x):  # (B, S, 3d) -> q, k, v each (B, H, S, D)
+        b, s, _ = x.shape
+        qkv = x.view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _merge(self, y):  # (B, H, S, D) -> (B, S, d)
+        b, h, s, d = y.shape
+        return self.c_proj(y.transpose(1, 2).reshape(b, s, h * d))
+
+    def forward(self, x, kv=None, output_attentions=False):
+        """Causal self-attention over the whole sequence; optionally stores k, v into kv[0], kv[1] at [:S]."""
+        q, k, v = self._heads(self.c_attn(x))
+        if kv is not None:
+            kv[0][:, :, :k.shape[2]] = k
+            kv[1][:, :, :v.shape[2]] = v
+        if output_attentions:
+            weights = _causal_attention_weights(q, k)
+            return self._merge(weights @ v), weights
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True)), None
+
+    def step(self, x, kv, pos, fixed_shape=False):
+        """x: (B, 1, d), kv: cache views (B, H, T, D); pos: int (or 0-d long tensor when fixed_shape)."""
+        q, k, v = self._heads(self.c_attn(x))
+        k_cache, v_cache = kv
+        if fixed_shape:
+            index = pos.view(1)
+            k_cache.index_copy_(2, index, k)
+            v_cache.index_copy_(2, index, v)
+            mask = torch.arange(k_cache.shape[2], device=x.device) <= pos  # (T,)
+            y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        else:
+            k_cache[:, :, pos] = k[:, :, 0]
+            v_cache[:, :, pos] = v[:, :, 0]
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1])
+        return self._merge(y)
+
+
+def _causal_attention_weights(q, k):  # (B, H, S, D) x2 -> (B, H, S, S) softmax weights, as HF returns them
+    s = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, torch.finfo(scores.dtype).min).softmax(-1)
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # HF "gelu_new"
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = GPT2Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = GPT2MLP(cfg)
+
+    def forward(self, x, kv=None, output_attentions=False):
+        a, weights = self.attn(self.ln_1(x), kv, output_attentions)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), weights
+
+    def step(self, x, kv, pos, fixed_shape=False):
+        x = x + self.attn.step(self.ln_1(x), kv, pos, fixed_shape)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPT2Output:
+    last_hidden_state: torch.Tensor  # (B, S, d)
+    attentions: tuple = None  # per layer (B, H, S, S) when asked for
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.config = cfg
+        self.h = nn.ModuleList([GPT2Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+
+    def forward(self, inputs_embeds, output_attentions=False, return_dict=True):
+        """inputs_embeds: (B, S, d) -> GPT2Output (last_hidden_state after ln_f)."""
+        x, attentions = inputs_embeds, []
+        for block in self.h:
+            x, weights = block(x, output_attentions=output_attentions)
+            attentions.append(weights)
+        out = GPT2Output(self.ln_f(x), tuple(attentions) if output_attentions else None)
+        return out if return_dict else (out.last_hidden_state,)
+
+    def new_cache(self, batch: int, length: int, like: torch.Tensor) -> KVCache:
+        return KVCache.allocate(self.config, batch, length, like.device, like.dtype)
+
+    def prefill(self, inputs_embeds, cache: KVCache):
+        """(B, S, d) -> (B, S, d) hidden states after ln_f; writes positions [:S] of `cache` (batch B)."""
+        x = inputs_embeds
+        for i, block in enumerate(self.h):
+            x, _ = block(x, kv=cache.layer(i))
+        return self.ln_f(x)
+
+    def step(self, x, cache: KVCache, pos, fixed_shape=False):
+        """One position per row: x (B, 1, d) -> (B, 1, d) after ln_f; writes position `pos` of `cache`."""
+        for i, block in enumerate(self.h):
+            x = block.step(x, cache.layer(i), pos, fixed_shape)
+        return self.ln_f(x)
