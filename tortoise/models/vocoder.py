@@ -1,0 +1,299 @@
+"""Vocoders: 100-band 24 kHz log-mel spectrogram -> 24 kHz waveform.
+
+``UnivNetGenerator`` is Tortoise's vocoder (released ``vocoder.pth``, state dict under ``model_g``), with the original's
+constructor keyword arguments, parameter names and ``inference(c, z=None)``. Released checkpoints store every
+convolution with weight norm (``weight_g`` / ``weight_v``); this implementation keeps plain folded ``weight`` tensors
+(what the original holds after ``eval(inference=True)``) and folds a weight-normed state dict while loading it, so the
+released file loads with ``strict=True``.
+
+The location-variable convolution (a 3-tap convolution whose kernel changes every mel frame) runs as batched matrix
+products over frames, read straight from the activations through strided views, with the kernel predictor's output
+channels reordered so that every frame's kernel is a contiguous matrix. The original builds the same sums with
+unfold + einsum, which copies the activations several times.
+
+``load_vocoder(name, path, device)`` gives UnivNet and BigVGAN (``tortoise.models.bigvgan``) one call signature:
+``mel [B, 100, T] -> wav [B, 1, T * 256]`` at 24 kHz.
+"""
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MAX_WAV_VALUE = 32768.0
+SILENCE_MEL = -11.5129        # log(1e-5): a silent frame of the log-mel, appended before vocoding
+INFERENCE_PAD_FRAMES = 10     # silent frames appended by inference(), their samples trimmed afterwards
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weight norm: released checkpoints hold (weight_g, weight_v); we keep weight = g * v / ||v|| (norm over all but dim 0)
+# ----------------------------------------------------------------------------------------------------------------
+def fold_weight_norm(state_dict):
+    """Return a copy of ``state_dict`` with every ``*.weight_g`` / ``*.weight_v`` pair folded into ``*.weight``.
+
+    The fold is ``torch._weight_norm(v, g, 0)``, the op ``torch.nn.utils.remove_weight_norm`` runs, so the folded
+    weights are bit-identical to the original's after ``eval(inference=True)``. Other keys pass through unchanged.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("weight_g"):
+            continue
+        if key.endswith("weight_v"):
+            stem = key[: -len("_v")]
+            g = state_dict.get(stem + "_g")
+            if g is None:
+                raise KeyError(f"{key} has no matching {stem}_g; the checkpoint is damaged or not weight-normed")
+            out[stem] = torch._weight_norm(value, g, 0)
+        else:
+            out[key] = value
+    for key in state_dict:
+        if key.endswith("weight_g") and key[: -len("_g")] + "_v" not in state_dict:
+            raise KeyError(f"{key} has no matching weight_v; the checkpoint is damaged")
+    return out
+
+
+def _fold_weight_norm_pre_hook(module, state_dict, prefix, *args):
+    """load_state_dict pre-hook: fold weight-normed keys in place so a released checkpoint loads with strict=True."""
+    mine = {k: v for k, v in state_dict.items() if k.startswith(prefix) and k.endswith(("weight_g", "weight_v"))}
+    if not mine:
+        return
+    for key in mine:
+        del state_dict[key]
+    state_dict.update(fold_weight_norm(mine))
+
+
+class WeightNormFolding:
+    """Mixin for inference networks stored with weight norm: ``load_state_dict`` accepts both the weight-normed
+    (released) and the folded layout; ``convert_checkpoint`` maps a released state dict to our keys."""
+
+    def _register_weight_norm_folding(self):
+        self.register_load_state_dict_pre_hook(_fold_weight_norm_pre_hook)
+
+    @classmethod
+    def convert_checkpoint(cls, state_dict):
+        return fold_weight_norm(state_dict)
+
+    def remove_weight_norm(self):
+        """No-op kept for API compatibility: weights are always stored folded."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# UnivNet
+# ----------------------------------------------------------------------------------------------------------------
+class KernelPredictor(nn.Module):
+    """Predicts, from the mel, the per-frame kernels and biases of an LVC block's location-variable convolutions."""
+
+    def __init__(self, cond_channels, conv_in_channels, conv_out_channels, conv_layers, conv_kernel_size=3,
+                 kpnet_hidden_channels=64, kpnet_conv_size=3, kpnet_dropout=0.0,
+                 kpnet_nonlinear_activation="LeakyReLU", kpnet_nonlinear_activation_params={"negative_slope": 0.1}):
+        super().__init__()
+        self.conv_in_channels = conv_in_channels
+        self.conv_out_channels = conv_out_channels
+        self.conv_kernel_size = conv_kernel_size
+        self.conv_layers = conv_layers
+        kernel_channels = conv_in_channels * conv_out_channels * conv_kernel_size * conv_layers
+        bias_channels = conv_out_channels * conv_layers
+        act = lambda: getattr(nn, kpnet_nonlinear_activation)(**kpnet_nonlinear_activation_params)  # noqa: E731
+        pad = (kpnet_conv_size - 1) // 2
+        hidden = kpnet_hidden_channels
+        self.input_conv = nn.Sequential(nn.Conv1d(cond_channels, hidden, 5, padding=2, bias=True), act())
+        self.residual_convs = nn.ModuleList(
+            nn.Sequential(nn.Dropout(kpnet_dropout), nn.Conv1d(hidden, hidden, kpnet_conv_size, padding=pad),
+                          act(), nn.Conv1d(hidden, hidden, kpnet_conv_size, padding=pad), act())
+            for _ in range(3))
+        self.kernel_conv = nn.Conv1d(hidden, kernel_channels, kpnet_conv_size, padding=pad, bias=True)
+        self.bias_conv = nn.Conv1d(hidden, bias_channels, kpnet_conv_size, padding=pad, bias=True)
+
+    def _hidden(self, c):
+        c = self.input_conv(c)                      # (B, H, L)
+        for residual_conv in self.residual_convs:
+            c = c + residual_conv(c)
+        return c
+
+    def lvc_params(self, c):
+        """Kernels (B, L, layers, K, C_out, C_in) and biases (B, L, layers, C_out), each frame's matrix contiguous.
+
+        kernel_conv's output channels are ordered (layers, C_in, C_out, K); reordering its weight rows to
+        (layers, K, C_out, C_in) and computing it as one matmul over im2col'd frames gives that layout directly.
+        """
+        batch, _, length = c.shape
+        h = self._hidden(c)                                                  # (B, H, L)
+        conv = self.kernel_conv
+        size, pad = conv.kernel_size[0], conv.padding[0]
+        cols = F.pad(h, (pad, pad)).unfold(2, size, 1)                       # (B, H, L, size)
+        cols = cols.permute(0, 2, 1, 3).reshape(batch, length, -1)           # (B, L, H*size)
+        order = (self.conv_layers, self.conv_in_channels, self.conv_out_channels, self.conv_kernel_size)
+        weight = conv.weight.reshape(*order, -1).permute(0, 3, 2, 1, 4).reshape(conv.out_channels, -1)
+        bias = conv.bias.reshape(order).permute(0, 3, 2, 1).reshape(-1, 1)
+        weight = torch.cat((weight, bias), dim=1)                            # (N, H*size + 1): bias as a column
+        cols = torch.cat((cols, cols.new_ones(batch, length, 1)), dim=2)     # (B, L, H*size + 1)
+        kernels = torch.matmul(cols, weight.t())                             # (B, L, layers*K*C_out*C_in)
+        kernels = kernels.view(batch, length, self.conv_layers, self.conv_kernel_size, self.conv_out_channels,
+                               self.conv_in_channels)
+        b = self.bias_conv(h).view(batch, self.conv_layers, self.conv_out_channels, length)
+        return kernels, b.permute(0, 3, 1, 2)                                # (B, L, layers, C_out)
+
+    def forward(self, c):
+        """The original's layout: kernels (B, layers, C_in, C_out, K, L), bias (B, layers, C_out, L) (views)."""
+        kernels, bias = self.lvc_params(c)
+        return kernels.permute(0, 2, 5, 4, 3, 1), bias.permute(0, 2, 3, 1)
+
+
+def location_variable_convolution(x, kernels, bias, hop_size):
+    """Per-frame convolution: frame l of x (hop_size samples) is convolved with its own kernel.
+
+    x: (B, C_in, L*hop); kernels: (B, L, K, C_out, C_in); bias: (B, L, C_out) -> (B, L, C_out, hop) (frame-major).
+    Zero padding (K-1)//2 each side, dilation 1 (as the original calls it). Each tap k is one batched matmul over
+    frames whose right operand is a strided view of the padded input (no unfold copy).
+    """
+    batch, channels, length = x.shape
+    frames, taps = kernels.shape[1], kernels.shape[2]
+    if length != frames * hop_size:
+        raise ValueError(f"LVC input length {length} != {frames} frames x hop {hop_size}")
+    pad = (taps - 1) // 2
+    xp = F.pad(x, (pad, pad))                                                 # (B, C_in, T + 2*pad)
+    out = x.new_empty(batch, frames, kernels.shape[3], hop_size)              # (B, L, C_out, hop)
+    for b in range(batch):
+        for k in range(taps):
+            window = xp[b, :, k:k + length].unflatten(1, (frames, hop_size)).transpose(0, 1)  # (L, C_in, hop)
+            if k == 0:
+                torch.baddbmm(bias[b].unsqueeze(-1), kernels[b, :, k], window, out=out[b])
+            else:
+                out[b].baddbmm_(kernels[b, :, k], window)
+    return out
+
+
+def conv_transpose1d(x, conv):
+    """``conv(x)`` for an ``nn.ConvTranspose1d`` (groups 1, dilation 1) as one matmul plus an overlap-add.
+
+    x: (B, C_in, L) -> (B, C_out, (L-1)*stride - 2*padding + K + output_padding). Every tap's contribution
+    W[:, :, k]^T x lands at n*stride + k; taps are grouped in blocks of ``stride`` so each block is a shifted add.
+    PyTorch's CPU kernel for long 1-d transposed convolutions is a slow reference loop; this is a GEMM.
+    """
+    batch, _, length = x.shape
+    stride, padding, out_pad = conv.stride[0], conv.padding[0], conv.output_padding[0]
+    c_out, taps = conv.out_channels, conv.kernel_size[0]
+    if conv.groups != 1 or conv.dilation[0] != 1:
+        raise NotImplementedError("conv_transpose1d: only groups=1, dilation=1")
+    blocks = -(-taps // stride)
+    weight = F.pad(conv.weight, (0, blocks * stride - taps))                  # (C_in, C_out, blocks*stride)
+    y = torch.matmul(weight.flatten(1).t(), x)                                # (B, C_out*blocks*stride, L)
+    y = y.view(batch, c_out, blocks, stride, length).transpose(3, 4)          # (B, C_out, blocks, L, stride)
+    full = x.new_zeros(batch, c_out, length + blocks - 1, stride)
+    for j in range(blocks):
+        full[:, :, j:j + length] += y[:, :, j]
+    full = full.flatten(2)                                                    # (B, C_out, (L+blocks-1)*stride)
+    out_len = (length - 1) * stride - 2 * padding + taps + out_pad
+    out = full[:, :, padding:padding + out_len]
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1)
+    return out
+
+
+class LVCBlock(nn.Module):
+    """Upsampling transposed conv, then dilated convs each followed by a location-variable conv and a gated unit."""
+
+    def __init__(self, in_channels, cond_channels, stride, dilations=[1, 3, 9, 27], lReLU_slope=0.2,
+                 conv_kernel_size=3, cond_hop_length=256, kpnet_hidden_channels=64, kpnet_conv_size=3,
+                 kpnet_dropout=0.0):
+        super().__init__()
+        self.cond_hop_length = cond_hop_length
+        self.conv_layers = len(dilations)
+        self.conv_kernel_size = conv_kernel_size
+        self.kernel_predictor = KernelPredictor(
+            cond_channels=cond_channels, conv_in_channels=in_channels, conv_out_channels=2 * in_channels,
+            conv_layers=len(dilations), conv_kernel_size=conv_kernel_size,
+            kpnet_hidden_channels=kpnet_hidden_channels, kpnet_conv_size=kpnet_conv_size,
+            kpnet_dropout=kpnet_dropout, kpnet_nonlinear_activation_params={"negative_slope": lReLU_slope})
+        self.convt_pre = nn.Sequential(
+            nn.LeakyReLU(lReLU_slope),
+            nn.ConvTranspose1d(in_channels, in_channels, 2 * stride, stride=stride,
+                               padding=stride // 2 + stride % 2, output_padding=stride % 2))
+        self.conv_blocks = nn.ModuleList(
+            nn.Sequential(nn.LeakyReLU(lReLU_slope),
+                          nn.Conv1d(in_channels, in_channels, conv_kernel_size,
+                                    padding=dilation * (conv_kernel_size - 1) // 2, dilation=dilation),
+                          nn.LeakyReLU(lReLU_slope))
+            for dilation in dilations)
+
+    def forward(self, x, c):
+        """x: (B, C, L') -> (B, C, stride*L'); c: the mel (B, n_mels, L), L*hop == stride*L'."""
+        x = conv_transpose1d(self.convt_pre[0](x), self.convt_pre[1])        # (B, C, T)
+        kernels, bias = self.kernel_predictor.lvc_params(c)
+        for i, conv in enumerate(self.conv_blocks):
+            out = location_variable_convolution(conv(x), kernels[:, :, i], bias[:, :, i], self.cond_hop_length)
+            x = _gated_residual(x, out)
+        return x
+
+    def location_variable_convolution(self, x, kernel, bias, dilation=1, hop_size=256):
+        """The original's method and layouts: kernel (B, C_in, C_out, K, L), bias (B, C_out, L) -> (B, C_out, T)."""
+        if dilation != 1:
+            raise NotImplementedError("location_variable_convolution: only dilation=1 is used by UnivNet")
+        out = location_variable_convolution(x, kernel.permute(0, 4, 3, 2, 1), bias.transpose(1, 2), hop_size)
+        return out.permute(0, 2, 1, 3).flatten(2)
+
+    def remove_weight_norm(self):
+        """No-op: weights are stored folded."""
+
+
+def _gated_residual(x, out):
+    """x + sigmoid(a) * tanh(b) with (a, b) the halves of the LVC output. x: (B, C, L*hop); out: (B, L, 2C, hop)."""
+    channels = x.shape[1]
+    frames, hop = out.shape[1], out.shape[3]
+    res = torch.empty_like(x)
+    for b in range(x.shape[0]):
+        gate = torch.sigmoid(out[b, :, :channels]).mul_(torch.tanh(out[b, :, channels:])) \
+            if not torch.is_grad_enabled() else torch.sigmoid(out[b, :, :channels]) * torch.tanh(out[b, :, channels:])
+        x_b = x[b].unflatten(1, (frames, hop)).transpose(0, 1)               # (L, C, hop) view
+        torch.add(x_b, gate, out=res[b].unflatten(1, (frames, hop)).transpose(0, 1))
+    return res
+
+
+class UnivNetGenerator(WeightNormFolding, nn.Module):
+    """UnivNet generator (mindslab-ai/univnet), the original's constructor, parameter names and ``inference``."""
+
+    def __init__(self, noise_dim=64, channel_size=32, dilations=[1, 3, 9, 27], strides=[8, 8, 4], lReLU_slope=.2,
+                 kpnet_conv_size=3, hop_length=256, n_mel_channels=100):
+        super().__init__()
+        self.mel_channel = n_mel_channels
+        self.noise_dim = noise_dim
+        self.hop_length = hop_length
+        self.res_stack = nn.ModuleList()
+        hop = 1
+        for stride in strides:
+            hop *= stride
+            self.res_stack.append(LVCBlock(channel_size, n_mel_channels, stride=stride, dilations=dilations,
+                                           lReLU_slope=lReLU_slope, cond_hop_length=hop,
+                                           kpnet_conv_size=kpnet_conv_size))
+        self.conv_pre = nn.Conv1d(noise_dim, channel_size, 7, padding=3, padding_mode="reflect")
+        self.conv_post = nn.Sequential(nn.LeakyReLU(lReLU_slope),
+                                       nn.Conv1d(channel_size, 1, 7, padding=3, padding_mode="reflect"),
+                                       nn.Tanh())
+        self._register_weight_norm_folding()
+
+    def forward(self, c, z):
+        """c: mel (B, n_mels, L); z: noise (B, noise_dim, L) -> (B, 1, L * prod(strides))."""
+        z = self.conv_pre(z)                                                  # (B, C, L)
+        for res_block in self.res_stack:
+            z = res_block(z, c)                                               # (B, C, L * s_0 * ... * s_i)
+        return self.conv_post(z)
+
+    def eval(self, inference=False):
+        """``eval(inference=True)`` is the original's way to drop weight norm; ours is already folded."""
+        return super().eval()
+
+    @torch.no_grad()
+    def inference(self, c, z=None):
+        """Mel (B, n_mels, L) -> waveform (B, 1, L * hop_length) in [-1, 1].
+
+        As the original: appends 10 silent frames (log-mel -11.5129) against end artifacts, draws z from the CPU
+        generator (so a seed gives the original's noise on any device), vocodes and trims those frames' samples.
+        """
+        silence = c.new_full((c.shape[0], self.mel_channel, INFERENCE_PAD_FRAMES), SILENCE_MEL)
+        mel = torch.cat((c, silence), dim=2)                                  # (B, n_mels, L + 10)
+        if z is None:
+            z = torch.randn(c.shape[0], self.noise_dim, mel.shape[2]).to(device=mel.device, dtype=mel.dtype)
+        audio = self.forward(mel, z)
+        audio = audio[:, :, :-(self.hop_length * INFERENCE_PAD_FRAMES)]
+        return audio.clamp(min=-1, max=1)
