@@ -43,9 +43,9 @@ def default_voices_dir() -> str:
 
 
 def default_models_dir() -> str:
-    """The original's convention: $TORTOISE_MODELS_DIR, else ~/.cache/tortoise/models."""
-    env = os.environ.get("TORTOISE_MODELS_DIR")
-    return env or os.path.join(os.path.expanduser("~"), ".cache", "tortoise", "models")
+    """The package's convention: $TORTOISE_MODELS_DIR, else ~/.cache/tortoise/models."""
+    from tortoise.utils.checkpoints import default_models_dir as models_dir
+    return str(models_dir())
 
 
 @dataclass

@@ -50,8 +50,9 @@ class CreatedVoice:
 
 
 def _clean(raw: str) -> str:
-    """Keep [A-Za-z0-9_.-], turn whitespace runs into '_', drop everything else, trim '.', '_' and '-' at the ends."""
-    text = re.sub(r"\s+", "_", raw.strip())
+    """Transliterate to ASCII, keep [A-Za-z0-9_.-], turn whitespace runs into '_', drop everything else, trim '.', '_' and '-' at the ends."""
+    from unidecode import unidecode  # "Émile" -> "Emile" rather than "mile"
+    text = re.sub(r"\s+", "_", unidecode(raw).strip())
     text = "".join(ch for ch in text if _NAME_OK.fullmatch(ch))
     text = re.sub(r"\.{2,}", ".", text)
     return text.strip("._-")

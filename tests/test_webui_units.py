@@ -1,0 +1,261 @@
+"""The web UI's pieces without a browser: launcher command line, settings file, voice upload checks, history."""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import tortoise.webui as webui
+from tortoise.webui import generation, settings as wsettings, voice_upload
+from tortoise.webui.settings import Settings, load_settings, save_settings
+from tortoise.webui.voice_upload import UploadError, create_voice, sanitize_voice_name
+
+
+def tone(seconds=2.0, rate=22050, fmt="WAV", freq=220.0, amplitude=0.3):
+    """A synthetic clip (no recordings of people): a sine with a little noise, encoded in memory."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    wave = amplitude * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), rate, format=fmt)
+    return buf.getvalue()
+
+
+# ---- launcher ---------------------------------------------------------------------------------------------------
+
+def test_command_passes_host_port_and_streamlit_options():
+    args, rest = webui.parse_args(["--host", "127.0.0.1", "--port", "9123", "--server.headless", "true",
+                                   "--theme.base=dark"])
+    cmd = webui.build_command(args, rest, python="PY")
+    assert cmd[:5] == ["PY", "-m", "streamlit", "run", str(webui.app_path())]
+    opts = cmd[5:]
+    assert opts[opts.index("--server.address") + 1] == "127.0.0.1"
+    assert opts[opts.index("--server.port") + 1] == "9123"
+    assert opts[opts.index("--server.headless") + 1] == "true"
+    assert "--theme.base=dark" in opts
+    assert opts[opts.index("--server.maxUploadSize") + 1] == str(voice_upload.MAX_CLIP_BYTES // 2**20)
+
+
+def test_explicit_streamlit_option_wins_over_host_and_port():
+    args, rest = webui.parse_args(["--port", "9000", "--server.port=9100", "--server.address", "0.0.0.0"])
+    cmd = webui.build_command(args, rest)
+    assert "--server.port=9100" in cmd and "9000" not in cmd
+    assert cmd.count("--server.address") == 1 and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+
+
+def test_app_file_is_inside_the_package():
+    path = webui.app_path()
+    assert path.is_file() and path.parent == Path(webui.__file__).resolve().parent
+    # a thin script for `streamlit run scripts/app.py` from a checkout delegates to it
+    thin = Path(__file__).resolve().parents[1] / "scripts" / "app.py"
+    assert "from tortoise.webui.app import render" in thin.read_text()
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--bogus"], "unrecognised arguments: --bogus"),
+                                            (["--port", "70000"], "not a port number")])
+def test_bad_arguments_exit_with_one_message(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as e:
+        webui.parse_args(argv)
+    assert e.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_missing_streamlit_fails_with_one_line():
+    code = ("import sys; sys.modules['streamlit'] = None\n"  # find_spec('streamlit') is None: as if uninstalled
+            "from tortoise.webui import main; sys.exit(main(['--port', '9999']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Streamlit is not installed" in lines[0] and "pip install" in lines[0]
+    assert proc.stdout == ""  # nothing was started
+
+
+def test_console_script_help():
+    proc = subprocess.run([sys.executable, "-c", "import sys; from tortoise.webui import main; sys.exit(main())",
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--host" in proc.stdout and "--port" in proc.stdout
+
+
+# ---- settings file ----------------------------------------------------------------------------------------------
+
+def test_settings_round_trip(tmp_path):
+    path = tmp_path / "cfg" / "webui.json"
+    s = Settings(text="hi", voices=["a", "b"], candidates=3, low_vram=True, sampler="dpm++2m", output_dir="out")
+    save_settings(s, path)
+    loaded, warning = load_settings(path)
+    assert warning is None and loaded == s
+    assert [p.name for p in path.parent.iterdir()] == ["webui.json"]  # no temporary file left behind
+    assert json.loads(path.read_text())["version"] == wsettings.SETTINGS_VERSION
+
+
+def test_missing_settings_file_gives_defaults_silently(tmp_path):
+    assert load_settings(tmp_path / "absent.json") == (Settings(), None)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "", "\x00\x01"])
+def test_corrupt_settings_file_falls_back_with_a_warning(tmp_path, content):
+    path = tmp_path / "webui.json"
+    path.write_text(content)
+    loaded, warning = load_settings(path)
+    assert loaded == Settings() and "corrupt" in warning and str(path) in warning
+
+
+def test_wrongly_typed_settings_are_dropped_one_by_one(tmp_path):
+    path = tmp_path / "webui.json"
+    path.write_text(json.dumps({"settings": {"candidates": "many", "half": 1, "voices": [1], "text": "kept",
+                                             "unknown_key": 5}}))
+    loaded, warning = load_settings(path)
+    assert loaded.text == "kept" and loaded.candidates == Settings().candidates and loaded.half is False
+    assert "candidates" in warning and "half" in warning and "voices" in warning
+
+
+def test_settings_path_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(wsettings.SETTINGS_ENV, str(tmp_path / "x.json"))
+    assert wsettings.default_settings_path() == tmp_path / "x.json"
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "webui.json"
+    save_settings(Settings(text="old"), path)
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(wsettings.os, "replace", boom)
+    with pytest.raises(OSError):
+        save_settings(Settings(text="new"), path)
+    assert load_settings(path)[0].text == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["webui.json"]
+
+
+# ---- voice upload -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, clean", [("My Voice", "My_Voice"), ("  Émile!! ", "Emile"), ("../../etc", "etc"),
+                                        ("a/b\\c", "abc"), (".hidden", "hidden"), ("x" * 100, "x" * 64),
+                                        ("dan-2_b.v1", "dan-2_b.v1")])
+def test_voice_names_are_sanitised(raw, clean):
+    assert sanitize_voice_name(raw) == clean
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "../..", "///", "random", "ALL", "***"])
+def test_unusable_voice_names_are_refused(raw):
+    with pytest.raises(UploadError):
+        sanitize_voice_name(raw)
+
+
+def test_create_voice_writes_clips_with_detected_format(tmp_path):
+    clips = [("take one.wav", tone(2.0)), ("second.FLAC", tone(3.0, fmt="FLAC"))]
+    created = create_voice(tmp_path / "voices", "New Speaker", clips)
+    assert created.name == "New_Speaker" and not created.added_to_existing
+    assert sorted(p.name for p in created.path.iterdir()) == ["second.flac", "take_one.wav"]
+    assert sf.info(str(created.path / "second.flac")).format == "FLAC"
+    assert [p.name for p in (tmp_path / "voices").iterdir()] == ["New_Speaker"]  # no staging directory left
+
+
+def test_voice_found_by_the_voices_module(tmp_path):
+    from tortoise.utils.voices import get_voices, load_voice
+    create_voice(tmp_path, "tone", [("a.wav", tone(2.0)), ("b.wav", tone(2.5, rate=44100))])
+    assert len(get_voices([str(tmp_path)])["tone"]) == 2
+    clips, latents = load_voice("tone", [str(tmp_path)])
+    assert latents is None and [c.shape[-1] for c in clips] == [44100, 55125]  # resampled to 22.05 kHz
+
+
+def test_existing_voice_is_never_overwritten(tmp_path):
+    create_voice(tmp_path, "v", [("a.wav", tone(2.0, freq=200))])
+    original = (tmp_path / "v" / "a.wav").read_bytes()
+    with pytest.raises(UploadError, match="already exists"):
+        create_voice(tmp_path, "v", [("a.wav", tone(2.0, freq=300))])
+    added = create_voice(tmp_path, "v", [("a.wav", tone(2.0, freq=300))], add_to_existing=True)
+    assert added.added_to_existing and added.files == ("a_1.wav",)
+    assert (tmp_path / "v" / "a.wav").read_bytes() == original
+
+
+def test_voice_known_in_another_directory_is_refused(tmp_path):
+    with pytest.raises(UploadError, match="already exists"):
+        create_voice(tmp_path, "emma", [("a.wav", tone())], known_voices=["emma"])
+    with pytest.raises(UploadError, match="another voices directory"):
+        create_voice(tmp_path, "emma", [("a.wav", tone())], known_voices=["emma"], add_to_existing=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_clips_are_reported_together_and_nothing_is_written(tmp_path):
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(22050 * 2, dtype=np.float32), 22050, format="WAV")
+    clips = [("good.wav", tone()), ("notes.wav", b"this is not audio"), ("short.wav", tone(0.3)),
+             ("long.wav", tone(61.0, rate=8000)), ("quiet.wav", silent.getvalue()), ("doc.pdf", tone())]
+    with pytest.raises(UploadError) as e:
+        create_voice(tmp_path, "v", clips)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 5
+    assert "notes.wav: cannot be read as audio" in lines[0]
+    assert "short.wav" in lines[1] and "too short" in lines[1]
+    assert "long.wav" in lines[2] and "too long" in lines[2]
+    assert "quiet.wav" in lines[3] and "silent" in lines[3]
+    assert "doc.pdf: not an audio clip" in lines[4]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(voice_upload, "MAX_CLIP_BYTES", 50_000)
+    with pytest.raises(UploadError, match="over the"):
+        create_voice(tmp_path, "v", [("big.wav", tone(3.0))])  # ~130 kB
+
+
+def test_no_clips_and_no_directory(tmp_path):
+    with pytest.raises(UploadError, match="at least one clip"):
+        create_voice(tmp_path, "v", [])
+    with pytest.raises(UploadError, match="voices directory"):
+        create_voice("", "v", [("a.wav", tone())])
+
+
+# ---- generation helpers and history -----------------------------------------------------------------------------
+
+def test_readable_error_is_one_line_without_traceback():
+    try:
+        raise RuntimeError("first line\n  Traceback-ish detail\nfix: do this")
+    except RuntimeError as e:
+        msg = generation.readable_error(e)
+    assert msg == "first line fix: do this"
+    assert "Low VRAM" in generation.readable_error(RuntimeError("XPU out of memory. Tried to allocate 4.00 GiB"))
+    assert generation.readable_error(ValueError()) == "ValueError (no message)"
+
+
+def test_split_text_respects_the_minimum():
+    short = "One short sentence."
+    assert generation.split_text(short, 200) == [short]
+    long = " ".join(f"Sentence number {i} is here." for i in range(30))
+    chunks = generation.split_text(long, 100)
+    assert len(chunks) > 3 and all(len(c) <= 200 for c in chunks)
+    with pytest.raises(ValueError, match="Type some text"):
+        generation.split_text("   ", 200)
+
+
+def test_history_survives_and_drops_missing_runs(tmp_path):
+    (tmp_path / "run1").mkdir()
+    entries = [{"run_dir": str(tmp_path / "run1"), "text": "a"}, {"run_dir": str(tmp_path / "gone"), "text": "b"}]
+    generation.save_history(tmp_path, entries)
+    assert generation.load_history(tmp_path) == entries[:1]
+    (tmp_path / generation.HISTORY_FILE).write_text("{broken")
+    assert generation.load_history(tmp_path) == []
+
+
+def test_write_wav_is_16_bit_24k(tmp_path):
+    wave = np.linspace(-2, 2, 2400, dtype=np.float32)  # out of range on purpose: clipped, not wrapped
+    generation.write_wav(tmp_path / "x.wav", wave)
+    data, rate = sf.read(str(tmp_path / "x.wav"))
+    assert rate == 24000 and sf.info(str(tmp_path / "x.wav")).subtype == "PCM_16"
+    assert data.min() == -1.0 and data.max() > 0.999
+    assert [p.name for p in tmp_path.iterdir()] == ["x.wav"]
+
+
+def test_stage_capture_passes_lines_through(capsys):
+    seen = []
+    with generation.StageCapture(seen.append, min_interval=0.0):
+        print("Generating autoregressive samples..")
+        sys.stderr.write("\r 50%|#####     | 1/2 [00:01<00:01]")
+    assert seen == ["Generating autoregressive samples..", "50%|#####     | 1/2 [00:01<00:01]"]
+    out = capsys.readouterr()
+    assert "Generating autoregressive" in out.out and "1/2" in out.err
