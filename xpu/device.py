@@ -330,7 +330,9 @@ def memory_stats(device: str | torch.device) -> dict[str, int | None]:
                 "reserved": _call(torch.mps, "driver_allocated_memory"), "peak_allocated": None,
                 "free": None, "total": _call(torch.mps, "recommended_max_memory")}
     total, free, _ = _system_memory()
-    return {"allocated": _rss(), "reserved": None, "peak_allocated": _max_rss(), "free": free, "total": total}
+    rss, max_rss = _rss(), _max_rss()
+    peak = max(rss, max_rss) if rss is not None and max_rss is not None else max_rss  # the kernel's peak lags
+    return {"allocated": rss, "reserved": None, "peak_allocated": peak, "free": free, "total": total}
 
 
 def _rss() -> int | None:
