@@ -210,6 +210,67 @@ def classify_audio_clip(clip, models_dir=None, classifier=None):
     return F.softmax(logits, dim=-1)[0][0]
 
 
+STREAM_FIRST_CHUNK = 60  # codes before the first streamed chunk (the original's first buffer)
+
+
+def stream_codes(ar, cond_latent, text_tokens, max_new, sampling, half=False, autocast=None):
+    """Sample one code sequence step by step, yielding ``(code, latent [C])`` as each is drawn.
+
+    The latent is the AR model's final-normed hidden state at the position that predicted the code (what the
+    original's stream generator yields and what the HiFi-GAN decoder consumes). One prefill of the prompt, then one
+    cached step per code; stops after the stop token or ``max_new`` codes.
+    """
+    from tortoise.utils.sampling import choose_next
+    ctx = autocast(half) if autocast is not None else nullcontext()
+    with ctx:
+        emb = ar.compute_embeddings(cond_latent, text_tokens)  # [1, P0, C]: latent, start, text, stop
+        start = torch.full((1, 1), ar.start_mel_token, dtype=torch.long, device=emb.device)
+        prompt = torch.cat([emb, ar.mel_embedding(start) + ar.mel_pos_embedding(start)], dim=1)  # [1, P, C]
+        seen = torch.zeros(1, ar.number_mel_codes, dtype=torch.bool, device=emb.device)
+        seen[0, 1] = True  # the prompt ids the original's sampler sees: ones, then the start token
+        seen[0, ar.start_mel_token] = True
+        p = prompt.shape[1]
+        cache = ar.gpt.new_cache(1, p + max_new, prompt)
+        hidden = ar.gpt.prefill(prompt, cache)[:, -1]  # [1, C]
+        offset = ar._position_offset()
+        for t in range(max_new):
+            latent = ar.final_norm(hidden)  # [1, C]
+            code = choose_next(ar.mel_head(latent).float(), seen, sampling)  # [1]
+            yield int(code), latent[0].float()
+            if int(code) == ar.stop_mel_token:
+                return
+            seen[0, code] = True
+            x = ar._mel_step_embedding(code, 1 + t + offset)  # [1, 1, C]
+            hidden = ar.gpt.step(x.to(prompt.dtype), cache, p + t)[:, 0]
+
+
+class ChunkCrossfader:
+    """Turns successive decodes of a growing latent sequence into non-overlapping chunks: each push gives the new
+    samples, minus the last ``overlap`` (kept back), with their first ``overlap`` samples cross-faded (linear)
+    against the previous decode's held-back tail; :meth:`finish` returns the held-back tail."""
+
+    def __init__(self, overlap):
+        self.overlap = overlap
+        self.emitted = 0  # samples of the full signal already yielded
+        self.tail = None  # the previous decode's last `overlap` samples (not yet yielded)
+
+    def push(self, wav):  # wav: [S] the decode of every latent so far
+        ov = min(self.overlap, max(wav.shape[0] - self.emitted, 0))
+        chunk = wav[self.emitted:wav.shape[0] - ov].clone()
+        if self.tail is not None and chunk.numel():
+            n = min(self.tail.shape[0], chunk.shape[0])
+            ramp = torch.linspace(0.0, 1.0, n, dtype=chunk.dtype)
+            chunk[:n] = self.tail[:n] * (1 - ramp) + chunk[:n] * ramp
+        self.emitted += chunk.shape[0]
+        self.tail = wav[wav.shape[0] - ov:].clone()
+        return chunk
+
+    def finish(self):
+        tail, self.tail = (self.tail if self.tail is not None else torch.zeros(0)), None
+        self.emitted += tail.shape[0]
+        return tail
+
+
 def _resample(wav, orig_sr, new_sr):
     from tortoise.utils import audio
     return audio.resample(wav, orig_sr, new_sr)
@@ -287,12 +348,12 @@ class TextToSpeech:
         return self.device_info.free_memory >= 8 * (1 << 30)
 
     def _pick_batch_size(self):
-        try:
-            from xpu.batch import pick_batch_size
-        except ImportError:
-            return 16 if self.device.type == "cpu" else 4
+        """The largest power-of-two AR batch the device layer finds fits (weights already placed when preloaded)."""
+        from xpu import half_dtype, pick_batch_size
         cfg = checkpoints.model_config("autoregressive", self.models_dir)
-        return pick_batch_size(self.device_info, cfg, half=self.half)
+        dtype = half_dtype(self.device_info) if self.half else None
+        placed = self.high_vram and "autoregressive" in self._models
+        return pick_batch_size(self.device_info, cfg, dtype=dtype, weights_loaded=placed)
 
     def preload(self, names):
         """Load the named models now (``autoregressive``, ``clvp``, ``cvvp``, ``diffusion``, ``vocoder``,
@@ -641,6 +702,71 @@ class TextToSpeech:
         if not self.enable_redaction or "[" not in text:
             return clip
         return self.aligner.redact(clip.squeeze(1), text).unsqueeze(1)
+
+    # ---------------------------------------------------------- streaming fast path
+
+    def tts_stream(self, text, voice_samples=None, conditioning_latents=None, verbose=True,
+                   use_deterministic_seed=None, overlap_wav_len=1024, stream_chunk_size=40, temperature=0.8,
+                   length_penalty=1.0, repetition_penalty=2.0, top_p=0.8, max_mel_tokens=500, half=None,
+                   **generate_kwargs):
+        """The original v3's fast path: one AR sample, its latents decoded by the HiFi-GAN decoder as they come (no
+        CLVP, no diffusion). Yields 24 kHz audio chunks ``[S_i]`` whose boundaries are cross-faded over
+        ``overlap_wav_len`` samples; the first after ``max(stream_chunk_size, 60)`` codes, then every
+        ``stream_chunk_size`` codes. Redaction does not apply (audio leaves before the text is complete)."""
+        _check(stream_chunk_size >= 1, "stream_chunk_size must be at least 1")
+        _check(overlap_wav_len >= 1, "overlap_wav_len must be at least 1")
+        half = self.half if half is None else half
+        self.deterministic_state(seed=use_deterministic_seed)
+        text_tokens = self._text_tokens(text)
+        auto_latent = self._ar_conditioning(voice_samples, conditioning_latents)
+        from tortoise.utils.sampling import SamplingOptions
+        sampling = SamplingOptions.from_generate_kwargs(do_sample=True, top_p=top_p, temperature=temperature,
+                                                        length_penalty=length_penalty,
+                                                        repetition_penalty=repetition_penalty, **generate_kwargs)
+        fader = ChunkCrossfader(overlap_wav_len)
+        latents, pending, first = [], 0, max(stream_chunk_size, STREAM_FIRST_CHUNK)
+        ar, decoder = self.autoregressive, self.hifi_decoder
+        with torch.no_grad(), self.temporary_cuda(ar) as ar, self.temporary_cuda(decoder) as decoder:
+            steps = stream_codes(ar, auto_latent, text_tokens, max_mel_tokens, sampling, half, self._autocast)
+            for _, latent in tqdm(steps, disable=not verbose, unit="code"):
+                latents.append(latent)
+                pending += 1
+                if pending >= first:
+                    first, pending = stream_chunk_size, 0
+                    yield fader.push(self._hifi(decoder, latents, auto_latent))
+            if pending:
+                yield fader.push(self._hifi(decoder, latents, auto_latent))
+            tail = fader.finish()
+            if tail.numel():
+                yield tail
+
+    def _hifi(self, decoder, latents, auto_latent):
+        """All latents so far ``[T, C]`` -> the decoder's waveform for them ``[S]`` (on the CPU)."""
+        lat = torch.stack(latents, dim=0).unsqueeze(0).float()  # [1, T, C]
+        return decoder.inference(lat, auto_latent.float()).reshape(-1).cpu()
+
+    def _ar_conditioning(self, voice_samples, conditioning_latents):
+        """Only the AR latent ``[1, C]`` (the streaming path needs no diffusion latent)."""
+        if voice_samples is not None:
+            pairs = self._split_samples(voice_samples)
+            starts = [random.randint(0, s.shape[-1] - AR_COND_LENGTH) if s.shape[-1] > AR_COND_LENGTH else None
+                      for s, _ in pairs]
+            key = _fingerprint([p[0] for p in pairs], starts, "ar-only")
+            if key not in self._latent_cache:
+                with torch.no_grad():
+                    conds = torch.stack([format_conditioning(s.to(self.device), device=self.device, start=st)
+                                         for (s, _), st in zip(pairs, starts)], dim=1)
+                    with self.temporary_cuda(self.autoregressive) as ar:
+                        self._latent_cache[key] = (ar.get_conditioning(conds),)
+            latent = self._latent_cache[key][0]
+        elif conditioning_latents is not None:
+            latent = conditioning_latents[0]
+        else:
+            with torch.no_grad():
+                rlg = self._model("rlg_auto")
+                latent = rlg(torch.tensor([0.0], device=next(rlg.parameters()).device))
+        latent = latent.to(self.device)
+        return latent.unsqueeze(0) if latent.dim() == 1 else latent
 
     def deterministic_state(self, seed=None):
         """Seed torch and ``random`` with ``seed`` (the current time when None) and return it, so a run can be
