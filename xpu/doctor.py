@@ -19,6 +19,9 @@ from .memory import ar_param_count, plan_batch_size, released_ar_config
 from .oneapi import oneapi_findings
 
 GIB = float(1 << 30)
+# Parameters of the released networks resident beside the AR model in the default (not low-VRAM) pipeline:
+# DiffusionTts 292.3M + CLVP 243.8M + UnivNet 14.8M (CVVP is loaded only when used).
+OTHER_RELEASED_PARAMS = 292_300_000 + 243_800_000 + 14_800_000
 
 
 def _xpu_names() -> list[str]:
@@ -26,7 +29,8 @@ def _xpu_names() -> list[str]:
 
 
 def _batch_entry(info: Any, config: Mapping[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:
-    plan = plan_batch_size(info, config, dtype)
+    nbytes = 4 if dtype is None else torch.empty((), dtype=dtype, device="meta").element_size()
+    plan = plan_batch_size(info, config, dtype, resident_bytes=OTHER_RELEASED_PARAMS * nbytes)
     return {"dtype": str(dtype or torch.float32).replace("torch.", ""), "batch_size": plan.batch_size,
             "fits": plan.fits, "estimate_bytes": plan.estimate.total, "budget_bytes": plan.budget,
             "largest_tensor_bytes": plan.estimate.largest_tensor, "reason": plan.reason}
@@ -45,7 +49,7 @@ def build_report(device: str | None = None, env: Mapping[str, str] | None = None
         "requested": device or env.get(DEVICE_ENV) or "auto", "available": available_devices(),
         "device": info.to_dict(),
         "half": {"dtype": str(half).replace("torch.", "") if half else None, "policy": half_policy_reason(info)},
-        "ar_batch": {"model": "released autoregressive (UnifiedVoice)", "parameters": ar_param_count(config),
+        "ar_batch": {"model": "released autoregressive (UnifiedVoice), CLVP, diffusion and vocoder resident", "parameters": ar_param_count(config),
                      "plans": batches},
         "ipex": ipex_status(env).to_dict(),
         "oneapi": [f.to_dict() for f in oneapi_findings(env, fs, device_names=_xpu_names())],

@@ -25,6 +25,7 @@ MEL_CHANNELS = 80
 MEMORY_MARGIN = 0.85  # use at most this fraction of free memory ...
 RESERVE_BYTES = 256 << 20  # ... less this much for the allocator, the runtime and the other stages' scratch
 DEFAULT_MAX_BATCH = 256
+ALLOCATION_MARGIN = 0.9  # keep the largest tensor under 90% of a device's single-allocation limit
 
 
 def released_ar_config() -> dict[str, Any]:
@@ -114,8 +115,9 @@ def _dtype_bytes(dtype: torch.dtype | None) -> int:
 
 def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_config: Mapping[str, Any] | None = None,
                     dtype: torch.dtype | None = None, requested: int | None = None, max_batch: int | None = None,
-                    weights_loaded: bool = False) -> BatchPlan:
-    """Choose the autoregressive batch size; see :func:`pick_batch_size`."""
+                    weights_loaded: bool = False, resident_bytes: int = 0) -> BatchPlan:
+    """Choose the autoregressive batch size; see :func:`pick_batch_size`. ``resident_bytes``: memory other models
+    will hold on the device during the AR stage but do not hold yet (subtracted from the budget)."""
     if requested is not None:
         if int(requested) < 1:
             raise ValueError(f"batch size must be at least 1, got {requested}")
@@ -123,8 +125,9 @@ def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_co
     info = device if isinstance(device, DeviceInfo) else describe(device)
     config = released_ar_config() if ar_config is None else ar_config
     max_batch = DEFAULT_MAX_BATCH if max_batch is None else max(int(max_batch), 1)
-    budget = int(info.free_memory * MEMORY_MARGIN) - RESERVE_BYTES
+    budget = int(info.free_memory * MEMORY_MARGIN) - RESERVE_BYTES - int(resident_bytes)
     nbytes = _dtype_bytes(dtype)
+    max_tensor = None if info.max_allocation is None else int(info.max_allocation * ALLOCATION_MARGIN)
     best, limit = 1, f"max_batch {max_batch}"
     candidate = 1
     while candidate <= max_batch:
@@ -132,15 +135,16 @@ def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_co
         if est.total > budget:
             limit = "free memory"
             break
-        if info.max_allocation is not None and est.largest_tensor >= info.max_allocation:
+        if max_tensor is not None and est.largest_tensor > max_tensor:
             limit = f"single-allocation limit {info.max_allocation / (1 << 30):.0f} GiB"
             break
         best, candidate = candidate, candidate * 2
     est = ar_memory(config, best, nbytes, weights_loaded)
-    fits = est.total <= budget and (info.max_allocation is None or est.largest_tensor < info.max_allocation)
+    fits = est.total <= budget and (max_tensor is None or est.largest_tensor <= max_tensor)
     free_note = " (estimated)" if info.free_memory_is_estimate else ""
+    resident = f", {resident_bytes / (1 << 30):.1f} GiB for other models" if resident_bytes else ""
     reason = (f"largest power of two within {MEMORY_MARGIN:.0%} of {info.free_memory / (1 << 30):.1f} GiB "
-              f"free{free_note} less {RESERVE_BYTES >> 20} MiB; limited by {limit}")
+              f"free{free_note} less {RESERVE_BYTES >> 20} MiB{resident}; limited by {limit}")
     if not fits:
         reason = (f"even batch 1 needs {est.total / (1 << 30):.2f} GiB, more than the "
                   f"{max(budget, 0) / (1 << 30):.2f} GiB available: use --half or low-VRAM offloading")
@@ -149,9 +153,11 @@ def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_co
 
 def pick_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_config: Mapping[str, Any] | None = None,
                     dtype: torch.dtype | None = None, requested: int | None = None, max_batch: int | None = None,
-                    weights_loaded: bool = False) -> int:
+                    weights_loaded: bool = False, resident_bytes: int = 0) -> int:
     """The largest power-of-two autoregressive batch whose estimated memory (:func:`estimate_ar_memory`, with
     ``dtype`` weights/cache; None = float32) fits the device's free memory with a margin, with no single tensor at
     or over the device's allocation limit (4 GiB on Arc A-series). ``requested`` always wins; ``ar_config`` defaults
-    to the released model; ``max_batch`` caps the result (e.g. the number of samples wanted)."""
-    return plan_batch_size(device, ar_config, dtype, requested, max_batch, weights_loaded).batch_size
+    to the released model; ``max_batch`` caps the result (e.g. the number of samples wanted). Call it after the
+    models are on the device with ``weights_loaded=True``, or before with ``resident_bytes`` for the other models."""
+    return plan_batch_size(device, ar_config, dtype, requested, max_batch, weights_loaded,
+                           resident_bytes).batch_size
