@@ -121,7 +121,7 @@ def _check_selectors(env: Mapping[str, str], fs: Any) -> list[Finding]:
     found = []
     selector = env.get("ONEAPI_DEVICE_SELECTOR", "")
     if selector:
-        if "level_zero" not in selector.lower() and "*:" not in selector:
+        if not _selector_keeps_level_zero(selector):
             found.append(Finding("selector-hides-level-zero", "error",
                                  f"ONEAPI_DEVICE_SELECTOR={selector} hides the Level Zero GPUs PyTorch XPU uses",
                                  "unset ONEAPI_DEVICE_SELECTOR or set it to level_zero:gpu (or level_zero:N)"))
@@ -135,6 +135,19 @@ def _check_selectors(env: Mapping[str, str], fs: Any) -> list[Finding]:
                              f"ZE_AFFINITY_MASK={mask} restricts the visible devices (xpu:0 is the first one left)",
                              "unset ZE_AFFINITY_MASK to see every GPU"))
     return found
+
+
+def _selector_keeps_level_zero(selector: str) -> bool:
+    """Whether ``ONEAPI_DEVICE_SELECTOR`` leaves some Level Zero device visible ("backend:devices" terms split by
+    ';'; '!' terms exclude)."""
+    terms = [t.strip().lower() for t in selector.split(";") if t.strip()]
+    positive = [t for t in terms if not t.startswith("!")]
+    negated = [t[1:].split(":", 1)[0] for t in terms if t.startswith("!")]
+    if "level_zero" in negated or "*" in negated:
+        return any(t.split(":", 1)[0] == "level_zero" for t in positive) and "*" not in negated
+    if not positive:
+        return True
+    return any(t.split(":", 1)[0] in ("level_zero", "*") for t in positive)
 
 
 def _check_mixed_runtime(env: Mapping[str, str], fs: Any) -> list[Finding]:
