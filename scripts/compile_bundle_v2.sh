@@ -302,7 +302,7 @@ main() {
     local c
     for c in "${COMPONENTS[@]}"; do "step_$c"; done
     echo "== check"
-    run "$PYTHON" -c "import torch; assert torch.xpu.is_available(), "no XPU device visible"; print(torch.__version__, torch.xpu.get_device_name(0))"
+    run "$PYTHON" -c "import torch; assert torch.xpu.is_available(), \"no XPU device visible\"; print(torch.__version__, torch.xpu.get_device_name(0))"
     if [[ "$MODE" == "dry-run" ]]; then echo "dry run: nothing was changed"; fi
 }
 
