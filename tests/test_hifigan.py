@@ -1,0 +1,88 @@
+"""HiFi-GAN decoder: parity with the original tortoise-tts 3.0.0 (tests/parity/make_vocoder_fixtures.py), the explicit
+hifidecoder.pth key map, and the streaming cross-fade against the original's handle_chunks."""
+import pytest
+import torch
+
+from conftest import load_parity_fixture
+from test_vocoder import assert_close, checksum, recipe_weights
+from tortoise.models.hifigan_decoder import (HifiganGenerator, crossfade, decoded_length, stream_chunk,
+                                             stream_schedule, upsample_latents)
+from tortoise.utils.checkpoints import RELEASED_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return load_parity_fixture("vocoder", "hifigan.pt")
+
+
+def test_released_config_is_the_originals(cases):
+    assert cases["full"]["config"] == RELEASED_CONFIGS["hifidecoder"]
+
+
+@pytest.mark.parametrize("size", ["tiny", "full"])
+def test_inference_and_forward_match_original(cases, size):
+    case = cases[size]
+    sd = case["state_dict"] if size == "tiny" else recipe_weights(case["keys"], case["seed"])
+    if size == "full":
+        assert checksum(sd) == pytest.approx(case["checksum"], rel=1e-12)
+    assert any(k.endswith("weight_g") for k in sd)  # the released (weight-normed) layout
+    model = HifiganGenerator(**case["config"]).eval()
+    model.load_state_dict(sd, strict=True)
+    out = model.inference(case["latents"], case["g"])
+    assert out.shape[-1] == decoded_length(case["latents"].shape[1])
+    assert_close(out, case["out"])
+    with torch.no_grad():
+        assert_close(model(case["frames"], case["g"].unsqueeze(-1)), case["out_forward"])
+
+
+def test_key_map_accepts_xtts_layout_and_new_weight_norm(cases):
+    sd = cases["tiny"]["state_dict"]
+    remapped = {}
+    for key, value in sd.items():
+        key = key.replace(".weight_g", ".parametrizations.weight.original0")
+        key = key.replace(".weight_v", ".parametrizations.weight.original1")
+        remapped["waveform_decoder." + key] = value
+    remapped["speaker_encoder.fc.weight"] = torch.zeros(3, 3)
+    model = HifiganGenerator(**cases["tiny"]["config"])
+    model.load_state_dict(HifiganGenerator.convert_checkpoint(remapped), strict=True)
+    reference = HifiganGenerator(**cases["tiny"]["config"])
+    reference.load_state_dict(sd, strict=True)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_key_map_rejects_unknown_keys(cases):
+    sd = dict(cases["tiny"]["state_dict"])
+    sd["something_else.weight"] = torch.zeros(1)
+    model = HifiganGenerator(**cases["tiny"]["config"])
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict(HifiganGenerator.convert_checkpoint(sd), strict=True)
+
+
+def test_latent_upsampling_length():
+    for codes in (1, 6, 40, 100, 250):
+        x = upsample_latents(torch.zeros(1, codes, 4))
+        assert x.shape[-1] * 256 == decoded_length(codes)
+
+
+def test_stream_chunks_match_original():
+    case = load_parity_fixture("vocoder", "stream.pt")
+    prev, tail = None, None
+    for wav, expected in zip(case["decodes"], case["chunks"]):
+        chunk, prev, tail = stream_chunk(wav, prev, tail, case["overlap"])
+        torch.testing.assert_close(chunk, expected, rtol=0, atol=1e-6)
+
+
+def test_crossfade_is_pure_and_linear():
+    tail, new = torch.ones(5), torch.zeros(8)
+    out = crossfade(tail, new)
+    torch.testing.assert_close(out[:5], torch.linspace(1, 0, 5))
+    assert torch.equal(out[5:], torch.zeros(3)) and torch.equal(new, torch.zeros(8))
+    with pytest.raises(ValueError, match="overlap"):
+        crossfade(torch.ones(9), new)
+
+
+def test_stream_schedule_follows_original():
+    assert stream_schedule(150) == [60, 100, 140, 150]
+    assert stream_schedule(50) == [50]
+    assert stream_schedule(100, chunk_codes=0) == [100]
