@@ -17,13 +17,13 @@ positions 0, 1, 2, ... (as in training). `position_mode="original"` (the default
 `kv_cache` setting implies; "contiguous" gives 0, 1, 2, ... with the fast cached loop (the same codes as the
 original's default `kv_cache=False`, fast); "shifted" forces the +1 quirk.
 """
-import contextlib
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import xpu
 from tortoise.models.arch_util import AttentionBlock
 from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache
 from tortoise.utils.sampling import SamplingOptions, choose_next
@@ -155,33 +155,6 @@ def _check_legacy_buffer(key, value):
     if not ok:
         raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}) is not the GPT-2 causal-mask buffer it "
                          f"is expected to be; the file is not a Tortoise autoregressive checkpoint")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Device helpers (kept local and small; the `xpu` device layer answers when it is installed)
-
-def _autocast(device, enabled):
-    if not enabled:
-        return contextlib.nullcontext()
-    try:
-        import xpu
-        if hasattr(xpu, "autocast"):
-            return xpu.autocast(device)
-    except ImportError:
-        pass
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _is_oom(err):
-    try:
-        import xpu
-        if hasattr(xpu, "is_oom_error"):
-            return bool(xpu.is_oom_error(err))
-    except ImportError:
-        pass
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower() or "OUT_OF_" in text
 
 
 def _compute_dtype(device, param_dtype):
@@ -384,16 +357,19 @@ class UnifiedVoice(nn.Module):
         (an out-of-memory error halves it and retries, with a warning)."""
         opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
         max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
-        with torch.no_grad(), _autocast(text_inputs.device, self.half):
-            prompt, prompt_ids, row_map = self._build_prompt(speech_conditioning_latent, text_inputs, input_tokens,
-                                                             num_return_sequences)
-            self.mel_pos_embedding.check_range(prompt_ids.shape[1] - prompt.shape[1] + max_new
-                                               + self._position_offset())
-            return self._decode_in_chunks(prompt, prompt_ids, row_map, max_new, opts, batch_size)
+        with torch.no_grad(), xpu.autocast(text_inputs.device, enabled=self.half):
+            prompt, prompt_ids, row_map, n_mel = self._build_prompt(speech_conditioning_latent, text_inputs,
+                                                                    input_tokens, num_return_sequences)
+            # like HF's max_length, max_generate_length counts the input_tokens, which lead the returned rows
+            max_new = max(1, max_new - (n_mel - 1))
+            self.mel_pos_embedding.check_range(n_mel + max_new - 1 + self._position_offset())
+            codes = self._decode_in_chunks(prompt, prompt_ids, row_map, n_mel, max_new, opts, batch_size)
+            return torch.cat([prompt_ids[row_map, prompt_ids.shape[1] - (n_mel - 1):], codes], dim=1)
 
     def _build_prompt(self, cond_latent, text_inputs, input_tokens, n):
-        """-> prompt embeddings (u, P, d) of the u distinct prompts, HF's prompt ids (u, P + 1) (what the
-        repetition penalty sees: ones, then the start token, then input_tokens) and row_map (B,) prompt per row."""
+        """-> prompt embeddings (u, P, d) of the u distinct prompts, HF's prompt ids (u, P) (what the repetition
+        penalty sees: ones, then the start token, then input_tokens), row_map (B,) prompt per row, and the number
+        of mel tokens in the prompt (start + input_tokens)."""
         emb = self.compute_embeddings(cond_latent, text_inputs)  # (b, P0, d)
         b, p0 = emb.shape[:2]
         if input_tokens is None:
@@ -411,18 +387,18 @@ class UnifiedVoice(nn.Module):
             row_map = (torch.arange(n, device=emb.device) % r).repeat_interleave(n)
         mel_emb = self.mel_embedding(mel_tokens) + self.mel_pos_embedding(mel_tokens)
         ones = torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=emb.device)
-        return torch.cat([emb, mel_emb], dim=1), torch.cat([ones, mel_tokens], dim=1), row_map
+        return torch.cat([emb, mel_emb], dim=1), torch.cat([ones, mel_tokens], dim=1), row_map, mel_tokens.shape[1]
 
-    def _decode_in_chunks(self, prompt, prompt_ids, row_map, max_new, opts, batch_size):
+    def _decode_in_chunks(self, prompt, prompt_ids, row_map, n_mel, max_new, opts, batch_size):
         rows = row_map.shape[0]
         batch_size = min(batch_size or rows, rows)
         outputs, start = [], 0
         while start < rows:
             chunk = row_map[start:start + batch_size]
             try:
-                outputs.append(self._decode_rows(prompt, prompt_ids, chunk, max_new, opts))
-            except RuntimeError as err:
-                if not _is_oom(err) or batch_size == 1:
+                outputs.append(self._decode_rows(prompt, prompt_ids, chunk, n_mel, max_new, opts))
+            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+                if not xpu.is_oom_error(err) or batch_size == 1:
                     raise
                 batch_size //= 2
                 warnings.warn(f"out of memory while decoding; retrying with batch size {batch_size}")
@@ -431,7 +407,7 @@ class UnifiedVoice(nn.Module):
         width = max(o.shape[1] for o in outputs)
         return torch.cat([F.pad(o, (0, width - o.shape[1]), value=self.stop_mel_token) for o in outputs], dim=0)
 
-    def _decode_rows(self, prompt, prompt_ids, row_map, max_new, opts):
+    def _decode_rows(self, prompt, prompt_ids, row_map, n_mel, max_new, opts):
         """Decode len(row_map) rows -> (B, steps) codes. The HF-style loop: sample every row at every step (so the
         random stream matches), rows that have produced the stop token keep emitting it, stop when all have."""
         rows = row_map.shape[0]
@@ -439,7 +415,7 @@ class UnifiedVoice(nn.Module):
         seen.scatter_(1, prompt_ids[row_map], True)
         out = torch.full((rows, max_new), self.stop_mel_token, dtype=torch.long, device=prompt.device)
         unfinished = torch.ones(rows, dtype=torch.bool, device=prompt.device)
-        next_logits = self._logit_source(prompt, prompt_ids.shape[1] - prompt.shape[1], row_map, max_new)
+        next_logits = self._logit_source(prompt, n_mel, row_map, max_new)
         steps = 0
         for t in range(max_new):
             scores = next_logits(out[:, t - 1] if t else None, t)

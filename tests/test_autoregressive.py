@@ -1,0 +1,247 @@
+"""UnifiedVoice: checkpoint layout, parity with the original (fixtures from tests/parity/make_autoregressive_fixtures.py),
+the decode loop (cache vs recompute, stop handling, chunking, OOM retry) and the sampling filters."""
+import json
+import warnings
+
+import pytest
+import torch
+
+from conftest import PARITY_FIXTURES, load_parity_fixture
+from tortoise.models.autoregressive import UnifiedVoice, released_to_ours
+from tortoise.utils import sampling
+
+ATOL = 1e-5  # fp32, relative to outputs of scale ~1 (checked per tensor below)
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return load_parity_fixture("autoregressive", "tiny.pt")
+
+
+def build(fx, biased=False, **post_init):
+    model = UnifiedVoice(**fx["config"])
+    model.load_state_dict(fx["state_dict"], strict=True)
+    if biased:
+        with torch.no_grad():
+            model.mel_head.bias[model.stop_mel_token] += fx["stop_bias"]
+    model.post_init_gpt2_config(**post_init)
+    return model
+
+
+def close(a, b, atol=ATOL):
+    scale = max(1.0, b.abs().max().item())
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item()
+    assert err <= atol * scale, f"max abs error {err} > {atol * scale}"
+
+
+# -- checkpoint layout ----------------------------------------------------------------------------------------------
+
+def test_released_state_dict_keys_and_shapes_equal_original():
+    ref = json.loads((PARITY_FIXTURES / "autoregressive" / "released_keys.json").read_text())
+    with torch.device("meta"):
+        ours = UnifiedVoice(**ref["config"])
+    assert [[k, list(v.shape)] for k, v in ours.state_dict().items()] == ref["keys"]
+
+
+def test_key_map_drops_exactly_the_legacy_buffers_and_aliases():
+    ref = json.loads((PARITY_FIXTURES / "autoregressive" / "released_keys.json").read_text())
+    assert {k.rsplit(".", 1)[1] for k, _, _ in ref["non_persistent_buffers"]} == {"bias", "masked_bias"}
+    legacy = {k: (torch.tensor(-1e4) if k.endswith("masked_bias") else torch.ones(1, 1, 6, 6, dtype=torch.uint8).tril())
+              for k, _, _ in ref["non_persistent_buffers"]}
+    aliases = {k: torch.zeros(1) for k, _ in ref["added_by_post_init_gpt2_config"]}
+    assert aliases and all(k.startswith(("inference_model.", "gpt.wte.")) for k in aliases)
+    kept = {"mel_head.bias": torch.zeros(3)}
+    assert released_to_ours({**legacy, **aliases, **kept}).keys() == kept.keys()
+
+
+def test_released_format_checkpoint_loads_strictly(fx):
+    """A state dict as older transformers saved it (causal-mask buffers) plus the original's post-init aliases."""
+    sd = dict(fx["state_dict"])
+    n = 8
+    for i in range(fx["config"]["layers"]):
+        sd[f"gpt.h.{i}.attn.bias"] = torch.ones(1, 1, n, n, dtype=torch.uint8).tril()
+        sd[f"gpt.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    sd["gpt.wte.weight"] = sd["mel_embedding.weight"]
+    sd["inference_model.lm_head.1.weight"] = sd["mel_head.weight"]
+    model = UnifiedVoice(**fx["config"])
+    model.load_state_dict(sd, strict=True)
+    assert torch.equal(model.mel_head.weight, fx["state_dict"]["mel_head.weight"])
+    bad = dict(sd, **{"gpt.h.0.attn.bias": torch.ones(1, 1, n, n)})
+    with pytest.raises(ValueError, match="causal-mask"):
+        model.load_state_dict(bad)
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        model.load_state_dict(dict(sd, extra_key=torch.zeros(1)))
+
+
+# -- teacher-forced parity --------------------------------------------------------------------------------------------
+
+def test_conditioning_latents_match_original(fx):
+    model = build(fx)
+    with torch.no_grad():
+        close(model.get_conditioning(fx["mels"]), fx["cond"])
+        close(model.get_conditioning(fx["mels3d_input"]), fx["mels3d_cond"])
+
+
+def test_teacher_forced_outputs_match_original(fx):
+    model = build(fx)
+    cond_b = fx["cond"].repeat(2, 1)
+    args = (cond_b, fx["text2"], fx["text_lengths"], fx["codes"], fx["wav_lengths"])
+    with torch.no_grad():
+        loss_text, loss_mel, mel_logits = model(*args)
+        close(loss_text, fx["loss_text"])
+        close(loss_mel, fx["loss_mel"])
+        close(mel_logits, fx["mel_logits"])
+        close(model(*args, return_latent=True), fx["latents_clip"])
+        close(model(*args, text_first=False)[2], fx["text_first_false_mel_logits"])
+        close(model(*args, return_attentions=True)[1], fx["attention_layer1"])
+        api = model(cond_b, fx["text"].repeat(2, 1), torch.tensor([10]), fx["codes"],
+                    torch.tensor([fx["codes"].shape[1] * 1024]), return_latent=True, clip_inputs=False)
+        close(api, fx["latents_api"])
+
+
+def test_latents_for_codes_padded_to_longest_equal_full_width(fx):
+    model = build(fx)
+    codes = fx["codes"].repeat(2, 1)  # (4, 20)
+    lengths = torch.tensor([20, 9, 14, 5])
+    with torch.no_grad():
+        full = model(fx["cond"].repeat(4, 1), fx["text"].repeat(4, 1), torch.tensor([10]), codes,
+                     torch.tensor([20 * 1024]), return_latent=True, clip_inputs=False)
+        short = model.latents_for_codes(fx["cond"], fx["text"], codes[1:], lengths[1:], batch_size=2)
+    assert short.shape == (3, 14, full.shape[-1])
+    for row, n in enumerate(lengths[1:].tolist()):
+        close(short[row, :n], full[row + 1, :n])
+
+
+# -- decoding parity --------------------------------------------------------------------------------------------------
+
+DECODE_CASES = {
+    "greedy": (dict(do_sample=False, max_generate_length=12), 0),
+    "greedy_penalty": (dict(do_sample=False, repetition_penalty=2.0, max_generate_length=12), 0),
+    "sampled": (dict(do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0, length_penalty=1.0,
+                     num_return_sequences=4, max_generate_length=16), 1234),
+    "sampled_no_topk": (dict(do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0, length_penalty=1.0,
+                             top_k=0, num_return_sequences=3, max_generate_length=10), 7),
+    "typical": (dict(do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0, length_penalty=1.0,
+                     typical_sampling=True, typical_mass=.9, num_return_sequences=2, max_generate_length=10), 11),
+    "input_tokens": (dict(do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0, length_penalty=1.0,
+                          input_tokens=torch.tensor([[5, 77, 300]]), num_return_sequences=2,
+                          max_generate_length=8), 3),
+}
+
+# (our post_init settings, the original's kv_cache whose codes they must equal)
+DECODE_MODES = {
+    "cached": (dict(kv_cache=True), 1),
+    "recompute": (dict(kv_cache=False), 0),
+    "cached_contiguous": (dict(kv_cache=True, position_mode="contiguous"), 0),
+}
+
+
+@pytest.mark.parametrize("biased", [False, True], ids=["plain", "stop_biased"])
+@pytest.mark.parametrize("mode", list(DECODE_MODES))
+def test_decoded_codes_equal_original(fx, mode, biased):
+    post_init, orig_kv = DECODE_MODES[mode]
+    model = build(fx, biased=biased, **post_init)
+    for name, (kwargs, seed) in DECODE_CASES.items():
+        torch.manual_seed(seed)
+        ours = model.inference_speech(fx["cond"], fx["text"], **kwargs)
+        ref = fx["decode"][f"{name}{'_biased' if biased else ''}_kv{orig_kv}"]
+        assert ours.dtype == ref.dtype and torch.equal(ours, ref), f"{name}: {ours.tolist()} != {ref.tolist()}"
+
+
+def test_stop_biased_fixture_exercises_per_row_stop(fx):
+    ref = fx["decode"]["sampled_biased_kv1"]
+    stop = fx["config"]["stop_mel_token"]
+    first_stop = [(row == stop).nonzero()[0].item() if (row == stop).any() else None for row in ref]
+    assert None in first_stop and len({s for s in first_stop if s is not None}) > 1
+    for row, s in zip(ref, first_stop):  # rows are frozen (stop-padded) after they stop
+        if s is not None:
+            assert (row[s:] == stop).all()
+
+
+@pytest.mark.parametrize("position_mode", ["contiguous", "shifted"])
+def test_cached_decode_equals_recompute(fx, position_mode):
+    codes = []
+    for kv in (True, False):
+        model = build(fx, biased=True, kv_cache=kv, position_mode=position_mode)
+        torch.manual_seed(99)
+        codes.append(model.inference_speech(fx["cond"], fx["text"], do_sample=True, temperature=.9, top_p=.9,
+                                            repetition_penalty=1.5, num_return_sequences=5, max_generate_length=20))
+    assert torch.equal(codes[0], codes[1])
+
+
+# -- batching, errors, half ----------------------------------------------------------------------------------------
+
+def test_chunked_greedy_equals_one_batch(fx):
+    model = build(fx, kv_cache=True)
+    text = torch.cat([fx["text"], fx["text"].flip(1)])
+    cond = fx["cond"].repeat(2, 1)
+    whole = model.inference_speech(cond, text, num_return_sequences=2, max_generate_length=9, do_sample=False,
+                                   repetition_penalty=2.0)
+    chunked = model.inference_speech(cond, text, num_return_sequences=2, max_generate_length=9, do_sample=False,
+                                     repetition_penalty=2.0, batch_size=3)
+    assert whole.shape == (4, 9) and torch.equal(whole, chunked)
+
+
+def test_out_of_memory_halves_the_batch_and_retries(fx, monkeypatch):
+    model = build(fx, kv_cache=True)
+    real = model._decode_rows
+    sizes = []
+
+    def flaky(prompt, prompt_ids, row_map, n_mel, max_new, opts):
+        sizes.append(row_map.shape[0])
+        if row_map.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return real(prompt, prompt_ids, row_map, n_mel, max_new, opts)
+
+    monkeypatch.setattr(model, "_decode_rows", flaky)
+    with pytest.warns(UserWarning, match="batch size 2"):
+        out = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=5,
+                                     do_sample=False)
+    assert sizes == [4, 2, 2] and out.shape == (4, 5)
+    monkeypatch.setattr(model, "_decode_rows", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=5)
+
+
+def test_bad_arguments_raise_with_the_fix(fx):
+    model = build(fx, kv_cache=True)
+    with pytest.raises(TypeError, match="unsupported generate keyword"):
+        model.inference_speech(fx["cond"], fx["text"], output_scores=True)
+    with pytest.raises(ValueError, match="num_beams"):
+        model.inference_speech(fx["cond"], fx["text"], num_beams=2)
+    with pytest.raises(ValueError, match="max_generate_length"):
+        model.inference_speech(fx["cond"], fx["text"], max_generate_length=1000)
+    with pytest.raises(ValueError, match="position_mode"):
+        model.post_init_gpt2_config(position_mode="nope")
+
+
+def test_half_decoding_runs_under_autocast(fx, monkeypatch):
+    """half=True decodes under the device layer's autocast; forced to bfloat16 here (CPU's policy is fp32)."""
+    import xpu.dtype
+    monkeypatch.setattr(xpu.dtype, "half_dtype", lambda device=None: torch.bfloat16)
+    model = build(fx, kv_cache=True, half=True)
+    dtypes = []
+    model.gpt.h[0].attn.c_attn.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    torch.manual_seed(0)
+    out = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=2, max_generate_length=6,
+                                 do_sample=True, top_p=.8, temperature=.8)
+    assert out.shape[0] == 2 and out.dtype == torch.long and 1 <= out.shape[1] <= 6
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+# -- sampling filters (closed-form answers) ---------------------------------------------------------------------------
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    scores = torch.tensor([[2.0, -2.0, 3.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert torch.equal(sampling.apply_repetition_penalty(scores, seen, 2.0), torch.tensor([[1.0, -4.0, 3.0]]))
+
+
+def test_top_k_and_top_p_keep_the_expected_tokens():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = sampling.apply_top_p(logits, 0.8).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reach 0.8; the 0.2 tail is dropped
+    assert sampling.apply_top_k(logits, 3).isfinite().tolist() == [[True, True, True, False]]
+    assert sampling.apply_top_p(logits, 0.01).isfinite().sum() == 1  # the best token is always kept
