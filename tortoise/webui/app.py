@@ -169,6 +169,8 @@ def main_controls(choices: dict, voices: list[str]) -> None:
                      help="Diffusion sampler; dpm++2m needs conditioning-free guidance.")
             st.number_input("Steps", min_value=0, max_value=1000, step=1, key=K + "steps",
                             help="Diffusion steps; 0 keeps the preset's.")
+            st.number_input("Autoregressive samples", min_value=0, max_value=1024, step=1, key=K + "ar_samples",
+                            help="Samples drawn before CLVP picks the best; 0 keeps the preset's.")
             st.number_input("Seed", min_value=-1, max_value=2**32 - 1, step=1, key=K + "seed",
                             help="-1: a new random seed each run (the history shows it).")
         with right:
@@ -177,6 +179,8 @@ def main_controls(choices: dict, voices: list[str]) -> None:
             st.number_input("Minimum characters before splitting", min_value=20, max_value=1000, step=10,
                             key=K + "min_chars_to_split",
                             help="Shorter text is one clip; longer text is split into chunks of about this size.")
+            st.number_input("Maximum clip length (tokens)", min_value=10, max_value=600, step=10,
+                            key=K + "max_mel_tokens", help="Each token is 1/20 s; a clip stops here at the latest.")
 
 
 def upload_section(settings: Settings, voices: list[str]) -> None:
@@ -214,6 +218,10 @@ def build_job(s: Settings) -> Job:
         overrides["diffusion_iterations"] = int(s.steps)
     if s.cond_free != PRESET_DEFAULT:
         overrides["cond_free"] = s.cond_free == "on"
+    if s.ar_samples > 0:
+        overrides["num_autoregressive_samples"] = int(s.ar_samples)
+    if s.max_mel_tokens != Settings.max_mel_tokens:
+        overrides["max_mel_tokens"] = int(s.max_mel_tokens)
     if s.latent_mode:
         overrides["latent_averaging_mode"] = int(s.latent_mode)
     voices = list(s.voices) or ["random"]

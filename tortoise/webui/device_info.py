@@ -5,9 +5,12 @@ Every question goes to `xpu`; a device layer that fails is reported as text, nev
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any, Mapping
 
 AUTO = "auto"
+_INTEL_ENV = ("ONEAPI_ROOT", "SETVARS_COMPLETED", "ONEAPI_DEVICE_SELECTOR", "ZE_AFFINITY_MASK")
 
 
 def device_choices() -> list[str]:
@@ -16,28 +19,47 @@ def device_choices() -> list[str]:
     return [AUTO] + [d for d in xpu.available_devices() if d != AUTO]
 
 
-def doctor_report() -> str:
-    """The device layer's full report (devices, memory, dtype policy, driver / oneAPI checks), as text."""
-    import xpu
-    return xpu.doctor_report()
+def doctor_report(device: str | None = None) -> str:
+    """The device layer's full report (device, memory, half policy, AR batch, IPEX, oneAPI checks), as text."""
+    from xpu import doctor
+    return doctor.format_report(doctor.build_report(None if device in (None, AUTO) else device))
 
 
-def environment_findings() -> list[str]:
-    """Start-up findings: problems of the XPU / oneAPI environment, each with its fix (none on a sane machine)."""
+def xpu_relevant(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the Intel XPU checks concern this machine: an XPU build of PyTorch, an XPU device asked for, or a
+    oneAPI / Level Zero environment set up."""
+    from xpu.device import DEVICE_ENV, compiled_with
+    env = os.environ if env is None else env
+    return (compiled_with("xpu") or env.get(DEVICE_ENV, "").strip().startswith("xpu")
+            or any(env.get(k) for k in _INTEL_ENV))
+
+
+def environment_check(env: Mapping[str, str] | None = None, fs: Any = None) -> list[str]:
+    """The lines `turtle` prints before serving: the device it will use; on XPU machines each oneAPI finding
+    with its fix. Raises the device layer's DeviceUnavailable for an absent requested device."""
     import xpu
-    return [str(f) for f in xpu.oneapi_findings()]
+    env = os.environ if env is None else env
+    dev = xpu.resolve_device(None, env)
+    info = xpu.describe(dev, env)
+    lines = [f"device {dev} ({info.name}); found: {', '.join(xpu.available_devices())}"]
+    if not xpu_relevant(env):
+        return lines + ["no Intel XPU stack in use; oneAPI checks skipped (`python -m xpu` prints the full report)"]
+    names = [info.name] if dev.type == "xpu" else []
+    findings = xpu.oneapi_findings(env, fs, device_names=names)
+    if not findings:
+        return lines + ["oneAPI / Intel GPU driver checks: no problems found"]
+    for f in findings:
+        lines.append(f"[{f.severity}] {f.problem}\n        fix: {f.fix}")
+    return lines
 
 
 def print_environment_check(stream=None) -> None:
-    """What `turtle` prints before starting the server: the device chosen, then any finding with its fix."""
+    """Print the check; a failing device layer is reported in one line and does not stop the UI from starting."""
     stream = stream or sys.stderr
     try:
-        devices = device_choices()[1:]
-        findings = environment_findings()
-    except Exception as e:  # a broken device layer must not stop the UI from starting; the panel shows details
-        print(f"turtle: device check failed ({type(e).__name__}: {e}); see the Device panel in the page.",
-              file=stream)
-        return
-    print(f"turtle: devices found: {', '.join(devices) or 'none'}", file=stream)
-    for finding in findings:
-        print(f"turtle: {finding}", file=stream)
+        lines = environment_check()
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        lines = [f"device check failed: {msg} (the page's Device panel has details)"]
+    for line in lines:
+        print(f"turtle: {line}", file=stream, flush=True)

@@ -60,6 +60,8 @@ class Settings:
     latent_mode: int = 0                  # index into LATENT_MODES
     sampler: str = "preset default"
     steps: int = 0                        # 0: the preset's diffusion_iterations
+    ar_samples: int = 0                   # 0: the preset's num_autoregressive_samples
+    max_mel_tokens: int = 500             # longest clip, in AR codes (1/20 s each); 500 is every preset's
     seed: int = -1                        # -1: a fresh random seed each run (shown in the history)
     output_dir: str = "results"
     models_dir: str = field(default_factory=default_models_dir)

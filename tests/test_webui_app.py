@@ -1,0 +1,151 @@
+"""The Streamlit app driven through Streamlit's app-testing API with tiny random-weight models.
+
+Generation is kept tiny (2 AR samples, 2 diffusion steps, clips of 20 codes) so each press of Generate takes seconds.
+"""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from streamlit.testing.v1 import AppTest
+
+import tortoise.webui as webui
+from tortoise.webui.generation import HISTORY_FILE
+from test_webui_units import tone
+
+TIMEOUT = 240  # seconds per script run: generous for 2 shared cores
+
+
+@pytest.fixture
+def app_env(tmp_path, tiny_models_dir, monkeypatch):
+    """A settings file pointing every directory into tmp_path, with the fastest generation settings."""
+    paths = {"settings": tmp_path / "webui.json", "out": tmp_path / "out", "voices": tmp_path / "voices"}
+    settings = {"models_dir": str(tiny_models_dir), "output_dir": str(paths["out"]),
+                "extra_voices_dir": str(paths["voices"]), "device": "cpu", "preset": "ultra_fast", "ar_samples": 2,
+                "steps": 2, "max_mel_tokens": 20, "text": "Hello there.", "voices": ["random"], "seed": 3}
+    paths["settings"].write_text(json.dumps({"version": 1, "settings": settings}))
+    monkeypatch.setenv("TURTLE_SETTINGS", str(paths["settings"]))
+    return paths
+
+
+def start_app() -> AppTest:
+    at = AppTest.from_file(str(webui.app_path()), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def messages(at, kind="error"):
+    return [e.value for e in getattr(at, kind)]
+
+
+def no_traceback(at):
+    text = " ".join(messages(at) + messages(at, "warning") + [m.value for m in at.markdown])
+    return "Traceback" not in text and 'File "' not in text
+
+
+def test_generate_shows_player_and_history_survives_rerun_and_restart(app_env):
+    at = start_app()
+    assert messages(at) == [] and messages(at, "warning") == []
+    assert at.multiselect(key="w_voices").value == ["random"]
+    at.button(key="generate").click().run()
+    assert not at.exception and messages(at) == []
+    assert len(at.get("audio")) == 1 and len(at.get("download_button")) == 1
+    status = at.get("status")[0] if at.get("status") else None
+    assert status is not None and "1 clip(s), 0 failure(s)" in status.label  # progress ends with the summary
+    runs = [p for p in app_env["out"].iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    wav, rate = sf.read(str(runs[0] / "random_00_00.wav"))
+    assert rate == 24000 and wav.size > 0 and np.isfinite(wav).all()
+
+    at.run()  # any rerun (a click elsewhere) keeps the results on the page
+    assert len(at.get("audio")) == 1
+    at.number_input(key="w_seed").set_value(11).run()
+    saved = json.loads(app_env["settings"].read_text())["settings"]
+    assert saved["seed"] == 11 and saved["max_mel_tokens"] == 20
+
+    again = start_app()  # a new session (browser reload, server restart): settings and history come back
+    assert again.number_input(key="w_seed").value == 11
+    assert len(again.get("audio")) == 1
+    assert json.loads((app_env["out"] / HISTORY_FILE).read_text())[0]["seed"] == 3
+
+
+def test_upload_voice_then_failures_are_shown_and_others_kept(app_env):
+    at = start_app()
+    at.text_input(key="upload_name").input("Tone Speaker")
+    at.file_uploader(key="upload_files").set_value([("a.wav", tone(2.0), "audio/wav"),
+                                                    ("b.flac", tone(3.0, fmt="FLAC", freq=330), "audio/flac")])
+    at.button(key="upload_button").click().run()
+    assert not at.exception and messages(at) == []
+    assert any("Created voice 'Tone_Speaker' with 2 clip(s)" in s.value for s in at.success)
+    assert at.multiselect(key="w_voices").value == ["Tone_Speaker"]  # the new voice is selected
+    assert sorted(p.name for p in (app_env["voices"] / "Tone_Speaker").iterdir()) == ["a.wav", "b.flac"]
+
+    # a voice whose clip cannot be read (copied in by hand, so no upload check saw it)
+    (app_env["voices"] / "broken").mkdir()
+    (app_env["voices"] / "broken" / "clip.wav").write_bytes(b"RIFF....WAVEjunk")
+    at.run()
+    assert "broken" in at.multiselect(key="w_voices").options
+    at.multiselect(key="w_voices").set_value(["Tone_Speaker", "broken"])
+    # two chunks: the first tokenizes past the model's 400-token limit, the second is fine
+    at.text_area(key="w_text").input("q " * 470 + "end. Hello there.")
+    at.number_input(key="w_min_chars_to_split").set_value(900)
+    at.button(key="generate").click().run()
+    assert not at.exception and no_traceback(at)
+    errors = messages(at)
+    assert any(e.startswith("Voice broken: Cannot read voice clip") for e in errors), errors
+    assert any("Tone_Speaker · clip 1" in e and "Text too long" in e for e in errors), errors
+    assert len(at.get("audio")) == 1  # Tone_Speaker's second chunk survived both failures
+    run = next(p for p in app_env["out"].iterdir() if p.is_dir())
+    assert sorted(p.name for p in run.iterdir()) == ["Tone_Speaker_01_00.wav"]  # no combined file with a hole
+
+
+def test_bad_uploads_are_refused_with_a_message(app_env):
+    at = start_app()
+    at.text_input(key="upload_name").input("mine")
+    at.file_uploader(key="upload_files").set_value(("notes.wav", b"this is not audio", "audio/wav"))
+    at.button(key="upload_button").click().run()
+    assert not at.exception
+    assert any("notes.wav: cannot be read as audio" in e for e in messages(at))
+    assert not app_env["voices"].exists()
+
+    at.text_input(key="upload_name").input("random")
+    at.file_uploader(key="upload_files").set_value(("ok.wav", tone(), "audio/wav"))
+    at.button(key="upload_button").click().run()
+    assert any("reserved" in e for e in messages(at)) and not app_env["voices"].exists()
+
+    at.text_input(key="upload_name").input("twice")
+    at.file_uploader(key="upload_files").set_value(("ok.wav", tone(), "audio/wav"))
+    at.button(key="upload_button").click().run()
+    assert any("Created voice 'twice'" in s.value for s in at.success)
+    before = sorted(p.name for p in (app_env["voices"] / "twice").iterdir())
+    at.text_input(key="upload_name").input("twice")
+    at.file_uploader(key="upload_files").set_value(("ok.wav", tone(freq=400), "audio/wav"))
+    at.button(key="upload_button").click().run()
+    assert any("already exists" in e for e in messages(at))
+    assert sorted(p.name for p in (app_env["voices"] / "twice").iterdir()) == before
+
+
+def test_api_errors_are_messages_not_tracebacks(app_env, tmp_path):
+    at = start_app()
+    at.text_area(key="w_text").input("   ")
+    at.button(key="generate").click().run()
+    assert messages(at) == ["Type some text to speak first."]
+
+    at.text_area(key="w_text").input("Hello.")
+    at.text_input(key="w_models_dir").input(str(tmp_path / "no_models_here"))
+    at.button(key="generate").click().run()
+    assert not at.exception and no_traceback(at)
+    errors = messages(at)
+    assert len(errors) == 1 and errors[0].startswith("Could not load the models:"), errors
+    assert len(errors[0].splitlines()) == 1
+    assert not app_env["out"].exists()  # nothing was started
+
+
+def test_corrupt_settings_file_falls_back_with_a_warning(app_env):
+    app_env["settings"].write_text("{this is not json")
+    at = start_app()
+    warnings = messages(at, "warning")
+    assert len(warnings) == 1 and "corrupt" in warnings[0]
+    at.number_input(key="w_candidates").set_value(2).run()
+    assert json.loads(app_env["settings"].read_text())["settings"]["candidates"] == 2  # rewritten, valid again
