@@ -13,7 +13,8 @@ import gc
 import os
 import platform
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 

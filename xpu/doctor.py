@@ -8,7 +8,8 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -49,8 +50,8 @@ def build_report(device: str | None = None, env: Mapping[str, str] | None = None
         "requested": device or env.get(DEVICE_ENV) or "auto", "available": available_devices(),
         "device": info.to_dict(),
         "half": {"dtype": str(half).replace("torch.", "") if half else None, "policy": half_policy_reason(info)},
-        "ar_batch": {"model": "released autoregressive (UnifiedVoice), CLVP, diffusion and vocoder resident", "parameters": ar_param_count(config),
-                     "plans": batches},
+        "ar_batch": {"model": "released autoregressive (UnifiedVoice), CLVP, diffusion and vocoder resident",
+                     "parameters": ar_param_count(config), "plans": batches},
         "ipex": ipex_status(env).to_dict(),
         "oneapi": [f.to_dict() for f in oneapi_findings(env, fs, device_names=_xpu_names())],
     }

@@ -14,7 +14,8 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -8,7 +8,8 @@ against the original implementation (421,526,786) in the tests.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

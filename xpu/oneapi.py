@@ -13,7 +13,8 @@ import glob
 import importlib.metadata
 import os
 import sys
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
