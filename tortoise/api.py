@@ -181,24 +181,16 @@ def pad_codes(samples, stop_token, max_mel_tokens):
 def load_discrete_vocoder_diffuser(trained_diffusion_steps=4000, desired_diffusion_steps=200, cond_free=True,
                                    cond_free_k=1, sampler="p"):
     """The original's diffusion process respaced to ``desired_diffusion_steps``, sampled with ``sampler``."""
-    from tortoise.utils.diffusion import SpacedDiffusion, get_named_beta_schedule, space_timesteps
-    return SpacedDiffusion(use_timesteps=space_timesteps(trained_diffusion_steps, [desired_diffusion_steps]),
-                           model_mean_type="epsilon", model_var_type="learned_range", loss_type="mse",
-                           betas=get_named_beta_schedule("linear", trained_diffusion_steps),
-                           conditioning_free=cond_free, conditioning_free_k=cond_free_k, sampler=sampler)
+    from tortoise.utils.diffusion import make_diffuser
+    return make_diffuser(desired_diffusion_steps, sampler=sampler, cond_free=cond_free, cond_free_k=cond_free_k,
+                         trained_steps=trained_diffusion_steps)
 
 
 def do_spectrogram_diffusion(diffusion_model, diffuser, latents, conditioning_latents, temperature=1, verbose=True):
     """AR latents ``[1, L, C]`` + diffusion conditioning ``[1, 2C']`` -> denormalized 24 kHz mel ``[1, 100, T]``."""
-    from tortoise.utils.audio import denormalize_tacotron_mel
-    with torch.no_grad():
-        output_seq_len = latents.shape[1] * 4 * OUTPUT_SAMPLE_RATE // AR_SAMPLE_RATE  # 22 kHz codes -> 24 kHz frames
-        output_shape = (latents.shape[0], 100, output_seq_len)
-        embeddings = diffusion_model.timestep_independent(latents, conditioning_latents, output_seq_len, False)
-        noise = torch.randn(output_shape, device=latents.device) * temperature
-        mel = diffuser.sample_loop(diffusion_model, output_shape, noise=noise,
-                                   model_kwargs={"precomputed_aligned_embeddings": embeddings}, progress=verbose)
-        return denormalize_tacotron_mel(mel)[:, :, :output_seq_len]
+    from tortoise.utils import diffusion
+    return diffusion.do_spectrogram_diffusion(diffusion_model, diffuser, latents, conditioning_latents,
+                                              temperature=temperature, verbose=verbose)
 
 
 def classify_audio_clip(clip, models_dir=None, classifier=None):
@@ -364,11 +356,12 @@ class TextToSpeech:
     def _model(self, name):
         if name not in self._models:
             home = self.device if self.high_vram else torch.device("cpu")
-            if name == "vocoder":
-                model = self._load_vocoder(home)
-            else:
-                model = checkpoints.load_model(name, models_dir=self.models_dir,
-                                               path=self.checkpoint_paths.get(name), device=home)
+            with torch.random.fork_rng(devices=[]):  # building a network draws init weights: keep seeds intact
+                if name == "vocoder":
+                    model = self._load_vocoder(home)
+                else:
+                    model = checkpoints.load_model(name, models_dir=self.models_dir,
+                                                   path=self.checkpoint_paths.get(name), device=home)
             if name == "autoregressive":
                 self._configure_autoregressive(model)
             self._models[name] = model
@@ -637,7 +630,7 @@ class TextToSpeech:
         """Fix each sample's tail and return the ``k`` best ``[k, L]`` by CLVP (+ CVVP) score, best first."""
         stop = self.autoregressive.stop_mel_token
         for row in codes:
-            fix_autoregressive_output(row, stop)
+            fix_autoregressive_output(row, stop, complain=verbose)
         use_cvvp = cvvp_amount > 0 and auto_conds is not None
         if verbose:
             print("Computing best candidates using CLVP" if not use_cvvp else

@@ -1,0 +1,80 @@
+"""``tortoise-get-conditioning-latents``: compute a voice's conditioning latents once and save them as a ``.pth``.
+
+The file holds the tuple (autoregressive latent, diffusion latent) as plain tensors; put it alone in a voice directory
+to use it as a voice (``tortoise-tts -V DIR -v NAME``), or pass it to ``TextToSpeech.tts(conditioning_latents=...)``.
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="tortoise-get-conditioning-latents", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--voice", required=True, help="voice name(s); a comma separates several, a&b averages")
+    p.add_argument("-V", "--voices_dir", "--voices-dir", default=None,
+                   help="directory of voices (one subdirectory per voice); a comma separates several")
+    p.add_argument("-O", "--output_path", "--output-path", default="results/conditioning_latents",
+                   help="directory for the NAME.pth files")
+    p.add_argument("--models_dir", "--models-dir", default=None, help="checkpoint directory")
+    p.add_argument("--device", default=None, help="xpu, cuda, mps or cpu (default: automatic)")
+    p.add_argument("--latent_averaging_mode", "--latent-averaging-mode", type=int, choices=(0, 1, 2), default=0,
+                   help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crop of clips longer than 6 s")
+    return p
+
+
+def save_latents(latents, path):
+    """Write the (autoregressive, diffusion) pair atomically as CPU tensors loadable with weights_only=True."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(tuple(t.detach().cpu() for t in latents), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run(args):
+    from tortoise.api import TextToSpeech
+    from tortoise.utils.voices import get_voices, load_voices, parse_voice_selection
+    dirs = [d for d in (args.voices_dir or "").split(",") if d]
+    groups = parse_voice_selection(args.voice, get_voices(dirs))
+    loaded = [(g, *load_voices(g, dirs)) for g in groups]
+    for g, clips, _ in loaded:
+        if clips is None:
+            raise ValueError(f"voice {'&'.join(g)!r} has no clips to encode (random, or already .pth latents)")
+    out = Path(args.output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    tts = TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False, preload=False)
+    for g, clips, _ in loaded:
+        tts.deterministic_state(args.seed)
+        latents = tts.get_conditioning_latents(clips, latent_averaging_mode=args.latent_averaging_mode)
+        path = save_latents(latents, out / f"{'-'.join(g)}.pth")
+        print(path)
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("tortoise-get-conditioning-latents: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("TORTOISE_DEBUG"):
+            raise
+        print(f"tortoise-get-conditioning-latents: error: {' '.join(str(e).split()) or type(e).__name__}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
