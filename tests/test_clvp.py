@@ -97,3 +97,14 @@ def test_training_masks_change_the_result_and_keep_gradients(cases):
     assert model.speech_emb.weight.grad is not None
     with torch.no_grad():
         assert not torch.allclose(model(text, speech), model.eval()(text, speech))
+
+
+def test_chunked_and_grad_enabled_paths_equal_the_plain_forward(cases, monkeypatch):
+    import tortoise.models.clvp as clvp_module
+    case = next(c for c in cases if c["variant"] == "xformers")
+    model = CLVP(**case["config"]).eval()
+    model.load_state_dict(case["state_dict"], strict=True)
+    text, speech, expected = case["texts"][0], case["speech"][0], case["sims"][0]
+    monkeypatch.setattr(clvp_module, "CPU_CHUNK_TOKENS", speech.shape[1])  # one candidate per chunk
+    assert_close(model.score(text[:1], speech), expected)
+    assert_close(model(text, speech).detach(), expected)  # grad enabled: the out-of-place rotary / residual path

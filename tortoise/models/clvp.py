@@ -29,6 +29,19 @@ def masked_mean(t, mask, dim=1):
     return t.sum(dim=dim) / mask.sum(dim=dim)[..., None]
 
 
+# On CPU the encoders run over at most this many tokens at a time: every activation then stays below glibc's largest
+# mmap threshold (32 MiB), so its memory is reused instead of being returned to the OS and page-faulted back on every
+# layer; matmuls of 2048 rows still run at full speed. Other devices take the whole batch at once.
+CPU_CHUNK_TOKENS = 2048
+
+
+def _rows_per_chunk(tokens):
+    """How many rows of ``tokens`` (B, N) to encode at once."""
+    if tokens.device.type != "cpu":
+        return tokens.shape[0]
+    return max(1, CPU_CHUNK_TOKENS // max(1, tokens.shape[1]))
+
+
 def _xformer_encoder(dim, depth, heads):
     return CheckpointedXTransformerEncoder(
         needs_permute=False, exit_permute=False, max_seq_len=-1,
@@ -78,7 +91,12 @@ class CLVP(nn.Module):
         return torch.rand_like(tokens.float()) > percentage
 
     def _encode(self, tokens, emb, pos_emb, transformer, to_latent, mask):
-        """tokens (B, N) -> unit-length latents (B, dim_latent)."""
+        """tokens (B, N) -> unit-length latents (B, dim_latent), encoded in row chunks (see ``_rows_per_chunk``)."""
+        rows = _rows_per_chunk(tokens)
+        if tokens.shape[0] > rows:
+            return torch.cat([self._encode(tokens[i:i + rows], emb, pos_emb, transformer, to_latent,
+                                           None if mask is None else mask[i:i + rows])
+                              for i in range(0, tokens.shape[0], rows)])
         h = emb(tokens)  # (B, N, D)
         if not self.xformers:
             h = h + pos_emb(torch.arange(tokens.shape[1], device=tokens.device))

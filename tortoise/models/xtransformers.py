@@ -90,11 +90,25 @@ def apply_rotary_pos_emb(t, freqs):
 
 
 def _rotate_prefix(t, cos, sin):
-    """Rotate the first ``cos.shape[-1]`` channels of ``t`` (B, N, H, d) by the angles (N, r); the rest pass through."""
+    """Rotate the first ``cos.shape[-1]`` channels of ``t`` (B, N, ..., d) by the angles (N, r); the rest pass through."""
     r = cos.shape[-1]
+    shape = (cos.shape[0],) + (1,) * (t.dim() - 3) + (r,)  # broadcast over the head axes
     head, tail = t[..., :r], t[..., r:]
-    rotated = head * cos[:, None, :] + rotate_half(head) * sin[:, None, :]
+    rotated = head * cos.view(shape) + rotate_half(head) * sin.view(shape)
     return torch.cat((rotated, tail), dim=-1) if tail.shape[-1] else rotated
+
+
+def _rotate_prefix_(t, cos, sin):
+    """In-place ``_rotate_prefix`` (no autograd): with both halves of the angle table equal, the rotation of
+    (x1, x2) is (x1 c - x2 s, x2 c + x1 s) on the first r/2 and next r/2 channels."""
+    half = cos.shape[-1] // 2
+    shape = (cos.shape[0],) + (1,) * (t.dim() - 3) + (half,)
+    c, s = cos[:, :half].reshape(shape), sin[:, :half].reshape(shape)
+    x1, x2 = t[..., :half], t[..., half:2 * half]
+    x1_old = x1.clone()
+    x1.mul_(c).addcmul_(x2, s, value=-1.0)
+    x2.mul_(c).addcmul_(x1_old, s)
+    return t
 
 
 # norms and residual
@@ -110,7 +124,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
-        return x / norm.clamp(min=self.eps) * self.g
+        y = x / norm.clamp(min=self.eps)
+        return y.mul_(self.g) if _no_grad(y) else y * self.g
 
 
 class Residual(nn.Module):
@@ -132,7 +147,8 @@ class GLU(nn.Module):
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * self.act(gate)
+        gate = self.act(gate)
+        return gate.mul_(x) if _no_grad(gate) else x * gate
 
 
 class FeedForward(nn.Module):
@@ -171,22 +187,26 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
 
     def _qkv(self, x):
-        """q, k, v, each (B, N, H, d), from one matmul over the concatenated projection weights."""
+        """(B, N, 3, H, d) queries, keys and values from one matmul over the concatenated projection weights."""
         b, n, _ = x.shape
         w = torch.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight), dim=0)
-        qkv = F.linear(x, w).view(b, n, 3, self.heads, self.dim_head)
-        return qkv.unbind(dim=2)
+        return F.linear(x, w).view(b, n, 3, self.heads, self.dim_head)
 
     def forward(self, x, mask=None, rotary=None):
         b, n, _ = x.shape
-        q, k, v = self._qkv(x)  # (B, N, H, d)
+        qkv = self._qkv(x)
         if rotary is not None:
-            q, k, v = (_rotate_prefix(t, *rotary) for t in (q, k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
+            qkv = _rotate_prefix_(qkv, *rotary) if _no_grad(qkv) else _rotate_prefix(qkv, *rotary)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
         bias = _attention_bias(mask, n, self.causal, q.dtype, q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.dropout.p if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def _no_grad(t):
+    """True when ``t`` may be modified in place (nothing records it for a backward pass)."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
 
 
 def _attention_bias(mask, n, causal, dtype, device):
@@ -254,7 +274,7 @@ class AttentionLayers(nn.Module):
         for layer_type, (norms, block, residual) in zip(self.layer_types, self.layers):
             h = norms[0](x)
             h = block(h, mask=mask, rotary=rotary) if layer_type == "a" else block(h)
-            x = residual(h, x)
+            x = h.add_(x) if _no_grad(h) else residual(h, x)
             if layer_type == "f":
                 hiddens.append(x)
         return (x, hiddens) if return_hiddens else x
