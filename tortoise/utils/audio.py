@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_DATA_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "data")
+_DATA_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "data"))
 DEFAULT_MEL_NORM_FILE = os.path.join(_DATA_DIR, "mel_norms.pth")
 
 # Range of the 100-band log mel over the training data; the diffusion model works on mels scaled to [-1, 1].
@@ -103,11 +103,11 @@ def _finish(audio: torch.Tensor, path: str) -> torch.Tensor:
 
 
 def _soxr_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """soxr high quality, trimmed/padded to ceil(N * new / orig) samples, as librosa.resample(res_type='soxr_hq')."""
+    """soxr HQ, zero-padded/trimmed to ceil(N * (new / orig)) samples, as librosa.resample(res_type='soxr_hq')."""
     import soxr
 
     y = soxr.resample(x, orig_sr, new_sr, quality="HQ")
-    n = int(math.ceil(x.shape[-1] * new_sr / orig_sr))
+    n = int(math.ceil(x.shape[-1] * (new_sr / orig_sr)))  # librosa's rounding: 22050 * (24000 / 44100) -> 12001
     return np.pad(y, (0, max(0, n - y.shape[-1])))[:n].astype(np.float32)
 
 
