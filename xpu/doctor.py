@@ -80,7 +80,8 @@ def format_report(r: Mapping[str, Any]) -> str:
                      f"of {_gib(p['budget_bytes'])}; {p['reason']}")
     ipex = r["ipex"]
     lines.append(f"IPEX       {'used' if ipex['usable'] else 'not used'}: {ipex['reason']}")
-    lines.append("oneAPI     " + ("no problems found" if not r["oneapi"] else "Intel XPU checks:"))
+    scope = "Intel XPU checks:" if d["type"] == "xpu" else "Intel XPU checks (they matter only for an Intel GPU):"
+    lines.append("oneAPI     " + ("no problems found" if not r["oneapi"] else scope))
     for f in r["oneapi"]:
         lines.append(f"  [{f['severity']}] {f['problem']}\n      fix: {f['fix']}")
     return "\n".join(lines)
