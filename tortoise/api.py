@@ -629,8 +629,12 @@ class TextToSpeech:
     def _rank(self, text_tokens, codes, auto_conds, cvvp_amount, k, half, verbose):
         """Fix each sample's tail and return the ``k`` best ``[k, L]`` by CLVP (+ CVVP) score, best first."""
         stop = self.autoregressive.stop_mel_token
+        unstopped = int((~(codes == stop).any(dim=1)).sum())
         for row in codes:
-            fix_autoregressive_output(row, stop, complain=verbose)
+            fix_autoregressive_output(row, stop, complain=False)
+        if unstopped and verbose:
+            print(f"{unstopped} of {codes.shape[0]} samples have no stop token: the speech may be cut short. If words "
+                  "are missing, split the text into shorter pieces or raise max_mel_tokens.")
         use_cvvp = cvvp_amount > 0 and auto_conds is not None
         if verbose:
             print("Computing best candidates using CLVP" if not use_cvvp else
