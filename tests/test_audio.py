@@ -260,6 +260,7 @@ def test_silent_file_is_named(tmp_path):
     sf.write(path, np.zeros(4000, dtype=np.float32), 16000)
     with pytest.raises(AudioError, match="silent.flac is silent"):
         load_audio(path, 22050)
+    assert load_audio(path, 22050, allow_silent=True).abs().max().item() == 0.0
 
 
 def test_audio_error_is_a_value_error():

@@ -77,13 +77,17 @@ def load_wav_to_torch(full_path):
     return (audio[:, 0] if audio.shape[1] == 1 else audio), sr
 
 
-def load_audio(audiopath, sampling_rate: int) -> torch.Tensor:
-    """Read an audio file as mono float32 ``[1, N]`` at ``sampling_rate``, clipped to [-1, 1]."""
+def load_audio(audiopath, sampling_rate: int, *, allow_silent: bool = False) -> torch.Tensor:
+    """Read an audio file as mono float32 ``[1, N]`` at ``sampling_rate``, clipped to [-1, 1].
+
+    Multi-channel files are averaged to mono. A silent file is an error (a voice clip must hold speech) unless
+    ``allow_silent`` (e.g. reading back generated output).
+    """
     path = os.fspath(audiopath)
     data, sr, fmt = _read(path)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [N]
     peak = float(np.abs(mono).max())
-    if peak < SILENCE_PEAK:
+    if peak < SILENCE_PEAK and not allow_silent:
         raise AudioError(f"audio file {path} is silent (peak {peak:.2e}); use a clip with speech in it")
     audio = torch.from_numpy(np.ascontiguousarray(mono))  # [N]
     if sr != sampling_rate:
