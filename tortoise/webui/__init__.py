@@ -78,7 +78,7 @@ def build_command(args: argparse.Namespace, passthrough: list[str], python: str 
     cmd = [python or sys.executable, "-m", "streamlit", "run", str(app_path())]
     defaults = [("--server.address", args.host), ("--server.port", str(args.port)),
                 ("--server.maxUploadSize", str(MAX_CLIP_BYTES // 2**20)),
-                ("--browser.gatherUsageStats", "false")]
+                ("--browser.gatherUsageStats", "false"), ("--client.toolbarMode", "minimal")]
     for option, value in defaults:
         if not _given(passthrough, option):
             cmd += [option, value]

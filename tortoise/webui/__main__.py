@@ -1,0 +1,4 @@
+"""`python -m tortoise.webui`: the same as the `turtle` command."""
+from tortoise.webui import main
+
+raise SystemExit(main())
