@@ -248,6 +248,14 @@ def test_unreadable_file_is_named_with_the_fix(tmp_path):
         load_audio(path, 22050)
 
 
+def test_mp3_on_old_libsndfile_says_to_upgrade(tmp_path, monkeypatch):
+    path = tmp_path / "clip.mp3"
+    path.write_bytes(b"not an mp3 either" * 10)
+    monkeypatch.setattr(sf, "__libsndfile_version__", "1.0.31")
+    with pytest.raises(AudioError, match="libsndfile 1.0.31 cannot read mp3: upgrade soundfile"):
+        load_audio(path, 22050)
+
+
 def test_empty_file_is_named(tmp_path):
     path = tmp_path / "empty.wav"
     sf.write(path, np.zeros(0, dtype=np.float32), 22050)

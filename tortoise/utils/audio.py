@@ -54,7 +54,7 @@ def _read(path: str):
             fmt = f.format
             data = f.read(dtype="float32", always_2d=True)  # ints scaled by 2**(bits-1), floats as stored
             sr = f.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+    except (RuntimeError, TypeError) as e:  # soundfile.LibsndfileError is a RuntimeError
         hint = "convert it to 16-bit wav, e.g. `ffmpeg -i IN -ar 24000 -ac 1 OUT.wav`"
         if path.lower().endswith(".mp3") and _libsndfile_version() < (1, 1):
             hint = f"libsndfile {sf.__libsndfile_version__} cannot read mp3: upgrade soundfile (>= 0.12), or {hint}"
