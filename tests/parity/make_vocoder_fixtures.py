@@ -16,9 +16,17 @@ Writes, under ``tests/parity/fixtures/vocoder/``:
                the conditioning latent g (1, C); outputs: ``inference(c, g)`` (the original moves its input to
                "cuda"; here that move is redirected to the CPU, nothing else changes), ``forward`` on raw frames.
   stream.pt    the original's ``TextToSpeech.handle_chunks`` on a sequence of growing decodes (streaming cross-fade).
+  bigvgan.pt   only with ``--bigvgan-src DIR``: NVIDIA's own BigVGAN code (the ``bigvgan`` 2.4.1 wheel, unpacked:
+               ``pip download --no-deps bigvgan==2.4.1 -d /tmp/w && unzip /tmp/w/bigvgan-*.whl -d DIR``; Tortoise has
+               no BigVGAN of its own) on two tiny configs: config, weight-normed state dict as NVIDIA saves it, a mel
+               and the output after ``remove_weight_norm()``. Its import of matplotlib (plotting helpers only) is
+               stubbed out.
 Deterministic: re-running produces the same tensors.
 """
+import argparse
 import os
+import sys
+import types
 
 import torch
 
@@ -144,8 +152,48 @@ def make_stream():
     return dict(overlap=overlap, decodes=decodes, chunks=chunks)
 
 
+BIGVGAN_BASE = dict(resblock="1", upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4],
+                    upsample_initial_channel=512, resblock_kernel_sizes=[3, 7, 11],
+                    resblock_dilation_sizes=[[1, 3, 5]] * 3, activation="snakebeta", snake_logscale=True, num_mels=100,
+                    n_fft=1024, hop_size=256, win_size=1024, sampling_rate=24000, fmin=0, fmax=12000)
+BIGVGAN_TINY = [dict(BIGVGAN_BASE, upsample_initial_channel=32),
+                dict(BIGVGAN_BASE, upsample_initial_channel=16, resblock="2", activation="snake",
+                     snake_logscale=False, use_tanh_at_final=False, use_bias_at_final=False)]
+
+
+def make_bigvgan(src):
+    for name in ("matplotlib", "matplotlib.pylab"):
+        stub = types.ModuleType(name)
+        stub.use = lambda *a, **k: None
+        sys.modules.setdefault(name, stub)
+    sys.path.insert(0, src)
+    from bigvgan.bigvgan import BigVGAN
+    from bigvgan.env import AttrDict
+    cases = []
+    for i, config in enumerate(BIGVGAN_TINY):
+        torch.manual_seed(20 + i)
+        model = BigVGAN(AttrDict(dict(config)), use_cuda_kernel=False)
+        with torch.no_grad():  # trained-looking periodic activations instead of the all-equal initial values
+            for n, p in model.named_parameters():
+                if n.endswith(("alpha", "beta")):
+                    p.copy_(torch.randn_like(p) * 0.3 + (0.0 if config["snake_logscale"] else 1.0))
+        state_dict = {k: v.clone() for k, v in model.state_dict().items()}
+        model.remove_weight_norm()
+        model.eval()
+        mel = torch.randn(2, config["num_mels"], 9, generator=torch.Generator().manual_seed(30 + i)) - 4.0
+        with torch.no_grad():
+            out = model(mel)
+        cases.append(dict(config=config, state_dict=state_dict, mel=mel, out=out))
+    return cases
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bigvgan-src", help="unpacked bigvgan 2.4.1 wheel: also write bigvgan.pt")
+    args = parser.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    if args.bigvgan_src:
+        torch.save(make_bigvgan(args.bigvgan_src), os.path.join(OUT, "bigvgan.pt"))
     torch.save(make_univnet(), os.path.join(OUT, "univnet.pt"))
     torch.save(make_hifigan(), os.path.join(OUT, "hifigan.pt"))
     torch.save(make_stream(), os.path.join(OUT, "stream.pt"))

@@ -14,7 +14,6 @@ unfold + einsum, which copies the activations several times.
 ``load_vocoder(name, path, device)`` gives UnivNet and BigVGAN (``tortoise.models.bigvgan``) one call signature:
 ``mel [B, 100, T] -> wav [B, 1, T * 256]`` at 24 kHz.
 """
-import json
 from pathlib import Path
 
 import torch
@@ -297,3 +296,87 @@ class UnivNetGenerator(WeightNormFolding, nn.Module):
         audio = self.forward(mel, z)
         audio = audio[:, :, :-(self.hop_length * INFERENCE_PAD_FRAMES)]
         return audio.clamp(min=-1, max=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vocoder selection: one call signature for every vocoder
+# ----------------------------------------------------------------------------------------------------------------
+# The 24 kHz 100-band mel every vocoder here takes (Tortoise's wav_to_univnet_mel / NVIDIA's 24 kHz 100-band configs).
+MEL_CONFIG = dict(sampling_rate=24000, num_mels=100, n_fft=1024, hop_size=256, win_size=1024, fmin=0, fmax=12000)
+
+# Generator keys of NVIDIA's published config.json for the 24 kHz 100-band models (training-only keys left out).
+BIGVGAN_BASE_24KHZ_100BAND = dict(MEL_CONFIG, resblock="1", upsample_rates=[8, 8, 2, 2],
+                                  upsample_kernel_sizes=[16, 16, 4, 4], upsample_initial_channel=512,
+                                  resblock_kernel_sizes=[3, 7, 11], resblock_dilation_sizes=[[1, 3, 5]] * 3,
+                                  activation="snakebeta", snake_logscale=True)
+BIGVGAN_24KHZ_100BAND = dict(BIGVGAN_BASE_24KHZ_100BAND, upsample_rates=[4, 4, 2, 2, 2, 2],
+                             upsample_kernel_sizes=[8, 8, 4, 4, 4, 4], upsample_initial_channel=1536)
+
+VOCODERS = {
+    "univnet": dict(MEL_CONFIG, kind="univnet", checkpoint="vocoder.pth", state_key="model_g", params="14.8M",
+                    kwargs={}),
+    "bigvgan_base": dict(MEL_CONFIG, kind="bigvgan", hub_repo="nvidia/bigvgan_base_24khz_100band", params="14M",
+                         config=BIGVGAN_BASE_24KHZ_100BAND),
+    "bigvgan": dict(MEL_CONFIG, kind="bigvgan", hub_repo="nvidia/bigvgan_24khz_100band", params="112M",
+                    config=BIGVGAN_24KHZ_100BAND),
+}
+DEFAULT_VOCODER = "bigvgan_base"  # the fast fork's default
+
+
+class Vocoder(nn.Module):
+    """``mel (B, 100, T) -> wav (B, 1, T * 256)`` at 24 kHz, in [-1, 1], whichever network is inside.
+
+    UnivNet goes through its ``inference`` (silence padding, noise from the CPU generator, clamp), BigVGAN through
+    its forward.
+    """
+
+    def __init__(self, net, name):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.sample_rate = VOCODERS[name]["sampling_rate"]
+        self.hop_length = VOCODERS[name]["hop_size"]
+
+    @torch.no_grad()
+    def forward(self, mel):
+        if VOCODERS[self.name]["kind"] == "univnet":
+            return self.net.inference(mel)
+        return self.net(mel).clamp(min=-1, max=1)
+
+
+def load_vocoder(name, path_or_dir, device="cpu"):
+    """Load vocoder ``name`` (univnet | bigvgan_base | bigvgan) from a local file or directory, in eval mode.
+
+    univnet: ``vocoder.pth`` (state dict under ``model_g``, weight-normed) or a models directory holding it (whose
+    ``config.json`` may override the constructor kwargs under ``"vocoder"``). bigvgan*: a directory in NVIDIA's
+    layout (``config.json`` + ``bigvgan_generator.pt``), or a bare generator file read with the published config.
+    """
+    if name not in VOCODERS:
+        raise ValueError(f"unknown vocoder {name!r}; choose one of {', '.join(VOCODERS)}")
+    path = Path(path_or_dir).expanduser()
+    spec = VOCODERS[name]
+    if spec["kind"] == "univnet":
+        net = _load_univnet(path, spec)
+    else:
+        from tortoise.models.bigvgan import BigVGAN, load_generator_state
+        if path.is_dir():
+            net = BigVGAN.from_pretrained(path)
+        elif path.is_file():
+            net = BigVGAN(spec["config"])
+            net.load_state_dict(load_generator_state(path), strict=True)
+        else:
+            raise FileNotFoundError(f"{path} does not exist; download {spec['hub_repo']} into a directory and pass it")
+    return Vocoder(net.eval(), name).to(device).eval()
+
+
+def _load_univnet(path, spec):
+    from tortoise.utils.checkpoints import load_state_dict, model_config
+    kwargs = dict(spec["kwargs"])
+    if path.is_dir():
+        kwargs = model_config("vocoder", path)
+        path = path / spec["checkpoint"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass the path of vocoder.pth or the models directory")
+    net = UnivNetGenerator(**kwargs)
+    net.load_state_dict(UnivNetGenerator.convert_checkpoint(load_state_dict(path, spec["state_key"])), strict=True)
+    return net
