@@ -48,6 +48,17 @@ def test_explicit_streamlit_option_wins_over_host_and_port():
     assert cmd.count("--server.address") == 1 and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
 
 
+def test_served_url_follows_the_final_options():
+    args, rest = webui.parse_args(["--port", "9000", "--server.port=9100"])
+    assert webui.served_url(webui.build_command(args, rest)) == "http://localhost:9100"
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "turtle"]
+    assert ep.value == "tortoise.webui:main"
+
+
 def test_app_file_is_inside_the_package():
     path = webui.app_path()
     assert path.is_file() and path.parent == Path(webui.__file__).resolve().parent
@@ -259,3 +270,63 @@ def test_stage_capture_passes_lines_through(capsys):
     assert seen == ["Generating autoregressive samples..", "50%|#####     | 1/2 [00:01<00:01]"]
     out = capsys.readouterr()
     assert "Generating autoregressive" in out.out and "1/2" in out.err
+
+
+# ---- device layer: start-up check, device list, doctor report ---------------------------------------------------
+
+class HealthyIntelMachine:
+    """The oneAPI checker's view of a machine with a working Intel GPU stack (file system and libraries faked)."""
+
+    def glob(self, pattern):
+        return ["/dev/dri/renderD128"]
+
+    def access(self, path, mode):
+        return True
+
+    def find_library(self, name):
+        return "libze_loader.so.1"
+
+    def can_load(self, name):
+        return True
+
+    def distribution_version(self, name):
+        return None
+
+    def platform(self):
+        return "linux"
+
+    def torch_has_xpu(self):
+        return True
+
+
+def test_environment_check_on_cpu_skips_oneapi(monkeypatch):
+    from xpu.testing import no_accelerators
+    from tortoise.webui import device_info
+    no_accelerators(monkeypatch)
+    monkeypatch.setattr(device_info, "xpu_relevant", lambda env=None: False)
+    lines = device_info.environment_check(env={})
+    assert lines[0].startswith("device cpu") and "oneAPI checks skipped" in lines[1] and len(lines) == 2
+
+
+def test_environment_check_on_arc_shows_findings_with_fixes(monkeypatch):
+    from xpu.testing import A770, FakeGpu, GIB, no_accelerators
+    from tortoise.webui import device_info
+    no_accelerators(monkeypatch)
+    FakeGpu(monkeypatch, "xpu", [A770], free=[15 * GIB])
+    env = {"ONEAPI_DEVICE_SELECTOR": "opencl:gpu"}
+    lines = device_info.environment_check(env=env, fs=HealthyIntelMachine())
+    assert lines[0].startswith("device xpu:0 (Intel(R) Arc(TM) A770 Graphics)")
+    body = "\n".join(lines[1:])
+    assert "[error] ONEAPI_DEVICE_SELECTOR=opencl:gpu hides the Level Zero GPUs" in body
+    assert "fix: unset ONEAPI_DEVICE_SELECTOR" in body
+    assert "cannot allocate one buffer over 4 GiB" in body  # the Arc A-series finding, from the device name
+    assert device_info.device_choices() == ["auto", "xpu:0", "cpu"]
+    assert "Intel(R) Arc(TM) A770 Graphics" in device_info.doctor_report("xpu:0")
+
+
+def test_environment_check_failure_is_one_line(monkeypatch, capsys):
+    from tortoise.webui import device_info
+    monkeypatch.setenv("TORTOISE_DEVICE", "tpu")
+    device_info.print_environment_check()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("turtle: device check failed: unknown device 'tpu'")

@@ -85,6 +85,21 @@ def build_command(args: argparse.Namespace, passthrough: list[str], python: str 
     return cmd + passthrough
 
 
+def _option(cmd: list[str], option: str) -> str | None:
+    value = None
+    for i, arg in enumerate(cmd):
+        if arg == option and i + 1 < len(cmd):
+            value = cmd[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def served_url(cmd: list[str]) -> str:
+    """The address the command will serve (explicit --server.* options included)."""
+    return f"http://{_option(cmd, '--server.address')}:{_option(cmd, '--server.port')}"
+
+
 def streamlit_available() -> bool:
     return importlib.util.find_spec("streamlit") is not None
 
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.settings:
         env[SETTINGS_ENV] = str(Path(args.settings).expanduser().resolve())
     cmd = build_command(args, passthrough)
-    print(f"turtle: serving the web UI on http://{args.host}:{args.port}  (Ctrl+C stops it)", flush=True)
+    print(f"turtle: serving the web UI on {served_url(cmd)}  (Ctrl+C stops it)", flush=True)
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
