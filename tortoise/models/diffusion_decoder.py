@@ -312,6 +312,9 @@ class DiffusionTts(nn.Module):
 
     def _trunk(self, x, timesteps, code_emb):
         # x: (B, in_channels, T); timesteps: (B,); code_emb: (B or 1, C, T)
+        if torch.is_grad_enabled() and self.inp_block.weight.requires_grad:
+            raise RuntimeError("DiffusionTts runs inference only: call it under torch.no_grad() or "
+                               "torch.inference_mode(), or freeze it with model.requires_grad_(False)")
         dtype = self.inp_block.weight.dtype
         x = x.to(dtype)
         rel = self._relative_bias_cache(x.shape[-1], x.device, dtype)

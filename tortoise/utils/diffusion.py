@@ -176,6 +176,7 @@ class GaussianDiffusion:
             x0 = denoised_fn(x0)
         return x0.clamp(-1, 1) if clip_denoised else x0
 
+    @torch.no_grad()
     def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None):
         """The original's dict (mean, variance, log_variance, pred_xstart) at respaced step ``t`` (int or (B,) tensor)."""
         i = _step_index(t)
@@ -303,19 +304,23 @@ class SpacedDiffusion(GaussianDiffusion):
 
 
 def lambda_uniform_timesteps(alphas_cumprod, n):
-    """Up to ``n`` trained timesteps, descending from the noisiest to 0, nearest to a uniform grid in log-SNR.
+    """``n`` trained timesteps, descending from the noisiest to 0, nearest to a uniform grid in log-SNR.
 
     lambda = log(alpha / sigma) runs from about -5.0 (t = 3999) to 5.3 (t = 0) on Tortoise's schedule. A grid uniform
     in t (the respacing ``p``/``ddim`` use) puts a third of that range in the last step (t = 210 -> 0 at 20 steps),
     where a second-order extrapolation of x0 overshoots; uniform lambda keeps the steps equal, which is what the
-    multistep solver assumes (Lu et al. 2022, section 3.3). Duplicates (near t = 0 one trained step spans 0.36 in
-    lambda) are dropped, so very large ``n`` may give fewer steps.
+    multistep solver assumes (Lu et al. 2022, section 3.3). Near t = 0 one trained step spans up to 0.36 in lambda:
+    where two grid points would share a timestep, the noisier one moves up to the next free timestep.
     """
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    if not 1 <= n <= len(ac):
+        raise ValueError(f"dpm++2m steps must be in 1..{len(ac)}, got {n}")
     lam = 0.5 * (np.log(ac) - np.log1p(-ac))  # decreasing in t
-    targets = np.linspace(lam[-1], lam[0], max(n, 1)) if n > 1 else lam[-1:]
-    picked = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)
-    return np.array(sorted(set(picked.tolist()), reverse=True), dtype=np.int64)
+    targets = np.linspace(lam[-1], lam[0], n) if n > 1 else lam[-1:]
+    steps = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)  # descending, possibly with repeats
+    for j in range(n - 2, -1, -1):  # from the clean end: keep strictly descending
+        steps[j] = max(steps[j], steps[j + 1] + 1)
+    return steps.astype(np.int64)
 
 
 def sample_dpmpp_2m(denoise, x, alphas, sigmas, progress=False):
