@@ -4,6 +4,7 @@ Tolerances: load_audio and resampling are the original's algorithms in the same 
 (measured: bit-identical). Log mels: 1e-4 abs (measured <= 6e-5: torch.stft vs torchaudio / conv1d STFT, fp32).
 """
 import os
+import stat
 import subprocess
 import sys
 
@@ -286,6 +287,9 @@ def test_save_wav_round_trip_and_is_atomic(tmp_path):
     assert sr == 24000 and sf.info(str(path)).subtype == "FLOAT"
     np.testing.assert_array_equal(back, x.numpy())
     assert os.listdir(path.parent) == ["speech.wav"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask  # an ordinary file, not a private temp file
 
 
 def test_save_wav_failure_keeps_the_old_file(tmp_path):

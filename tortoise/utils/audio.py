@@ -14,7 +14,7 @@ on whatever device the input is on. No torchaudio.
 """
 import math
 import os
-import tempfile
+import uuid
 import warnings
 from functools import lru_cache
 
@@ -132,9 +132,10 @@ def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT"
     data = data.numpy().T if data.dim() == 2 else data.numpy()  # soundfile wants [frames, channels]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # A fresh hidden name beside the target (same file system, so the rename is atomic); open() applies the umask.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             sf.write(f, data, sample_rate, subtype=subtype, format="WAV")
         os.replace(tmp, path)
     except BaseException:
