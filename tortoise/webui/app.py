@@ -29,12 +29,20 @@ K = "w_"  # widget keys are K + a Settings field name
 def load_tts(models_dir: str, device: str, low_vram: bool, kv_cache: bool, half: bool, ar_checkpoint: str,
              diff_checkpoint: str, vocoder: str):
     from tortoise.api import TextToSpeech
-    kwargs = dict(models_dir=models_dir, device=None if device == device_info.AUTO else device,
+    kwargs = dict(models_dir=str(Path(models_dir).expanduser()), device=None if device == device_info.AUTO else device,
                   high_vram=not low_vram, kv_cache=kv_cache, half=half,
-                  ar_checkpoint=ar_checkpoint or None, diff_checkpoint=diff_checkpoint or None)
+                  ar_checkpoint=str(Path(ar_checkpoint).expanduser()) if ar_checkpoint else None,
+                  diff_checkpoint=str(Path(diff_checkpoint).expanduser()) if diff_checkpoint else None)
     if vocoder:
         kwargs["vocoder"] = vocoder
     return TextToSpeech(**kwargs)
+
+
+@st.cache_resource(show_spinner=False)
+def generation_lock():
+    """One generation at a time per server: sessions share the cached model, which is not thread-safe."""
+    import threading
+    return threading.Lock()
 
 
 def api_choices() -> dict:
@@ -109,6 +117,10 @@ def sidebar(choices: dict) -> None:
                       help="Path of a fine-tuned GPT checkpoint (.pth); empty for the released one.")
         st.text_input("Diffusion checkpoint", key=K + "diff_checkpoint", placeholder="released diffusion_decoder.pth",
                       help="Path of a fine-tuned diffusion checkpoint (.pth); empty for the released one.")
+        for key, what in (("ar_checkpoint", "Autoregressive"), ("diff_checkpoint", "Diffusion")):
+            path = st.session_state[K + key].strip()
+            if path and not Path(path).expanduser().is_file():
+                st.warning(f"{what} checkpoint {path} is not a file.")
         vocoders = [""] + choices["vocoders"]
         fit_choice(K + "vocoder", vocoders, "")
         st.selectbox("Vocoder", vocoders, key=K + "vocoder", format_func=lambda v: v or "API default")
@@ -234,6 +246,7 @@ def build_job(s: Settings) -> Job:
 
 
 def generate(s: Settings) -> None:
+    """Load (or reuse) the model and render the job; every problem ends as a message on the page."""
     if not s.text.strip():
         st.error("Type some text to speak first.")
         return
@@ -241,6 +254,19 @@ def generate(s: Settings) -> None:
         st.error("The random voice cannot be blended with other voices; untick 'Blend' or remove 'random'.")
         return
     status = st.status("Loading the models…", expanded=True)
+    lock = generation_lock()
+    if not lock.acquire(blocking=False):
+        status.update(label="Waiting for another session's generation to finish…")
+        lock.acquire()
+    try:
+        record = load_and_run(s, status)
+    finally:
+        lock.release()
+    if record is not None:
+        add_to_history(s, record.to_dict(), status, record.seconds)
+
+
+def load_and_run(s: Settings, status):
     try:
         with status:
             tts = load_tts(s.models_dir, s.device, s.low_vram, s.kv_cache, s.half, s.ar_checkpoint.strip(),
@@ -248,9 +274,9 @@ def generate(s: Settings) -> None:
     except Exception as e:
         status.update(label="Could not load the models", state="error")
         st.error(f"Could not load the models: {readable_error(e)}")
-        return
+        return None
     bar = status.progress(0.0, text="Starting")
-    stage = status.empty()
+    stage = status.empty()  # the pipeline's own stage lines (its messages and progress bars)
 
     def on_progress(message: str, done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"{message} ({done}/{total} clips done)")
@@ -258,22 +284,23 @@ def generate(s: Settings) -> None:
 
     try:
         with StageCapture(lambda line: stage.caption(line)):
-            record = run_job(tts, build_job(s), s.output_dir, on_progress)
+            return run_job(tts, build_job(s), s.output_dir, on_progress)
     except Exception as e:  # nothing was rendered (bad text, unwritable output directory, ...)
         status.update(label="Generation failed", state="error")
         st.error(f"Generation failed: {readable_error(e)}")
-        return
-    entry = record.to_dict()
+        return None
+
+
+def add_to_history(s: Settings, entry: dict, status, seconds: float) -> None:
     st.session_state["history"] = [entry] + st.session_state.get("history", [])
     try:
         save_history(s.output_dir, st.session_state["history"])
     except OSError as e:
         st.warning(f"Could not update the history file in {s.output_dir}: {e.strerror or e}.")
-    failed = [c for c in entry["clips"] if c["error"]] + entry["errors"]
-    ok = [c for c in entry["clips"] if c["file"]]
-    state = "complete" if not failed else ("error" if not ok else "running")
-    status.update(label=f"Done in {record.seconds:.1f} s: {len(ok)} clip(s), {len(failed)} failure(s)",
-                  state="complete" if state == "running" else state, expanded=False)
+    failed = len([c for c in entry["clips"] if c["error"]]) + len(entry["errors"])
+    ok = len([c for c in entry["clips"] if c["file"]])
+    status.update(label=f"Done in {seconds:.1f} s: {ok} clip(s), {failed} failure(s)",
+                  state="error" if failed and not ok else "complete", expanded=False)
 
 
 # ---- history ---------------------------------------------------------------------------------------------------
