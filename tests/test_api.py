@@ -1,0 +1,304 @@
+"""TextToSpeech end to end on tiny random-weight models: presets, samplers, candidates and their ranking, voices,
+cached latents, the padding change, streaming, determinism, low-VRAM mode and out-of-memory halving."""
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from tortoise import api
+from tortoise.utils.make_test_models import write_models
+
+TEXT = "Hello there, world."
+FAST = dict(num_autoregressive_samples=4, max_mel_tokens=24, diffusion_iterations=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a busy 2-core machine: one thread avoids oversubscription stalls (20x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_models")
+    write_models(d, size="tiny", seed=0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tts(models_dir):
+    return api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=4,
+                            enable_redaction=False)
+
+
+def tone(seconds, f0, sr=22050, seed=0):
+    t = torch.arange(int(sr * seconds)) / sr
+    noise = 0.01 * torch.randn(t.shape[0], generator=torch.Generator().manual_seed(seed))
+    return (0.3 * torch.sin(2 * torch.pi * f0 * t) * (0.6 + 0.4 * torch.sin(2 * torch.pi * 3 * t)) + noise)[None]
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [tone(3.0, 220.0, seed=1), tone(7.0, 180.0, seed=2)]  # the second is longer than 6 s: cropped
+
+
+# ---------------------------------------------------------------- options and presets (data)
+
+FF_TABLE = {  # the fast fork's tts_with_preset: samples, iterations, sampler, cond_free
+    "single_sample": (8, 10, "ddim", True), "ultra_fast": (16, 10, "ddim", True),
+    "ultra_fast_old": (16, 30, "ddim", False), "very_fast": (32, 30, "dpm++2m", True),
+    "fast": (96, 20, "dpm++2m", True), "fast_old": (96, 80, "ddim", True),
+    "standard": (256, 200, "ddim", True), "high_quality": (256, 400, "ddim", True),
+    "original_ultra_fast": (16, 30, "p", False), "original_fast": (96, 80, "p", True),
+    "original_standard": (256, 200, "p", True), "original_high_quality": (256, 400, "p", True),
+}
+
+
+@pytest.mark.parametrize("name", list(FF_TABLE))
+def test_presets_match_their_sources(name):
+    o = api.PRESETS[name]
+    assert (o.num_autoregressive_samples, o.diffusion_iterations, o.sampler, o.cond_free) == FF_TABLE[name]
+    assert o.temperature == (0.8 if name.startswith("original_") else 0.2)
+    assert (o.length_penalty, o.repetition_penalty, o.top_p, o.cond_free_k, o.diffusion_temperature) == (
+        1.0, 2.0, 0.8, 2.0, 1.0)
+
+
+def test_preset_overrides_and_validation():
+    o = api.preset_options("fast", temperature=0.5, diffusion_iterations=7)
+    assert (o.temperature, o.diffusion_iterations, o.sampler) == (0.5, 7, "dpm++2m")
+    assert api.PRESETS["fast"].temperature == 0.2  # presets are frozen data
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        api.PRESETS["fast"].temperature = 1.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        api.preset_options("turbo")
+    with pytest.raises(TypeError, match="unknown generation option"):
+        api.preset_options("fast", temprature=0.5)
+    with pytest.raises(ValueError, match="dpm\\+\\+2m sampler needs cond_free"):
+        api.preset_options("fast", cond_free=False)
+    with pytest.raises(ValueError, match="top_p"):
+        api.GenerationOptions(top_p=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        api.GenerationOptions(sampler="euler")
+
+
+# ---------------------------------------------------------------- pipeline helpers
+
+def test_fix_autoregressive_output_and_calm_trim():
+    codes = torch.tensor([5, 6, 7, 8193, 8193, 8193] + [8193] * 14)
+    fixed = api.fix_autoregressive_output(codes.clone(), 8193)
+    assert fixed[:3].tolist() == [5, 6, 7] and fixed[3:-3].eq(83).all() and fixed[-3:].tolist() == [45, 45, 248]
+    latents = torch.arange(20.0)[:, None]
+    assert api.trim_at_calm(fixed, latents).shape[0] == 3 + 8  # cut where the 9th calm token sits
+
+
+def test_padding_to_longest_keeps_the_originals_trim():
+    """Padding to the longest sample (+ margin) instead of max_mel_tokens gives every sample the same calm-token cut
+    as the original's padding to max_mel_tokens."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for stop_at in (5, 17, 30):
+        r = torch.randint(0, 8000, (1, 31), generator=gen)
+        r[0, stop_at:] = 8193
+        rows.append(r[:, :stop_at + 1])
+    ours = api.pad_codes(rows, 8193, max_mel_tokens=500)
+    assert ours.shape[1] == 31 + api.CODE_PAD_MARGIN
+    theirs = torch.cat([torch.nn.functional.pad(r, (0, 500 - r.shape[1]), value=8193) for r in rows])
+    lat = torch.randn(500, 2)
+    for a, b in zip(ours, theirs):
+        a, b = api.fix_autoregressive_output(a.clone(), 8193), api.fix_autoregressive_output(b.clone(), 8193)
+        assert api.trim_at_calm(a, lat).shape == api.trim_at_calm(b, lat).shape
+    assert api.pad_codes(rows, 8193, max_mel_tokens=35).shape[1] == 35  # near the cap: the original's padding
+
+
+def test_latent_pass_on_short_padding_equals_padding_to_max(tts):
+    """The AR model is causal: latents of the codes are the same whatever the padding after them."""
+    ar = tts.autoregressive
+    text = tts._text_tokens(TEXT)
+    cond = torch.randn(1, ar.model_dim, generator=torch.Generator().manual_seed(3))
+    codes = torch.randint(0, 8000, (2, 10), generator=torch.Generator().manual_seed(4))
+    codes[0, 6:] = 8193
+    short = torch.nn.functional.pad(codes, (0, 2), value=8193)
+    long = torch.nn.functional.pad(codes, (0, 40), value=8193)
+    a, b = tts._latents(cond, text, short, False), tts._latents(cond, text, long, False)
+    torch.testing.assert_close(a, b[:, :a.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_crossfader_reassembles_a_fixed_signal():
+    sig = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    fader = api.ChunkCrossfader(256)
+    parts = [fader.push(sig[:n]) for n in (1200, 1300, 3000, 5000)] + [fader.finish()]
+    torch.testing.assert_close(torch.cat(parts), sig)  # identical overlaps: the fade is exact
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_random_voice_ultra_fast_is_deterministic(tts):
+    a = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=7, **FAST)
+    b = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=7, **FAST)
+    c = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=8, **FAST)
+    assert a.dim() == 3 and a.shape[:2] == (1, 1) and a.shape[2] > 0 and torch.isfinite(a).all()
+    assert a.abs().max() <= 1.0
+    assert torch.equal(a, b)
+    assert a.shape != c.shape or not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler,cond_free", [("p", False), ("ddim", True), ("dpm++2m", True)])
+def test_samplers(tts, sampler, cond_free):
+    wav = tts.tts(TEXT, verbose=False, use_deterministic_seed=1, sampler=sampler, cond_free=cond_free, **FAST)
+    assert wav.shape[-1] > 0 and torch.isfinite(wav).all()
+
+
+def test_candidates_are_ranked_by_clvp_and_cvvp(tts, clips):
+    text = tts._text_tokens(TEXT)
+    _, _, auto_conds, _ = tts.get_conditioning_latents(clips, return_mels=True)
+    codes = torch.randint(0, 8000, (6, 12), generator=torch.Generator().manual_seed(5))
+    codes[:, 9:] = 8193
+    with torch.no_grad():
+        best = tts._rank(text, codes.clone(), auto_conds, 0.0, 3, False, False)
+        fixed = torch.stack([api.fix_autoregressive_output(r.clone(), 8193, complain=False) for r in codes])
+        clvp = tts.clvp(text.repeat(6, 1), fixed, return_loss=False)
+        assert torch.equal(best, fixed[clvp.topk(3).indices])
+        best = tts._rank(text, codes.clone(), auto_conds, 0.5, 2, False, False)
+        cvvp = sum(tts.load_cvvp()(auto_conds[:, c].repeat(6, 1, 1), fixed, return_loss=False)
+                   for c in range(auto_conds.shape[1])) / auto_conds.shape[1]
+        assert torch.equal(best, fixed[(0.5 * cvvp + 0.5 * clvp).topk(2).indices])
+
+
+def test_k_candidates_with_a_voice_and_cvvp(tts, clips):
+    wavs = tts.tts(TEXT, voice_samples=clips, k=2, verbose=False, use_deterministic_seed=2, cvvp_amount=0.5, **FAST)
+    assert isinstance(wavs, list) and len(wavs) == 2 and all(w.shape[:2] == (1, 1) for w in wavs)
+
+
+def test_conditioning_latents_are_cached_per_voice(tts, clips):
+    calls = []
+    ar = tts.autoregressive
+    original = ar.get_conditioning
+    ar.get_conditioning = lambda x: calls.append(x.shape) or original(x)
+    try:
+        tts.deterministic_state(11)
+        a = tts.get_conditioning_latents(clips)
+        tts.deterministic_state(11)
+        b = tts.get_conditioning_latents(clips)
+    finally:
+        del ar.get_conditioning
+    assert len(calls) == 1 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert a[0].shape == (1, ar.model_dim) and a[1].shape[0] == 1
+
+
+def test_latent_averaging_modes(tts, clips):
+    outs = {m: tts.get_conditioning_latents(clips, return_mels=True, latent_averaging_mode=m) for m in (0, 1, 2)}
+    n_chunks = sum(-(-round(c.shape[-1] * 24000 / 22050) // api.DIFFUSION_COND_LENGTH) for c in clips)
+    assert outs[0][3].shape[1] == 2 and outs[1][3].shape[1] == n_chunks and outs[2][3].shape[1] == 2
+    assert not torch.equal(outs[0][1], outs[1][1])
+    with pytest.raises(ValueError):
+        tts.get_conditioning_latents(clips, latent_averaging_mode=3)
+
+
+def test_saved_latents_reproduce_the_voice(tts, clips, tmp_path):
+    tts.deterministic_state(3)  # the crop of the 7 s clip is drawn as tts() will draw it after seeding with 3
+    latents = tts.get_conditioning_latents(clips)
+    torch.save(tuple(t.cpu() for t in latents), tmp_path / "v.pth")
+    loaded = torch.load(tmp_path / "v.pth", weights_only=True)
+    a = tts.tts(TEXT, conditioning_latents=loaded, verbose=False, use_deterministic_seed=3, **FAST)
+    b = tts.tts(TEXT, voice_samples=clips, verbose=False, use_deterministic_seed=3, **FAST)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("position_mode", ["original", "contiguous"])
+def test_stream_codes_match_inference_speech(tts, position_mode):
+    """The step-by-step sampler draws the same codes as the batch decoder for the same seed. With contiguous mel
+    positions its latents are the latent pass's; with the original's cached-decoding position quirk (generated
+    tokens one position on) only the first is, as in the original's own stream generator."""
+    from tortoise.utils.sampling import SamplingOptions
+    ar = tts.autoregressive
+    text = tts._text_tokens(TEXT)
+    cond = torch.randn(1, ar.model_dim, generator=torch.Generator().manual_seed(9))
+    kw = dict(do_sample=True, top_p=0.8, temperature=0.9, repetition_penalty=2.0)
+    ar.post_init_gpt2_config(kv_cache=True, position_mode=position_mode)
+    try:
+        with torch.no_grad():
+            torch.manual_seed(5)
+            ref = ar.inference_speech(cond, text, num_return_sequences=1, max_generate_length=20, **kw)[0]
+            torch.manual_seed(5)
+            steps = list(api.stream_codes(ar, cond, text, 20, SamplingOptions.from_generate_kwargs(**kw)))
+    finally:
+        ar.post_init_gpt2_config(kv_cache=True)
+    codes = torch.tensor([c for c, _ in steps])
+    assert torch.equal(codes, ref[:len(codes)])
+    lat = torch.stack([lt for _, lt in steps])
+    full = tts._latents(cond, text, ref[None], False)[0]
+    n = len(codes) if position_mode == "contiguous" else 1
+    torch.testing.assert_close(lat[:n], full[:n], rtol=1e-4, atol=1e-4)
+
+
+def test_tts_stream_yields_crossfaded_chunks(tts):
+    chunks = list(tts.tts_stream(TEXT, verbose=False, use_deterministic_seed=4, max_mel_tokens=30,
+                                 stream_chunk_size=8, overlap_wav_len=128))
+    assert len(chunks) >= 2 and all(c.dim() == 1 for c in chunks)
+    wav = torch.cat(chunks)
+    assert torch.isfinite(wav).all()
+    again = torch.cat(list(tts.tts_stream(TEXT, verbose=False, use_deterministic_seed=4, max_mel_tokens=30,
+                                          stream_chunk_size=8, overlap_wav_len=128)))
+    assert torch.equal(wav, again)
+
+
+def test_text_errors(tts):
+    with pytest.raises(ValueError, match="Empty text"):
+        tts.tts("  ", verbose=False, **FAST)
+    with pytest.raises(ValueError, match="Text too long"):
+        tts.tts("word " * 500, verbose=False, **FAST)
+    with pytest.raises(ValueError, match="candidates"):
+        tts.tts(TEXT, k=9, verbose=False, **FAST)
+
+
+def test_out_of_memory_halves_the_batch(tts, monkeypatch):
+    """A fake device OOM at the hardware boundary: batches above 1 fail; the pipeline halves and still returns
+    every sample."""
+    ar = tts.autoregressive
+    real = ar.inference_speech
+    sizes = []
+
+    def flaky(*a, num_return_sequences=1, **kw):
+        sizes.append(num_return_sequences)
+        if num_return_sequences > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, num_return_sequences=num_return_sequences, **kw)
+
+    monkeypatch.setattr(ar, "inference_speech", flaky)
+    monkeypatch.setattr(tts, "autoregressive_batch_size", 4)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        codes = tts._sample_codes(torch.zeros(1, ar.model_dim), tts._text_tokens(TEXT),
+                                  api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=10), False,
+                                  False, {})
+    assert codes.shape[0] == 3 and sizes[:3] == [3, 1, 1] or sizes[:2] == [3, 1]
+    assert tts.autoregressive_batch_size == 1
+    assert any("out of memory" in str(x.message) for x in w)
+
+
+def test_low_vram_mode_gives_the_same_audio(models_dir, tts):
+    low = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=4, high_vram=False,
+                           enable_redaction=False)
+    a = low.tts(TEXT, verbose=False, use_deterministic_seed=6, **FAST)
+    b = tts.tts(TEXT, verbose=False, use_deterministic_seed=6, **FAST)
+    assert torch.equal(a, b)
+
+
+def test_missing_checkpoint_and_device_are_clear(tmp_path, monkeypatch):
+    from tortoise.utils.checkpoints import CheckpointError
+    from xpu import DeviceUnavailable
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="autoregressive.pth"):
+        api.TextToSpeech(models_dir=tmp_path, device="cpu")
+    with pytest.raises(DeviceUnavailable):
+        api.TextToSpeech(models_dir=tmp_path, device="xpu:7")
+
+
+def test_classifier_probability(models_dir):
+    p = float(api.classify_audio_clip(tone(2.0, 300.0, sr=24000), models_dir=models_dir))
+    assert 0.0 <= p <= 1.0 and np.isfinite(p)
