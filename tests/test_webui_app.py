@@ -48,11 +48,15 @@ def test_generate_shows_player_and_history_survives_rerun_and_restart(app_env):
     at = start_app()
     assert messages(at) == [] and messages(at, "warning") == []
     assert at.multiselect(key="w_voices").value == ["random"]
+    assert "cpu" in at.selectbox(key="w_device").options  # from the device layer
+    assert any("AR batch" in c.value for c in at.sidebar.code)  # the device panel holds the doctor report
     at.button(key="generate").click().run()
     assert not at.exception and messages(at) == []
     assert len(at.get("audio")) == 1 and len(at.get("download_button")) == 1
     status = at.get("status")[0] if at.get("status") else None
     assert status is not None and "1 clip(s), 0 failure(s)" in status.label  # progress ends with the summary
+    stage = [c.value for c in status.children.values() if c.type == "caption"]
+    assert stage and "diffusion" in stage[0], stage  # the pipeline's last stage line was shown
     runs = [p for p in app_env["out"].iterdir() if p.is_dir()]
     assert len(runs) == 1
     wav, rate = sf.read(str(runs[0] / "random_00_00.wav"))

@@ -270,6 +270,11 @@ def test_stage_capture_passes_lines_through(capsys):
     assert seen == ["Generating autoregressive samples..", "50%|#####     | 1/2 [00:01<00:01]"]
     out = capsys.readouterr()
     assert "Generating autoregressive" in out.out and "1/2" in out.err
+    seen.clear()
+    with generation.StageCapture(seen.append, min_interval=3600):  # throttled: first and last line still shown
+        for i in range(5):
+            print(f"step {i}")
+    assert seen == ["step 0", "step 4"]
 
 
 # ---- device layer: start-up check, device list, doctor report ---------------------------------------------------
@@ -330,3 +335,19 @@ def test_environment_check_failure_is_one_line(monkeypatch, capsys):
     device_info.print_environment_check()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("turtle: device check failed: unknown device 'tpu'")
+
+
+def test_build_job_maps_controls_to_api_overrides():
+    from tortoise.webui.app import build_job
+    job = build_job(Settings(text="Hi.", voices=["a", "b"], combine_voices=True, sampler="dpm++2m", steps=7,
+                             cond_free="on", ar_samples=4, max_mel_tokens=100, latent_mode=2, seed=-1,
+                             preset="fast", candidates=2, min_chars_to_split=150, extra_voices_dir=""))
+    assert job.groups == [["a", "b"]] and job.seed is None and job.preset == "fast" and job.candidates == 2
+    assert job.overrides == {"sampler": "dpm++2m", "diffusion_iterations": 7, "cond_free": True,
+                             "num_autoregressive_samples": 4, "max_mel_tokens": 100, "latent_averaging_mode": 2}
+    plain = build_job(Settings(voices=["a", "b"], seed=5, extra_voices_dir=""))
+    assert plain.groups == [["a"], ["b"]] and plain.seed == 5 and plain.overrides == {}  # preset values untouched
+    off = build_job(Settings(cond_free="off", extra_voices_dir=""))
+    assert off.overrides == {"cond_free": False}
+    from tortoise.api import OPTION_FIELDS  # every override is a knob the API knows
+    assert set(job.overrides) <= OPTION_FIELDS

@@ -137,7 +137,8 @@ class StageCapture:
     def __init__(self, callback: Callable[[str], None], min_interval: float = 0.2):
         self.callback, self.min_interval = callback, min_interval
         self.thread = threading.get_ident()
-        self._last = 0.0
+        self._last = float("-inf")
+        self._pending = None  # the newest line not yet shown (throttled)
         self._saved = None
 
     def _stream(self, real):
@@ -160,13 +161,19 @@ class StageCapture:
 
     def _feed(self, s: str) -> None:
         parts = [p.strip() for p in re.split(r"[\r\n]", s) if p.strip()]
-        now = time.monotonic()
-        if parts and now - self._last >= self.min_interval:
-            self._last = now
-            try:
-                self.callback(parts[-1][:200])
-            except Exception:  # a display problem must never stop the generation
-                pass
+        if parts:
+            self._pending = parts[-1][:200]
+            if time.monotonic() - self._last >= self.min_interval:
+                self._deliver()
+
+    def _deliver(self) -> None:
+        line, self._pending, self._last = self._pending, None, time.monotonic()
+        if line is None:
+            return
+        try:
+            self.callback(line)
+        except Exception:  # a display problem must never stop the generation
+            pass
 
     def __enter__(self):
         self._saved = (sys.stdout, sys.stderr)
@@ -175,6 +182,7 @@ class StageCapture:
 
     def __exit__(self, *exc):
         sys.stdout, sys.stderr = self._saved
+        self._deliver()  # the last line is always shown
         return False
 
 
