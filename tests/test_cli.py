@@ -1,0 +1,215 @@
+"""The tortoise-tts command end to end on tiny random-weight models: files, voices, resume, regeneration, streaming,
+and every bad-input case exiting non-zero with one line (no traceback) and keeping finished clips."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tortoise import cli
+from tortoise.utils.make_test_models import write_models
+
+QUICK = ["--num_autoregressive_samples", "2", "--max_mel_tokens", "20", "--steps", "2", "--vocoder", "univnet",
+         "-p", "ultra_fast", "--seed", "3", "-q"]
+TWO_SENTENCES = "Hello there, my friend. This is the second sentence of this text."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TORTOISE_DEVICE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_models")
+    write_models(d, size="tiny", seed=0)
+    return d
+
+
+def tone(path, seconds, f0, sr=22050):
+    t = np.arange(int(sr * seconds)) / sr
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t) * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32),
+             sr)
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voices")
+    for name, f0 in (("alice", 220.0), ("bob", 140.0)):
+        (root / name).mkdir()
+        tone(root / name / "a.wav", 2.0, f0)
+        tone(root / name / "b.wav", 1.5, f0 * 1.3)
+    return root
+
+
+def run(models_dir, out, *args, voices=None):
+    argv = ["--models_dir", str(models_dir), "-O", str(out), *QUICK, *args]
+    if voices is not None:
+        argv = ["-V", str(voices), *argv]
+    return cli.main(argv)
+
+
+def wav_info(path):
+    info = sf.info(str(path))
+    return info.samplerate, info.frames
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("tortoise-tts: error:") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_long_text_is_rendered_clip_by_clip(models_dir, voices, tmp_path):
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "alice", "--text_split", "20,40", TWO_SENTENCES, voices=voices) == 0
+    names = sorted(p.name for p in out.iterdir())
+    clips = [n for n in names if n.startswith("alice_0")]
+    assert len(clips) >= 2 and clips[0] == "alice_00_00.wav" and "alice_combined.wav" in names
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
+    total = 0
+    for n in clips:
+        sr, frames = wav_info(out / n)
+        assert sr == 24000 and frames > 0
+        total += frames
+    assert wav_info(out / "alice_combined.wav") == (24000, total)
+
+
+def test_candidates_voices_and_output_file(models_dir, voices, tmp_path):
+    out, single = tmp_path / "out", tmp_path / "one.wav"
+    assert run(models_dir, out, "-v", "alice&bob", "--candidates", "2", "-o", str(single), "Short text.",
+               voices=voices) == 0
+    assert {p.name for p in out.iterdir()} == {"alice-bob_00_00.wav", "alice-bob_00_01.wav",
+                                               "alice-bob_combined.wav"}
+    assert wav_info(single) == wav_info(out / "alice-bob_combined.wav")
+    assert run(models_dir, out, "-v", "alice,random", "Short text.", voices=voices) == 0
+    assert {"alice_00_00.wav", "random_00_00.wav", "random_combined.wav"} <= {p.name for p in out.iterdir()}
+
+
+def test_pth_latents_voice(models_dir, voices, tmp_path):
+    from tortoise import get_conditioning_latents as gcl
+    lat_dir = tmp_path / "lat"
+    assert gcl.main(["-V", str(voices), "-v", "bob", "-O", str(lat_dir), "--models_dir", str(models_dir)]) == 0
+    vdir = tmp_path / "v"
+    (vdir / "bobl").mkdir(parents=True)
+    os.replace(lat_dir / "bob.pth", vdir / "bobl" / "bob.pth")
+    auto, diff = torch.load(vdir / "bobl" / "bob.pth", weights_only=True)
+    assert auto.dim() == 2 and diff.dim() == 2
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "bobl", "Short text.", voices=vdir) == 0
+    assert (out / "bobl_combined.wav").is_file()
+
+
+def test_regenerate_and_skip_existing(models_dir, voices, tmp_path):
+    out = tmp_path / "out"
+    args = ("-v", "alice", "--text_split", "20,40", TWO_SENTENCES)
+    assert run(models_dir, out, *args, voices=voices) == 0
+    first, second = out / "alice_00_00.wav", out / "alice_01_00.wav"
+    stamp = {p: p.stat().st_mtime_ns for p in (first, second)}
+    before = first.read_bytes()
+    assert run(models_dir, out, *args[:-1], "--regenerate", "1", args[-1], voices=voices) == 0
+    assert first.stat().st_mtime_ns == stamp[first] and first.read_bytes() == before  # kept as it was
+    assert second.stat().st_mtime_ns != stamp[second]  # rendered again
+    second.unlink()
+    assert run(models_dir, out, *args[:-1], "--skip_existing", args[-1], voices=voices) == 0
+    assert first.stat().st_mtime_ns == stamp[first] and second.is_file()  # resumed: only the missing clip
+
+
+def test_stream_flag(models_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run(models_dir, out, "--stream", "Short text for streaming.") == 0
+    sr, frames = wav_info(out / "random_00_00.wav")
+    assert sr == 24000 and frames > 0
+
+
+def test_text_from_stdin_and_list_voices(models_dir, voices, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Text from standard input.\n"))
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "bob", voices=voices) == 0
+    assert (out / "bob_00_00.wav").is_file()
+    capsys.readouterr()
+    assert cli.main(["-V", str(voices), "--list_voices"]) == 0
+    assert capsys.readouterr().out.split() == ["random", "alice", "bob"]
+
+
+BAD_INPUTS = [  # (extra argv, text on the command line or None for an empty stdin, expected fragment)
+    ([], None, "text is empty"),
+    (["-v", "carol"], "Hi.", "Unknown voice 'carol'. Known voices: random, alice, bob"),
+    (["-v", "../alice"], "Hi.", "Invalid voice name"),
+    (["-v", "broken"], "Hi.", "Cannot read voice clip"),
+    (["--device", "xpu"], "Hi.", "no XPU device is available"),
+    (["--text_split", "300,200"], "Hi.", "--text_split"),
+    (["--regenerate", "5"], "Hi.", "clip 5 does not exist"),
+    (["--candidates", "3"], "Hi.", "exceeds the 2 autoregressive samples"),
+    (["--top_p", "0"], "Hi.", "top_p"),
+    (["--sampler", "euler"], "Hi.", "invalid choice"),
+    (["--cond_free", "maybe"], "Hi.", "expected true or false"),
+]
+
+
+@pytest.mark.parametrize("extra,text,fragment", BAD_INPUTS, ids=[b[2][:20] for b in BAD_INPUTS])
+def test_bad_input_is_one_line(models_dir, voices, tmp_path, monkeypatch, capsys, extra, text, fragment):
+    (voices / "broken").mkdir(exist_ok=True)
+    (voices / "broken" / "x.wav").write_bytes(b"RIFF nonsense")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    args = [*extra] + ([text] if text else [])
+    code = run(models_dir, tmp_path / "out", *args, voices=voices)
+    assert code != 0
+    assert fragment in one_error_line(capsys)
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    code = run(tmp_path / "empty_models", tmp_path / "out", "Hi.")
+    assert code != 0
+    line = one_error_line(capsys)
+    assert "autoregressive.pth" in line and "--models_dir" in line
+
+
+def test_failure_keeps_finished_clips(models_dir, voices, tmp_path, monkeypatch, capsys):
+    from tortoise.api import TextToSpeech
+    real, calls = TextToSpeech.tts, []
+
+    def fails_second_time(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure in the middle of a run")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TextToSpeech, "tts", fails_second_time)
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "alice", "--text_split", "20,40", TWO_SENTENCES, voices=voices) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tortoise-tts: error: RuntimeError: simulated failure")
+    assert "--skip_existing" in err[0]
+    assert (out / "alice_00_00.wav").is_file() and not (out / "alice_combined.wav").exists()
+
+
+def test_console_script_and_detector(models_dir, tmp_path):
+    """The installed entry points run as processes (one line of output on error, a probability on success)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    out = tmp_path / "out"
+    script = os.path.join(os.path.dirname(__file__), "..", "script", "tortoise-tts.py")
+    ok = subprocess.run([sys.executable, script, "--models_dir", str(models_dir), "-O", str(out), *QUICK, "Hi."],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    det = subprocess.run([sys.executable, "-m", "tortoise.is_this_from_tortoise", str(out / "random_00_00.wav"),
+                          "--models_dir", str(models_dir)], env=env, capture_output=True, text=True, timeout=300)
+    assert det.returncode == 0, det.stderr
+    assert "chance that this clip was generated from Tortoise" in det.stdout
+    bad = subprocess.run([sys.executable, "-m", "tortoise.is_this_from_tortoise", str(tmp_path / "nope.wav")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
