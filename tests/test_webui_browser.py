@@ -219,18 +219,37 @@ def drive(devtools_port: int, app_url: str, shot: Path) -> dict:
         ws.close()
 
 
+def close_browser(devtools_port: int, proc: subprocess.Popen | None) -> None:
+    """Ask Chromium to quit (it then removes its temporary files); `stop` remains the fallback."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/version", timeout=5) as r:
+            ws = WebSocket(json.loads(r.read())["webSocketDebuggerUrl"], timeout=5)
+        try:
+            DevTools(ws).call("Browser.close", timeout=5)
+        except (ConnectionError, TimeoutError, OSError):
+            pass  # the browser closes the socket as it quits
+        finally:
+            ws.close()
+        proc.wait(timeout=15)
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        pass
+
+
 @pytest.mark.slow
 def test_turtle_in_headless_chromium(tmp_path, tiny_models_dir):
     chromium = find_chromium()
-    home = tmp_path / "home"
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
     home.mkdir()
+    scratch.mkdir()
     settings = tmp_path / "webui.json"
     settings.write_text(json.dumps({"settings": {
         "models_dir": str(tiny_models_dir), "output_dir": str(tmp_path / "out"),
         "extra_voices_dir": str(tmp_path / "voices"), "device": "cpu", "preset": "ultra_fast", "ar_samples": 2,
         "steps": 2, "max_mel_tokens": 20, "text": "Hello from the browser.", "voices": ["random"], "seed": 1}}))
     env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONUNBUFFERED="1")
+               XDG_DATA_HOME=str(home / ".local" / "share"), TMPDIR=str(scratch), PYTHONUNBUFFERED="1")
     env.pop("TURTLE_SETTINGS", None)
     port, devtools_port = free_port(), free_port()
     server_log, browser_log = tmp_path / "turtle.log", tmp_path / "chromium.log"
@@ -240,12 +259,15 @@ def test_turtle_in_headless_chromium(tmp_path, tiny_models_dir):
                                         "--server.headless", "true", "--server.fileWatcherType", "none"],
                        server_log, env)
         assert wait_http(f"http://127.0.0.1:{port}/_stcore/health", 120, server, server_log) == b"ok"
+        # Chromium keeps the system TMPDIR: its singleton socket path must stay under 108 bytes (removed on exit)
+        browser_env = dict(env, TMPDIR=os.environ.get("TMPDIR", "/tmp"))
         browser = start([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                         f"--remote-debugging-port={devtools_port}", "about:blank"], browser_log, env)
+                         f"--remote-debugging-port={devtools_port}", "about:blank"], browser_log, browser_env)
         wait_http(f"http://127.0.0.1:{devtools_port}/json/version", 60, browser, browser_log)
         shot = tmp_path / "turtle.png"
         result = drive(devtools_port, f"http://127.0.0.1:{port}/", shot)
     finally:
+        close_browser(devtools_port, browser)
         stop(browser)
         stop(server)
     log = server_log.read_text()
