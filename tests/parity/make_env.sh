@@ -31,9 +31,14 @@ $pip install -q --no-deps tortoise-tts==3.0.0
 $pip install -q transformers==4.31.0 tokenizers==0.13.3 'huggingface_hub<1' tqdm rotary_embedding_torch inflect \
   progressbar einops unidecode scipy librosa soundfile
 $pip install -q --no-deps torchaudio==2.11.0
-ta=$("$py" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torchaudio").origin))')
+# Checks run from / so that a `tortoise/` directory in the current one (this repository) cannot shadow the original.
+ta=$(cd / && "$py" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torchaudio").origin))')
 rm -f "$ta"/lib/*.so
-"$py" -c 'import tortoise.api, torchaudio; print("original tortoise ready:", tortoise.api.__file__)'
+where=$(cd / && "$py" -c 'import tortoise.api, torchaudio; print(tortoise.api.__file__)')
+case "$where" in
+  */site-packages/tortoise/api.py) echo "original tortoise ready: $where" ;;
+  *) echo "expected the original tortoise in $dir, but python imported $where" >&2; exit 1 ;;
+esac
 
 if [ "$mode" = "--fixtures" ]; then
   for script in "$here"/make_*_fixtures.py; do

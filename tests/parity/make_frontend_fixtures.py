@@ -30,6 +30,12 @@ from tortoise.utils.audio import load_audio, wav_to_univnet_mel
 from tortoise.utils.text import split_and_recombine_text
 from tortoise.utils.tokenizer import VoiceBpeTokenizer, english_cleaners
 
+import tortoise
+
+if "site-packages" not in tortoise.__file__:
+    raise SystemExit(f"imported {tortoise.__file__}, not the original tortoise: run with the original's venv python "
+                     "(tests/parity/make_env.sh) and without this repository on PYTHONPATH")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "fixtures", "frontend")
 ORIG_DATA = os.path.join(os.path.dirname(os.path.abspath(english_cleaners.__code__.co_filename)), "..", "data")
