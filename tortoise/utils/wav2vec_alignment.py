@@ -127,7 +127,7 @@ class Wav2VecAlignment:
             wav = (wav - wav.mean()) / torch.sqrt(wav.var() + 1e-7)
             logits = self.model(wav.reshape(1, -1)).logits[0]  # [frames, vocab]
         frame_ids = logits.argmax(-1).tolist()
-        heard = self.tokenizer.decode(frame_ids)
+        heard = self.tokenizer.decode(frame_ids, clean_up_tokenization_spaces=True)  # the original's default
         fixed = max_alignment(expected_text.lower(), heard)
         compression = orig_len // max(len(frame_ids), 1)
         positions = [-1] * len(fixed)
