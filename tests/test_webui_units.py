@@ -1,7 +1,6 @@
 """The web UI's pieces without a browser: launcher command line, settings file, voice upload checks, history."""
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -29,8 +29,9 @@ K = "w_"  # widget keys are K + a Settings field name
 def load_tts(models_dir: str, device: str, low_vram: bool, kv_cache: bool, half: bool, ar_checkpoint: str,
              diff_checkpoint: str, vocoder: str):
     from tortoise.api import TextToSpeech
-    kwargs = dict(models_dir=str(Path(models_dir).expanduser()), device=None if device == device_info.AUTO else device,
-                  high_vram=not low_vram, kv_cache=kv_cache, half=half,
+    kwargs = dict(models_dir=str(Path(models_dir).expanduser()),
+                  device=None if device == device_info.AUTO else device, high_vram=not low_vram, kv_cache=kv_cache,
+                  half=half,
                   ar_checkpoint=str(Path(ar_checkpoint).expanduser()) if ar_checkpoint else None,
                   diff_checkpoint=str(Path(diff_checkpoint).expanduser()) if diff_checkpoint else None)
     if vocoder:
@@ -52,9 +53,9 @@ def api_choices() -> dict:
 
 
 @st.cache_data(ttl=600, show_spinner=False)
-def cached_doctor_report() -> str:
+def cached_doctor_report(device: str) -> str:
     try:
-        return device_info.doctor_report()
+        return device_info.doctor_report(device)
     except Exception as e:
         return f"The device report failed: {readable_error(e)}"
 
@@ -141,7 +142,7 @@ def sidebar(choices: dict) -> None:
             if st.button("Refresh report", key="refresh_doctor"):
                 cached_doctor_report.clear()
                 cached_device_choices.clear()
-            st.code(cached_doctor_report(), language=None)
+            st.code(cached_doctor_report(st.session_state[K + "device"]), language=None)
 
 
 def known_voices(extra_dir: str) -> tuple[list[str], str | None]:

@@ -50,7 +50,8 @@ class CreatedVoice:
 
 
 def _clean(raw: str) -> str:
-    """Transliterate to ASCII, keep [A-Za-z0-9_.-], turn whitespace runs into '_', drop everything else, trim '.', '_' and '-' at the ends."""
+    """Transliterate to ASCII, keep [A-Za-z0-9_.-], turn whitespace runs into '_', drop everything else,
+    trim '.', '_' and '-' at the ends."""
     from unidecode import unidecode  # "Émile" -> "Emile" rather than "mile"
     text = re.sub(r"\s+", "_", unidecode(raw).strip())
     text = "".join(ch for ch in text if _NAME_OK.fullmatch(ch))
@@ -86,8 +87,8 @@ def inspect_clip(filename: str, data: bytes) -> ClipInfo:
         info = sf.info(io.BytesIO(data))
         audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad data
-        raise UploadError(f"{label}: cannot be read as audio ({str(e).splitlines()[0] if str(e) else type(e).__name__});"
-                          f" export it again as wav or flac.") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UploadError(f"{label}: cannot be read as audio ({reason}); export it again as wav or flac.") from None
     detected = FORMAT_EXTENSION.get(info.format)
     if detected is None:
         raise UploadError(f"{label}: {info.format} audio is not accepted; convert it to wav or flac.")
