@@ -86,6 +86,12 @@ def test_empty_text_is_a_clear_error(tok, text):
         tok.encode(text)
 
 
+def test_a_number_too_long_to_spell_is_a_clear_error(tok):
+    assert tok.encode("1" + "0" * 30)  # "one nonillion" is fine
+    with pytest.raises(TokenizerError, match="cannot spell out the number 1000"):
+        tok.encode("Call 1" + "0" * 40 + " now")
+
+
 def test_non_string_is_a_clear_error(tok):
     with pytest.raises(TokenizerError, match="must be a string"):
         tok.encode(None)

@@ -54,6 +54,15 @@ def _inflect_engine():
     return inflect.engine()
 
 
+def _words(num, **kwargs) -> str:
+    """inflect's number_to_words, with its out-of-range failure (over 36 digits) turned into a clear error."""
+    try:
+        return _inflect_engine().number_to_words(num, **kwargs)
+    except Exception as e:  # inflect.NumOutOfRangeError
+        raise TokenizerError(f"cannot spell out the number {str(num)[:40]}{'...' if len(str(num)) > 40 else ''} "
+                             f"({type(e).__name__}); write it in words or shorten it") from None
+
+
 def _plural(count: int, singular: str) -> str:
     return f"{count} {singular}" if count == 1 else f"{count} {singular}s"
 
@@ -75,22 +84,21 @@ def _expand_dollars(m: re.Match) -> str:
 
 
 def _expand_ordinal(m: re.Match) -> str:
-    return _inflect_engine().number_to_words(m.group(0))
+    return _words(m.group(0))
 
 
 def _expand_number(m: re.Match) -> str:
-    words = _inflect_engine().number_to_words
     num = int(m.group(0))
     if not 1000 < num < 3000:
-        return words(num, andword="")
+        return _words(num, andword="")
     # Years are read in pairs ("nineteen eighty-four"), with the 2000s as "two thousand ...".
     if num == 2000:
         return "two thousand"
     if 2000 < num < 2010:
-        return "two thousand " + words(num % 100)
+        return "two thousand " + _words(num % 100)
     if num % 100 == 0:
-        return words(num // 100) + " hundred"
-    return words(num, andword="", zero="oh", group=2).replace(", ", " ")
+        return _words(num // 100) + " hundred"
+    return _words(num, andword="", zero="oh", group=2).replace(", ", " ")
 
 
 def normalize_numbers(text: str) -> str:
