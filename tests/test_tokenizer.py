@@ -90,6 +90,8 @@ def test_a_number_too_long_to_spell_is_a_clear_error(tok):
     assert tok.encode("1" + "0" * 30)  # "one nonillion" is fine
     with pytest.raises(TokenizerError, match="cannot spell out the number 1000"):
         tok.encode("Call 1" + "0" * 40 + " now")
+    with pytest.raises(TokenizerError, match="5000-digit"):
+        tok.encode("$" + "9" * 5000)
 
 
 def test_non_string_is_a_clear_error(tok):

@@ -63,6 +63,13 @@ def _words(num, **kwargs) -> str:
                              f"({type(e).__name__}); write it in words or shorten it") from None
 
 
+def _to_int(digits: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # Python refuses int() of more than 4300 digits
+        raise TokenizerError(f"cannot spell out a {len(digits)}-digit number; write it in words or shorten it") from None
+
+
 def _plural(count: int, singular: str) -> str:
     return f"{count} {singular}" if count == 1 else f"{count} {singular}s"
 
@@ -72,8 +79,8 @@ def _expand_dollars(m: re.Match) -> str:
     parts = amount.split(".")
     if len(parts) > 2:
         return amount + " dollars"  # e.g. "$1.2.3": not money, leave the digits to the number pass
-    dollars = int(parts[0]) if parts[0] else 0
-    cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    dollars = _to_int(parts[0]) if parts[0] else 0
+    cents = _to_int(parts[1]) if len(parts) > 1 and parts[1] else 0
     if dollars and cents:
         return f"{_plural(dollars, 'dollar')}, {_plural(cents, 'cent')}"
     if dollars:
@@ -88,7 +95,7 @@ def _expand_ordinal(m: re.Match) -> str:
 
 
 def _expand_number(m: re.Match) -> str:
-    num = int(m.group(0))
+    num = _to_int(m.group(0))
     if not 1000 < num < 3000:
         return _words(num, andword="")
     # Years are read in pairs ("nineteen eighty-four"), with the 2000s as "two thousand ...".
