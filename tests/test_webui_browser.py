@@ -212,7 +212,7 @@ def drive(devtools_port: int, app_url: str, shot: Path) -> dict:
         audio = page.js(AUDIO_CHECK, timeout=60)
         failures = page.js("Array.from(document.querySelectorAll("
                            "'[data-testid=stException], [data-testid=stAlertContentError]')).map(e => e.innerText)")
-        png = page.call("Page.captureScreenshot", timeout=60, format="png", captureBeyondViewport=True)
+        png = page.call("Page.captureScreenshot", timeout=60, format="png", captureBeyondViewport=False)
         shot.write_bytes(base64.b64decode(png["data"]))
         return {"audio": audio, "failures": failures}
     finally:

@@ -162,7 +162,7 @@ def main_controls(choices: dict, voices: list[str]) -> None:
                  "text in [brackets] shapes the voice but is not spoken.")
     options = ["random"] + voices
     st.session_state[K + "voices"] = [v for v in st.session_state.get(K + "voices", []) if v in options] or ["random"]
-    col1, col2 = st.columns([3, 1])
+    col1, col2 = st.columns([5, 2])
     col1.multiselect("Voices", options, key=K + "voices",
                      help="Each chosen voice is rendered in turn; 'random' uses the random latent generators.")
     col2.checkbox("Blend them into one voice", key=K + "combine_voices", help="Like 'a&b' on the command line.")
@@ -356,7 +356,7 @@ def history_section() -> None:
 # ---- the page --------------------------------------------------------------------------------------------------
 
 def render() -> None:
-    st.set_page_config(page_title="Tortoise TTS", page_icon="🐢", layout="wide")
+    st.set_page_config(page_title="Tortoise TTS", page_icon="🐢", layout="wide", initial_sidebar_state="expanded")
     init_session()
     ss = st.session_state
     if ss.get("_select_voice"):
