@@ -238,15 +238,17 @@ class LVCBlock(nn.Module):
 
 def _gated_residual(x, out):
     """x + sigmoid(a) * tanh(b) with (a, b) the halves of the LVC output. x: (B, C, L*hop); out: (B, L, 2C, hop)."""
-    channels = x.shape[1]
-    frames, hop = out.shape[1], out.shape[3]
+    channels, frames, hop = x.shape[1], out.shape[1], out.shape[3]
     res = torch.empty_like(x)
     for b in range(x.shape[0]):
-        gate = torch.sigmoid(out[b, :, :channels]).mul_(torch.tanh(out[b, :, channels:])) \
-            if not torch.is_grad_enabled() else torch.sigmoid(out[b, :, :channels]) * torch.tanh(out[b, :, channels:])
-        x_b = x[b].unflatten(1, (frames, hop)).transpose(0, 1)               # (L, C, hop) view
-        torch.add(x_b, gate, out=res[b].unflatten(1, (frames, hop)).transpose(0, 1))
+        torch.addcmul(_frame_major(x[b], frames, hop), torch.sigmoid(out[b, :, :channels]),
+                      torch.tanh(out[b, :, channels:]), out=_frame_major(res[b], frames, hop))
     return res
+
+
+def _frame_major(t, frames, hop):
+    """(C, L*hop) -> (L, C, hop), a view."""
+    return t.unflatten(1, (frames, hop)).transpose(0, 1)
 
 
 class UnivNetGenerator(WeightNormFolding, nn.Module):
