@@ -213,3 +213,28 @@ def test_console_script_and_detector(models_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tortoise.is_this_from_tortoise", str(tmp_path / "nope.wav")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_auto_vocoder_uses_a_local_bigvgan(models_dir, tmp_path):
+    """--vocoder auto picks BigVGAN base when its directory (NVIDIA's layout) is in the models dir."""
+    import json
+    import shutil
+
+    from tortoise.models.bigvgan import BigVGAN
+    from tortoise.models.vocoder import BIGVGAN_BASE_24KHZ_100BAND
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    assert cli.choose_vocoder("auto", str(models)) == "univnet"
+    big = models / "bigvgan_base_24khz_100band"
+    big.mkdir()
+    cfg = dict(BIGVGAN_BASE_24KHZ_100BAND, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+               resblock_dilation_sizes=[[1, 3]])
+    (big / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    torch.save({"generator": BigVGAN(cfg).state_dict()}, big / "bigvgan_generator.pt")
+    assert cli.choose_vocoder("auto", str(models)) == "bigvgan_base"
+    argv = ["--models_dir", str(models), "-O", str(tmp_path / "out"), *QUICK, "Hi."]
+    argv[argv.index("--vocoder") + 1] = "auto"
+    assert cli.main(argv) == 0
+    sr, frames = wav_info(tmp_path / "out" / "random_00_00.wav")
+    assert sr == 24000 and frames > 0

@@ -263,6 +263,32 @@ class ChunkCrossfader:
         return tail
 
 
+def bigvgan_dir(name, models_dir, download=True):
+    """The directory of BigVGAN checkpoint ``name`` (NVIDIA's layout): ``models_dir/<repo name>`` when present, else
+    downloaded from the hub into the models dir's cache."""
+    from pathlib import Path
+
+    from tortoise.models.vocoder import VOCODERS
+    repo = VOCODERS[name]["hub_repo"]
+    local = Path(models_dir).expanduser() / repo.split("/")[-1]
+    if local.is_dir() or not download:
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=repo, cache_dir=str(models_dir)))
+    except Exception as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise checkpoints.CheckpointError(
+            f"the {name} vocoder is not in {local} and could not be downloaded from {repo} ({reason}); download it "
+            f"there (config.json + bigvgan_generator.pt) or use --vocoder univnet") from None
+
+
+def vocode(vocoder, mel):
+    """Mel ``[B, 100, T]`` -> 24 kHz audio ``[B, 1, S]`` with UnivNet (``inference``) or a loaded BigVGAN wrapper."""
+    inference = getattr(vocoder, "inference", None)
+    return inference(mel) if inference is not None else vocoder(mel)
+
+
 def _resample(wav, orig_sr, new_sr):
     from tortoise.utils import audio
     return audio.resample(wav, orig_sr, new_sr)
@@ -379,7 +405,7 @@ class TextToSpeech:
         if self.vocoder_name == "univnet":
             return checkpoints.load_model("vocoder", models_dir=self.models_dir, device=device)
         from tortoise.models.vocoder import load_vocoder
-        return load_vocoder(self.vocoder_name, models_dir=self.models_dir, device=device)
+        return load_vocoder(self.vocoder_name, bigvgan_dir(self.vocoder_name, self.models_dir), device=device)
 
     autoregressive = property(lambda self: self._model("autoregressive"))
     clvp = property(lambda self: self._model("clvp"))
@@ -690,7 +716,7 @@ class TextToSpeech:
                 with self._autocast(half):
                     mel = do_spectrogram_diffusion(diffusion, diffuser, lat, diffusion_latent,
                                                    temperature=opts.diffusion_temperature, verbose=verbose)
-                wav = vocoder.inference(mel.float())  # [1, 1, S]
+                wav = vocode(vocoder, mel.float())  # [1, 1, S]
                 wavs.append(wav.float().cpu())
         return wavs
 

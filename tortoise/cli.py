@@ -91,8 +91,8 @@ def build_parser():
     a.add_argument(*_flag("device"), default=None, help="xpu, xpu:1, cuda, mps or cpu (default: automatic)")
     a.add_argument(*_flag("batch_size"), type=int, default=None, help="autoregressive batch size (default: fits memory)")
     a.add_argument(*_flag("vocoder"), default="auto", type=str.lower,
-                   help="univnet, bigvgan_base or bigvgan; auto: bigvgan_base when the bigvgan package is "
-                        "installed, else univnet")
+                   help="univnet, bigvgan_base or bigvgan; auto: bigvgan_base when MODELS_DIR/"
+                        "bigvgan_base_24khz_100band exists, else univnet")
     a.add_argument(*_flag("ar_checkpoint"), default=None, help="autoregressive checkpoint file")
     a.add_argument(*_flag("clvp_checkpoint"), default=None, help="CLVP checkpoint file")
     a.add_argument(*_flag("diff_checkpoint"), default=None, help="diffusion checkpoint file")
@@ -171,13 +171,16 @@ def generation_options(args):
         raise UsageError(f"{e} (check the tuning flags)") from None
 
 
-def choose_vocoder(name):
+def choose_vocoder(name, models_dir):
+    """``auto``: BigVGAN base (the fast fork's default) when its checkpoint is in the models dir, else UnivNet."""
     if name not in _VOCODER_ALIASES:
         raise UsageError(f"unknown --vocoder {name!r}: use one of {', '.join(VOCODER_CHOICES)}")
     if name != "auto":
         return name
-    import importlib.util
-    return "bigvgan_base" if importlib.util.find_spec("bigvgan") is not None else "univnet"
+    from tortoise.api import bigvgan_dir
+    from tortoise.utils.checkpoints import default_models_dir
+    local = bigvgan_dir("bigvgan_base", models_dir or default_models_dir(), download=False)
+    return "bigvgan_base" if local.is_dir() else "univnet"
 
 
 def check_args(args, opts, n_clips):
@@ -303,7 +306,7 @@ def run(args, say):
     texts = split_text(text, args.text_split)
     opts = generation_options(args)
     check_args(args, opts, len(texts))
-    vocoder = choose_vocoder(args.vocoder)
+    vocoder = choose_vocoder(args.vocoder, args.models_dir)
     voices = load_voice_groups(args)
     if args.output and len(voices) > 1:
         raise UsageError("-o takes one voice; with several voices use -O DIR (each gets DIR/{voice}_combined.wav)")
