@@ -153,3 +153,11 @@ def test_corrupt_settings_file_falls_back_with_a_warning(app_env):
     assert len(warnings) == 1 and "corrupt" in warnings[0]
     at.number_input(key="w_candidates").set_value(2).run()
     assert json.loads(app_env["settings"].read_text())["settings"]["candidates"] == 2  # rewritten, valid again
+
+
+def test_checkout_script_draws_the_same_page(app_env):
+    from pathlib import Path
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "scripts" / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and at.title[0].value == "Tortoise text to speech"
+    assert at.button(key="generate").label == "Generate"

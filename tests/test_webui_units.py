@@ -117,10 +117,13 @@ def test_corrupt_settings_file_falls_back_with_a_warning(tmp_path, content):
 def test_wrongly_typed_settings_are_dropped_one_by_one(tmp_path):
     path = tmp_path / "webui.json"
     path.write_text(json.dumps({"settings": {"candidates": "many", "half": 1, "voices": [1], "text": "kept",
-                                             "unknown_key": 5}}))
+                                             "steps": -5, "max_mel_tokens": 9999, "seed": 12, "unknown_key": 5}}))
     loaded, warning = load_settings(path)
     assert loaded.text == "kept" and loaded.candidates == Settings().candidates and loaded.half is False
-    assert "candidates" in warning and "half" in warning and "voices" in warning
+    assert loaded.steps == Settings().steps and loaded.max_mel_tokens == Settings().max_mel_tokens
+    assert loaded.seed == 12
+    for name in ("candidates", "half", "voices", "steps", "max_mel_tokens"):
+        assert name in warning
 
 
 def test_settings_path_from_environment(tmp_path, monkeypatch):

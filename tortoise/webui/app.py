@@ -14,8 +14,8 @@ import streamlit as st
 
 from tortoise.webui import device_info
 from tortoise.webui.generation import (Job, load_history, readable_error, run_job, save_history, StageCapture)
-from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, Settings, default_settings_path, load_settings,
-                                     save_settings)
+from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
+                                     load_settings, save_settings)
 from tortoise.webui.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
 
 PRESET_DEFAULT = "preset default"
@@ -171,8 +171,7 @@ def main_controls(choices: dict, voices: list[str]) -> None:
     with st.expander("Advanced"):
         left, right = st.columns(2)
         with left:
-            st.number_input("Candidates", min_value=1, max_value=16, step=1, key=K + "candidates",
-                            help="How many clips per text chunk, best first (ranked by CLVP).")
+            number("Candidates", "candidates", "How many clips per text chunk, best first (ranked by CLVP).")
             fit_choice(K + "latent_mode", list(range(len(LATENT_MODES))), 0)
             st.radio("Latent averaging", list(range(len(LATENT_MODES))), format_func=lambda i: LATENT_MODES[i],
                      key=K + "latent_mode", help="How the voice clips are turned into conditioning latents.")
@@ -180,20 +179,22 @@ def main_controls(choices: dict, voices: list[str]) -> None:
             fit_choice(K + "sampler", samplers, PRESET_DEFAULT)
             st.radio("Sampler", samplers, key=K + "sampler", horizontal=True,
                      help="Diffusion sampler; dpm++2m needs conditioning-free guidance.")
-            st.number_input("Steps", min_value=0, max_value=1000, step=1, key=K + "steps",
-                            help="Diffusion steps; 0 keeps the preset's.")
-            st.number_input("Autoregressive samples", min_value=0, max_value=1024, step=1, key=K + "ar_samples",
-                            help="Samples drawn before CLVP picks the best; 0 keeps the preset's.")
-            st.number_input("Seed", min_value=-1, max_value=2**32 - 1, step=1, key=K + "seed",
-                            help="-1: a new random seed each run (the history shows it).")
+            number("Steps", "steps", "Diffusion steps; 0 keeps the preset's.")
+            number("Autoregressive samples", "ar_samples", "Samples drawn before CLVP picks the best; 0 keeps the "
+                   "preset's.")
+            number("Seed", "seed", "-1: a new random seed each run (the history shows it).")
         with right:
             fit_choice(K + "cond_free", list(COND_FREE_CHOICES), PRESET_DEFAULT)
             st.radio("Conditioning-free guidance", list(COND_FREE_CHOICES), key=K + "cond_free", horizontal=True)
-            st.number_input("Minimum characters before splitting", min_value=20, max_value=1000, step=10,
-                            key=K + "min_chars_to_split",
-                            help="Shorter text is one clip; longer text is split into chunks of about this size.")
-            st.number_input("Maximum clip length (tokens)", min_value=10, max_value=600, step=10,
-                            key=K + "max_mel_tokens", help="Each token is 1/20 s; a clip stops here at the latest.")
+            number("Minimum characters before splitting", "min_chars_to_split",
+                   "Shorter text is one clip; longer text is split into chunks of about this size.", step=10)
+            number("Maximum clip length (tokens)", "max_mel_tokens",
+                   "Each token is 1/20 s; a clip stops here at the latest.", step=10)
+
+
+def number(label: str, name: str, help: str, step: int = 1) -> None:
+    low, high = RANGES[name]
+    st.number_input(label, min_value=low, max_value=high, step=step, key=K + name, help=help)
 
 
 def upload_section(settings: Settings, voices: list[str]) -> None:

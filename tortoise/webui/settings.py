@@ -22,6 +22,10 @@ LATENT_MODES = (  # index = latent_averaging_mode of get_conditioning_latents
     "average per clip",
 )
 COND_FREE_CHOICES = ("preset default", "on", "off")
+RANGES = {  # inclusive bounds of the numeric controls (the page's number inputs use the same)
+    "candidates": (1, 16), "latent_mode": (0, len(LATENT_MODES) - 1), "steps": (0, 1000), "ar_samples": (0, 1024),
+    "seed": (-1, 2**32 - 1), "max_mel_tokens": (10, 600), "min_chars_to_split": (20, 1000),
+}
 
 
 def _user_dir(xdg_var: str, fallback: str) -> Path:
@@ -76,6 +80,11 @@ class Settings:
     device: str = "auto"
 
 
+def _in_range(name: str, value: int) -> bool:
+    low, high = RANGES.get(name, (value, value))
+    return low <= value <= high
+
+
 def settings_from_dict(data: dict) -> tuple[Settings, list[str]]:
     """Known keys of the right type are taken; the rest is dropped and reported."""
     base = Settings()
@@ -88,7 +97,7 @@ def settings_from_dict(data: dict) -> tuple[Settings, list[str]]:
         if isinstance(default, bool) and isinstance(value, bool):
             kept[f.name] = value
         elif isinstance(default, int) and not isinstance(default, bool) and isinstance(value, int) \
-                and not isinstance(value, bool):
+                and not isinstance(value, bool) and _in_range(f.name, value):
             kept[f.name] = value
         elif isinstance(default, str) and isinstance(value, str):
             kept[f.name] = value
