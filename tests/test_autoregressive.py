@@ -245,3 +245,33 @@ def test_top_k_and_top_p_keep_the_expected_tokens():
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reach 0.8; the 0.2 tail is dropped
     assert sampling.apply_top_k(logits, 3).isfinite().tolist() == [[True, True, True, False]]
     assert sampling.apply_top_p(logits, 0.01).isfinite().sum() == 1  # the best token is always kept
+
+
+# -- CPU prepacked weights --------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not __import__("tortoise.models.gpt2", fromlist=["can_prepack"]).can_prepack(),
+                    reason="this torch build has no oneDNN")
+def test_prepacked_linear_matches_addmm_and_is_dropped_when_the_weight_changes():
+    from tortoise.models.gpt2 import Conv1D
+    torch.manual_seed(0)
+    layer = Conv1D(64, 96)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        plain = layer(x)
+        layer.prepack(5)
+        assert layer._use_packed(x)
+        close(layer(x), plain, atol=1e-6)
+        assert not layer._use_packed(x[:1])  # one row stays on addmm
+        layer.weight.mul_(2)  # in-place change: the packed copy is stale
+        close(layer(x), x @ layer.weight + layer.bias, atol=1e-6)
+        assert layer._packed is None
+
+
+def test_decode_with_and_without_prepack_give_the_same_codes(fx):
+    codes = []
+    for prepack in (True, False):
+        model = build(fx, biased=True, kv_cache=True, prepack=prepack)
+        torch.manual_seed(5)
+        codes.append(model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=12,
+                                            do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0))
+    assert torch.equal(codes[0], codes[1])

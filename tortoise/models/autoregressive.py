@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import xpu
 from tortoise.models.arch_util import AttentionBlock
-from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache
+from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache, can_prepack
 from tortoise.utils.sampling import SamplingOptions, choose_next
 
 POSITION_MODES = ("original", "contiguous", "shifted")
@@ -212,6 +212,7 @@ class UnifiedVoice(nn.Module):
         self.kv_cache = False
         self.half = False
         self.position_mode = "original"
+        self.prepack = True
         self._compiled_step = None
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
@@ -220,17 +221,21 @@ class UnifiedVoice(nn.Module):
         return super().load_state_dict(released_to_ours(state_dict), strict=strict, assign=assign)
 
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=False, half=False, *, position_mode="original",
-                              compile=False):
+                              compile=False, prepack=True):
         """Inference settings (the original built its HF inference model here). `use_deepspeed` is accepted and
         ignored (no DeepSpeed kernels here); `kv_cache` picks the cached loop (True) or recomputation (False);
-        `half` runs decoding under autocast in the device's half dtype; `compile` torch.compiles the fixed-shape
-        decode step (cached loop only); `position_mode` see the module docstring."""
+        `half` runs decoding under the device layer's autocast; `compile` torch.compiles the fixed-shape decode
+        step (cached loop only); `prepack` lets CPU fp32 decoding at batch >= 2 use oneDNN-prepacked weights
+        (about 1.3x faster steps, 1.5 GB more memory at full size, packed on first use); `position_mode` see the
+        module docstring."""
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
         if use_deepspeed:
             warnings.warn("use_deepspeed is ignored: this implementation has its own fused decode loop")
-        self.kv_cache, self.half, self.position_mode = bool(kv_cache), bool(half), position_mode
+        self.kv_cache, self.half, self.position_mode, self.prepack = bool(kv_cache), bool(half), position_mode, prepack
         self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False) if compile else None
+        if not prepack:
+            self.gpt.unpack()
         self.eval()
 
     # -- teacher-forced forward (training layout; also the latent pass) -----------------------------------------------
@@ -437,6 +442,9 @@ class UnifiedVoice(nn.Module):
             return self._recompute_source(prompt, n_mel_prompt, row_map, offset)
         prompt_len = prompt.shape[1]
         dtype = _compute_dtype(prompt.device, prompt.dtype)
+        rows = row_map.shape[0]
+        if self.prepack and rows >= 2 and prompt.device.type == "cpu" and dtype == torch.float32 and can_prepack():
+            self.gpt.prepack(rows)
         small = self.gpt.new_cache(prompt.shape[0], prompt_len, prompt.to(dtype))
         first = self._head(self.gpt.prefill(prompt, small)[:, -1])[row_map]  # prefill once per distinct prompt
         cache = self.gpt.new_cache(row_map.shape[0], prompt_len + max_new - 1, first.to(dtype))
