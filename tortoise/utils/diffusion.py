@@ -102,15 +102,17 @@ class GaussianDiffusion:
         self.alphas_cumprod, self.alphas_cumprod_prev = ac, ac_prev
         post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
         self.posterior_variance = post_var
-        # the posterior variance is 0 at the first step: its log is clipped to the next step's
-        self.posterior_log_variance_clipped = np.log(np.append(post_var[1], post_var[1:]))
+        # the posterior variance is 0 at the first step: its log is clipped to the next step's (a one-step process,
+        # which adds no noise at its only step, takes beta's)
+        first = post_var[1] if len(betas) > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, post_var[1:]))
         coefs = {  # float64 maths, float32 tables (as the original extracts them)
             "sqrt_recip_ac": np.sqrt(1.0 / ac), "sqrt_recipm1_ac": np.sqrt(1.0 / ac - 1),
             "coef1": betas * np.sqrt(ac_prev) / (1.0 - ac), "coef2": (1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac),
             "min_log": self.posterior_log_variance_clipped, "max_log": np.log(betas),
             "ac": ac, "ac_prev": ac_prev,
         }
-        fixed_large = np.append(post_var[1], betas[1:])
+        fixed_large = np.append(first, betas[1:])
         coefs["fixed_log"] = {"fixed_small": self.posterior_log_variance_clipped,
                               "fixed_large": np.log(fixed_large)}.get(self.model_var_type, coefs["min_log"])
         self._c = {k: torch.from_numpy(v.astype(np.float32)) for k, v in coefs.items()}
