@@ -71,7 +71,8 @@ def test_generate_shows_player_and_history_survives_rerun_and_restart(app_env):
     again = start_app()  # a new session (browser reload, server restart): settings and history come back
     assert again.number_input(key="w_seed").value == 11
     assert len(again.get("audio")) == 1
-    assert json.loads((app_env["out"] / HISTORY_FILE).read_text())[0]["seed"] == 3
+    (entry,) = json.loads((app_env["out"] / HISTORY_FILE).read_text())
+    assert entry["seed"] == 3 and entry["finished"] and entry["clips"][0]["file"] == "random_00_00.wav"
 
 
 def test_upload_voice_then_failures_are_shown_and_others_kept(app_env):
@@ -161,3 +162,32 @@ def test_checkout_script_draws_the_same_page(app_env):
     at.run()
     assert not at.exception and at.title[0].value == "Tortoise text to speech"
     assert at.button(key="generate").label == "Generate"
+
+
+class Interrupted(BaseException):
+    """Stands in for Streamlit's Stop/Rerun control exceptions (BaseException too), raised from a page call."""
+
+
+def test_interrupted_run_keeps_finished_clips_in_history(tmp_path, tiny_models_dir):
+    from tortoise.api import TextToSpeech
+    from tortoise.webui import generation
+    tts = TextToSpeech(models_dir=str(tiny_models_dir), device="cpu")
+    job = generation.Job(text="First sentence here. Second one here.", groups=[["random"]], preset="ultra_fast",
+                         seed=1, min_chars_to_split=20,
+                         overrides={"num_autoregressive_samples": 2, "diffusion_iterations": 2, "max_mel_tokens": 20})
+    saved = []
+
+    def progress(message, done, total):
+        if done == 1:  # the user pressed Stop while clip 2 was about to start
+            raise Interrupted()
+
+    def on_update(record):
+        generation.save_history(tmp_path, [record.to_dict()])
+        saved.append(len(record.clips))
+
+    with pytest.raises(Interrupted):
+        generation.run_job(tts, job, tmp_path, progress, on_update)
+    assert saved == [0, 1]
+    (entry,) = generation.load_history(tmp_path)
+    assert not entry["finished"] and [c["file"] for c in entry["clips"]] == ["random_00_00.wav"]
+    assert (tmp_path / entry["run_id"] / "random_00_00.wav").is_file()

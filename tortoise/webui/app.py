@@ -264,8 +264,10 @@ def generate(s: Settings) -> None:
         record = load_and_run(s, status)
     finally:
         lock.release()
+    if warning := st.session_state.pop("_history_warning", None):
+        st.warning(warning)
     if record is not None:
-        add_to_history(s, record.to_dict(), status, record.seconds)
+        summarise(record.to_dict(), status, record.seconds)
 
 
 def load_and_run(s: Settings, status):
@@ -286,19 +288,26 @@ def load_and_run(s: Settings, status):
 
     try:
         with StageCapture(lambda line: stage.caption(line)):
-            return run_job(tts, build_job(s), s.output_dir, on_progress)
+            return run_job(tts, build_job(s), s.output_dir, on_progress, lambda r: keep_in_history(s, r.to_dict()))
     except Exception as e:  # nothing was rendered (bad text, unwritable output directory, ...)
         status.update(label="Generation failed", state="error")
         st.error(f"Generation failed: {readable_error(e)}")
         return None
 
 
-def add_to_history(s: Settings, entry: dict, status, seconds: float) -> None:
-    st.session_state["history"] = [entry] + st.session_state.get("history", [])
+def keep_in_history(s: Settings, entry: dict) -> None:
+    """Put (or update) a run in the history and its file. No page elements here: this runs between clips, and a
+    rerun or Stop that interrupts the generation must find every finished clip already recorded."""
+    others = [e for e in st.session_state.get("history", []) if e.get("run_id") != entry["run_id"]]
+    st.session_state["history"] = [entry] + others
     try:
         save_history(s.output_dir, st.session_state["history"])
     except OSError as e:
-        st.warning(f"Could not update the history file in {s.output_dir}: {e.strerror or e}.")
+        st.session_state["_history_warning"] = f"Could not update the history file in {s.output_dir}: " \
+                                               f"{e.strerror or e}."
+
+
+def summarise(entry: dict, status, seconds: float) -> None:
     failed = len([c for c in entry["clips"] if c["error"]]) + len(entry["errors"])
     ok = len([c for c in entry["clips"] if c["file"]])
     status.update(label=f"Done in {seconds:.1f} s: {ok} clip(s), {failed} failure(s)",
@@ -311,8 +320,8 @@ def show_entry(entry: dict) -> None:
     run_dir = Path(entry["run_dir"])
     voices = ", ".join(entry["voices"])
     text = entry["text"] if len(entry["text"]) <= 80 else entry["text"][:77] + "…"
-    st.markdown(f"**{text}**  \n{voices} · {entry['preset']} · seed {entry['seed']} · {entry['created']} · "
-                f"{entry.get('seconds', 0):.1f} s")
+    took = f"{entry.get('seconds', 0):.1f} s" if entry.get("finished", True) else "interrupted"
+    st.markdown(f"**{text}**  \n{voices} · {entry['preset']} · seed {entry['seed']} · {entry['created']} · {took}")
     for message in entry["errors"]:
         st.error(message)
     for clip in entry["clips"]:

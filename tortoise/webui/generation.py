@@ -67,6 +67,7 @@ class RunRecord:
     combined: list = field(default_factory=list)    # [{"voice", "candidate", "file"}]
     errors: list = field(default_factory=list)      # run-level messages (voice could not be loaded, ...)
     seconds: float = 0.0
+    finished: bool = False                          # False while running, or if the run was interrupted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,9 +209,14 @@ def _combine(record: RunRecord, run_dir: Path, label: str, chunks: int, candidat
         record.combined.append({"voice": label, "candidate": cand, "file": name})
 
 
-def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | None = None) -> RunRecord:
-    """Render every voice group and chunk; a failing clip is recorded and the others still rendered and saved."""
+def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | None = None,
+            on_update: Callable[[RunRecord], None] | None = None) -> RunRecord:
+    """Render every voice group and chunk; a failing clip is recorded and the others still rendered and saved.
+
+    `on_update(record)` runs after every clip (before `progress`), so an interrupted run keeps what it finished.
+    """
     progress = progress or (lambda message, done, total: None)
+    on_update = on_update or (lambda record: None)
     started = time.monotonic()
     chunks = split_text(job.text, job.min_chars_to_split)
     seed = job.seed if job.seed is not None else random.randint(0, 2**32 - 1)
@@ -220,6 +226,7 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
     record = RunRecord(run_id=run_id, created=_dt.datetime.now().isoformat(timespec="seconds"), text=job.text,
                        voices=["&".join(g) for g in job.groups], preset=job.preset, seed=seed, run_dir=str(run_dir))
     total, done = len(job.groups) * len(chunks), 0
+    on_update(record)
     for group in job.groups:
         label = safe_label(group)
         try:
@@ -228,6 +235,7 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
         except Exception as e:
             record.errors.append(f"Voice {'&'.join(group)}: {readable_error(e)}")
             done += len(chunks)
+            on_update(record)
             continue
         waves = {}
         for idx, chunk in enumerate(chunks):
@@ -243,10 +251,12 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
                     waves[(idx, cand)] = wave
                     record.clips.append(asdict(Clip('&'.join(group), idx, cand, chunk, file=name)))
             done += 1
+            on_update(record)
         if len(chunks) > 1:
             _combine(record, run_dir, label, len(chunks), job.candidates, waves)
+    record.seconds, record.finished = round(time.monotonic() - started, 2), True
+    on_update(record)
     progress("Done", total, total)
-    record.seconds = round(time.monotonic() - started, 2)
     return record
 
 
