@@ -86,3 +86,16 @@ def test_stream_schedule_follows_original():
     assert stream_schedule(150) == [60, 100, 140, 150]
     assert stream_schedule(50) == [50]
     assert stream_schedule(100, chunk_codes=0) == [100]
+
+
+def test_released_state_dict_round_trips_through_registry(tmp_path, cases):
+    from tortoise.utils.checkpoints import load_model
+    from tortoise.utils.make_test_models import write_models
+    write_models(tmp_path, size="tiny", seed=0, only=["vocoder", "hifidecoder"])
+    sd = torch.load(tmp_path / "hifidecoder.pth", weights_only=True)
+    assert "cond_layer.weight" in sd and "conv_pre.weight_g" in sd and "conv_pre.weight" not in sd
+    assert set(HifiganGenerator(**cases["tiny"]["config"]).released_state_dict()) == set(cases["tiny"]["state_dict"])
+    hifi = load_model("hifidecoder", models_dir=tmp_path)
+    assert hifi.inference(torch.randn(1, 3, 64), torch.randn(1, 64)).shape == (1, 1, decoded_length(3))
+    univnet = load_model("vocoder", models_dir=tmp_path)
+    assert univnet.inference(torch.randn(1, 100, 4) - 5).shape == (1, 1, 4 * 256)

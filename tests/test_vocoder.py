@@ -79,6 +79,8 @@ def test_released_keys_are_the_originals(univnet_case):
     released = [k for k, _ in univnet_case["keys"]]
     assert {k.replace("weight_g", "weight").replace("weight_v", "weight") for k in released} == set(ours)
     assert any(k.endswith("weight_g") for k in released)
+    mine = UnivNetGenerator().released_state_dict()
+    assert {k: list(v.shape) for k, v in mine.items()} == {k: list(s) for k, s in univnet_case["keys"]}
 
 
 def test_inference_matches_original(univnet, univnet_case):

@@ -72,6 +72,7 @@ class HifiganGenerator(WeightNormFolding, nn.Module):
     # hifidecoder.pth key map: prefixes stripped, then prefixes dropped (weights the decoder does not use)
     STRIP_PREFIXES = ("waveform_decoder.",)
     DROP_PREFIXES = ("speaker_encoder.",)
+    PLAIN_WEIGHT_PREFIXES = ("cond_layer.",)
 
     def __init__(self, in_channels, out_channels, resblock_type, resblock_dilation_sizes, resblock_kernel_sizes,
                  upsample_kernel_sizes, upsample_initial_channel, upsample_factors, inference_padding=5,

@@ -73,6 +73,23 @@ class WeightNormFolding:
     def convert_checkpoint(cls, state_dict):
         return fold_weight_norm(state_dict)
 
+    # state-dict key prefixes of convolutions the original does NOT weight-norm
+    PLAIN_WEIGHT_PREFIXES = ()
+
+    def released_state_dict(self):
+        """Our weights in the released layout: each weight-normed conv's ``weight`` as (``weight_g``, ``weight_v``)
+        with v = weight, g = its norm over all dims but 0 (folding them back gives the weight to rounding)."""
+        convs = {name for name, m in self.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))}
+        sd = {}
+        for key, value in self.state_dict().items():
+            owner, _, leaf = key.rpartition(".")
+            if leaf == "weight" and owner in convs and not key.startswith(self.PLAIN_WEIGHT_PREFIXES):
+                sd[key + "_g"] = torch.norm_except_dim(value, 2, 0)
+                sd[key + "_v"] = value.clone()
+            else:
+                sd[key] = value
+        return sd
+
     def remove_weight_norm(self):
         """No-op kept for API compatibility: weights are always stored folded."""
 
