@@ -6,7 +6,7 @@ Run with the original's environment (our package is not installed there):
 
 Writes, under ``tests/parity/fixtures/clvp/``:
   released_keys.json   state-dict keys and shapes of every released config, built on the meta device;
-  clvp.pt, cvvp.pt, rlg.pt, classifier.pt
+  clvp.pt, cvvp.pt, rlg.pt, classifier.pt, xtransformers_masked.pt
                        tiny random-weight networks (fixed seeds): config, state dict, inputs and outputs.
 Every parameter is perturbed after construction so zero-initialised branches (zero_module, LayerScale) take part.
 Deterministic: re-running produces the same tensors.
@@ -152,6 +152,26 @@ def classifier_cases():
             dict(config=cfg3, state_dict=state(model3), clip=clip, labels=labels3, loss=loss3)]
 
 
+def xtransformer_masked_case():
+    """The encoder with an explicit padding mask (training-time path): masked pairs get -finfo.max."""
+    from tortoise.models.xtransformers import ContinuousTransformerWrapper, Encoder
+    cfg = dict(dim=32, depth=2, heads=2, ff_mult=2, use_rmsnorm=True, ff_glu=True, rotary_pos_emb=True)
+    torch.manual_seed(50)
+    model = ContinuousTransformerWrapper(max_seq_len=-1, attn_layers=Encoder(**cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    gen = torch.Generator().manual_seed(51)
+    x = torch.randn(3, 9, 32, generator=gen)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    mask[1, ::2] = False
+    with torch.no_grad():
+        out = model(x, mask=mask)
+    return dict(config=cfg, state_dict=state(model), x=x, mask=mask, out=out)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     keys = released_keys()
@@ -163,6 +183,7 @@ def main():
     torch.save(cvvp_cases(), os.path.join(OUT, "cvvp.pt"))
     torch.save(rlg_cases(), os.path.join(OUT, "rlg.pt"))
     torch.save(classifier_cases(), os.path.join(OUT, "classifier.pt"))
+    torch.save(xtransformer_masked_case(), os.path.join(OUT, "xtransformers_masked.pt"))
     print("wrote", sorted(os.listdir(OUT)))
 
 

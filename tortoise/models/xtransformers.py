@@ -186,18 +186,13 @@ class Attention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.to_out = nn.Linear(inner, dim)
 
-    def _qkv(self, x):
-        """(B, N, 3, H, d) queries, keys and values from one matmul over the concatenated projection weights."""
-        b, n, _ = x.shape
-        w = torch.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight), dim=0)
-        return F.linear(x, w).view(b, n, 3, self.heads, self.dim_head)
-
     def forward(self, x, mask=None, rotary=None):
         b, n, _ = x.shape
-        qkv = self._qkv(x)
+        q, k, v = (proj(x).view(b, n, self.heads, self.dim_head) for proj in (self.to_q, self.to_k, self.to_v))
         if rotary is not None:
-            qkv = _rotate_prefix_(qkv, *rotary) if _no_grad(qkv) else _rotate_prefix(qkv, *rotary)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+            rotate = _rotate_prefix_ if _no_grad(q) else _rotate_prefix
+            q, k, v = (rotate(t, *rotary) for t in (q, k, v))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
         bias = _attention_bias(mask, n, self.causal, q.dtype, q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.dropout.p if self.training else 0.0)
