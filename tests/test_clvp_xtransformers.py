@@ -49,3 +49,18 @@ def test_checkpointed_encoder_permutes_channels_mid_input():
     assert out.shape == (2, 32, 5)
     torch.testing.assert_close(out, direct)
     assert "transformer.attn_layers.layers.0.1.wrap.to_q.weight" in enc.state_dict()
+
+
+def test_autocast_keeps_the_residual_stream_in_float32():
+    torch.manual_seed(0)
+    model = ContinuousTransformerWrapper(max_seq_len=-1, attn_layers=Encoder(
+        dim=32, depth=2, heads=2, ff_mult=2, use_rmsnorm=True, ff_glu=True, rotary_pos_emb=True)).eval()
+    x = torch.randn(2, 6, 32)
+    seen = []
+    for norms, _, _ in model.attn_layers.layers:
+        norms[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert set(seen) == {torch.float32}
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), model(x), atol=0.1, rtol=0.05)

@@ -125,7 +125,7 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
         y = x / norm.clamp(min=self.eps)
-        return y.mul_(self.g) if _no_grad(y) else y * self.g
+        return y.mul_(self.g) if _inplace_ok(y, self.g) else y * self.g
 
 
 class Residual(nn.Module):
@@ -148,7 +148,7 @@ class GLU(nn.Module):
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
         gate = self.act(gate)
-        return gate.mul_(x) if _no_grad(gate) else x * gate
+        return gate.mul_(x) if _inplace_ok(gate, x) else x * gate
 
 
 class FeedForward(nn.Module):
@@ -202,6 +202,14 @@ class Attention(nn.Module):
 def _no_grad(t):
     """True when ``t`` may be modified in place (nothing records it for a backward pass)."""
     return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def _inplace_ok(a, b):
+    """True when ``a op= b`` gives exactly ``a op b``: no autograd, and neither the dtype (autocast mixes fp16/bf16
+    outputs with an fp32 residual stream) nor the shape of the result differs from ``a``'s."""
+    return (_no_grad(a) and not (torch.is_grad_enabled() and b.requires_grad)
+            and torch.result_type(a, b) == a.dtype and b.dim() <= a.dim()
+            and torch.broadcast_shapes(a.shape, b.shape) == a.shape)
 
 
 def _attention_bias(mask, n, causal, dtype, device):
@@ -269,7 +277,7 @@ class AttentionLayers(nn.Module):
         for layer_type, (norms, block, residual) in zip(self.layer_types, self.layers):
             h = norms[0](x)
             h = block(h, mask=mask, rotary=rotary) if layer_type == "a" else block(h)
-            x = h.add_(x) if _no_grad(h) else residual(h, x)
+            x = h.add_(x) if _inplace_ok(h, x) else residual(h, x)  # h is fresh: reuse its memory
             if layer_type == "f":
                 hiddens.append(x)
         return (x, hiddens) if return_hiddens else x
