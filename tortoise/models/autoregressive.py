@@ -233,8 +233,10 @@ class UnifiedVoice(nn.Module):
         if use_deepspeed:
             warnings.warn("use_deepspeed is ignored: this implementation has its own fused decode loop")
         self.kv_cache, self.half, self.position_mode, self.prepack = bool(kv_cache), bool(half), position_mode, prepack
-        self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False) if compile else None
-        if not prepack:
+        self._compiled_step = None
+        if compile:  # freezing: weights become constants inductor may prepack (oneDNN on CPU)
+            self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False, options={"freezing": True})
+        if not prepack or compile:
             self.gpt.unpack()
         self.eval()
 
@@ -343,6 +345,8 @@ class UnifiedVoice(nn.Module):
         return torch.cat([cond_latents.unsqueeze(1), emb], dim=1)
 
     def _mel_step_embedding(self, tokens, position):  # (B,) long, int or 0-d tensor -> (B, 1, d)
+        if isinstance(position, torch.Tensor):  # traced (compiled) step: a gather, not a Python index
+            return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb(position.view(1))).unsqueeze(1)
         return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[position]).unsqueeze(1)
 
     def _head(self, hidden):  # (B, d) -> (B, V) float32 logits
@@ -443,7 +447,8 @@ class UnifiedVoice(nn.Module):
         prompt_len = prompt.shape[1]
         dtype = _compute_dtype(prompt.device, prompt.dtype)
         rows = row_map.shape[0]
-        if self.prepack and rows >= 2 and prompt.device.type == "cpu" and dtype == torch.float32 and can_prepack():
+        if (self.prepack and self._compiled_step is None and rows >= 2 and prompt.device.type == "cpu"
+                and dtype == torch.float32 and can_prepack()):
             self.gpt.prepack(rows)
         small = self.gpt.new_cache(prompt.shape[0], prompt_len, prompt.to(dtype))
         first = self._head(self.gpt.prefill(prompt, small)[:, -1])[row_map]  # prefill once per distinct prompt

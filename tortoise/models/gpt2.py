@@ -143,7 +143,7 @@ class GPT2Attention(nn.Module):
             index = pos.view(1)
             k_cache.index_copy_(2, index, k)
             v_cache.index_copy_(2, index, v)
-            mask = torch.arange(k_cache.shape[2], device=x.device) <= pos  # (T,)
+            mask = (torch.arange(k_cache.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # (1, 1, 1, T)
             y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
         else:
             k_cache[:, :, pos] = k[:, :, 0]
