@@ -330,7 +330,8 @@ class TextToSpeech:
         :param kv_cache: use the AR key/value cache (False recomputes every step; for comparison only).
         :param half: run the models under the device's half dtype (see ``python -m xpu``).
         :param ar_checkpoint, clvp_checkpoint, diff_checkpoint: explicit checkpoint files instead of the models dir.
-        :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (need the ``bigvgan`` package).
+        :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (NVIDIA's checkpoint directory
+                        ``bigvgan_base_24khz_100band`` / ``bigvgan_24khz_100band`` in the models dir, else the hub).
         :param use_deepspeed: accepted for compatibility with the original; ignored.
         :param preload: load the AR, CLVP, diffusion and vocoder models now (errors surface early); the rest
                         (CVVP, random-voice generators, HiFi-GAN decoder, aligner, classifier) load when first used.
@@ -352,7 +353,6 @@ class TextToSpeech:
         self._models = {}
         self._aligner = None
         self._latent_cache = OrderedDict()
-        self._requested_batch_size = autoregressive_batch_size
         if preload:
             self.preload(("autoregressive", "clvp", "diffusion", "vocoder"))
         self.autoregressive_batch_size = (autoregressive_batch_size if autoregressive_batch_size

@@ -17,7 +17,6 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 OUTPUT_SAMPLE_RATE = 24000
 VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
-_VOCODER_ALIASES = {"bigvgan_base": "bigvgan_base", "bigvgan": "bigvgan", "univnet": "univnet", "auto": "auto"}
 TUNING = (  # (flag, type, help): each overrides the preset's value when given
     ("num_autoregressive_samples", int, "samples drawn from the autoregressive model and ranked by CLVP"),
     ("temperature", float, "softmax temperature of the autoregressive model"),
@@ -89,7 +88,8 @@ def build_parser():
     a.add_argument(*_flag("disable_redaction"), action="store_true",
                    help="speak [bracketed] text instead of cutting it from the audio")
     a.add_argument(*_flag("device"), default=None, help="xpu, xpu:1, cuda, mps or cpu (default: automatic)")
-    a.add_argument(*_flag("batch_size"), type=int, default=None, help="autoregressive batch size (default: fits memory)")
+    a.add_argument(*_flag("batch_size"), type=int, default=None,
+                   help="autoregressive batch size (default: the largest that fits memory)")
     a.add_argument(*_flag("vocoder"), default="auto", type=str.lower,
                    help="univnet, bigvgan_base or bigvgan; auto: bigvgan_base when MODELS_DIR/"
                         "bigvgan_base_24khz_100band exists, else univnet")
@@ -173,7 +173,7 @@ def generation_options(args):
 
 def choose_vocoder(name, models_dir):
     """``auto``: BigVGAN base (the fast fork's default) when its checkpoint is in the models dir, else UnivNet."""
-    if name not in _VOCODER_ALIASES:
+    if name not in VOCODER_CHOICES:
         raise UsageError(f"unknown --vocoder {name!r}: use one of {', '.join(VOCODER_CHOICES)}")
     if name != "auto":
         return name
