@@ -2,6 +2,7 @@
 
     python3 benchmarks/bench_autoregressive.py                                  # ours (eager, fp32)
     python3 benchmarks/bench_autoregressive.py --compile                        # ours, compiled decode step
+    python3 benchmarks/bench_autoregressive.py --int8                           # ours, int8 linears (+ drift)
     /work/origenv/bin/python benchmarks/bench_autoregressive.py --impl original # tortoise-tts 3.0.0, kv_cache=True
 
 Both implementations run the same public calls, so the numbers compare like for like:
@@ -36,7 +37,7 @@ def build(impl, args):
     torch.manual_seed(0)
     model = UnifiedVoice(**RELEASED).eval()
     if impl == "ours":
-        model.post_init_gpt2_config(kv_cache=True, compile=args.compile)
+        model.post_init_gpt2_config(kv_cache=True, compile=args.compile, int8=args.int8)
     else:
         model.post_init_gpt2_config(kv_cache=True)
     return model
@@ -156,6 +157,25 @@ def run(model, impl, args, clock):
     return rows
 
 
+def int8_drift(model, args):
+    """How far int8 moves the latent pass (relative L2) and greedy codes (share of identical tokens) from fp32."""
+    torch.manual_seed(2)
+    cond, text = torch.randn(1, 1024), torch.randint(1, 255, (1, args.text_tokens))
+    codes = torch.randint(0, 8192, (1, 250))
+    out = {}
+    with torch.no_grad():
+        for int8 in (True, False):
+            model.post_init_gpt2_config(kv_cache=True, int8=int8)
+            out[int8] = (model(cond, text, torch.tensor([args.text_tokens]), codes, torch.tensor([250 * 1024]),
+                               return_latent=True, clip_inputs=False),
+                         model.inference_speech(cond, text, do_sample=False, max_generate_length=32))
+    rel = ((out[True][0] - out[False][0]).norm() / out[False][0].norm()).item()
+    width = min(out[True][1].shape[1], out[False][1].shape[1])
+    same = (out[True][1][:, :width] == out[False][1][:, :width]).float().mean().item()
+    return (f"int8 drift (random weights): latent pass relative L2 {rel:.4f}; greedy codes identical for "
+            f"{same:.0%} of {width} tokens")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--impl", choices=["ours", "original"], default="ours")
@@ -169,11 +189,15 @@ def main(argv=None):
                         help="time with process CPU time (steadier on a shared machine; use with --threads 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the decode step")
+    parser.add_argument("--int8", action="store_true",
+                        help="ours: int8 dynamic quantization of the linears; also prints its drift from fp32")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build(args.impl, args)
-    mode = args.impl + (" compiled" if args.compile else "")
+    if args.impl == "original" and (args.compile or args.int8):
+        raise SystemExit("--compile and --int8 are options of our implementation")
+    mode = args.impl + (" compiled" if args.compile else "") + (" int8" if args.int8 else "")
     clock = time.process_time if args.cpu_time else time.perf_counter
     print(f"UnifiedVoice full size, random weights, CPU fp32, {torch.get_num_threads()} threads, impl={mode}, "
           f"text {args.text_tokens} tokens, {'CPU' if args.cpu_time else 'wall'} seconds, median of {args.repeats} "
@@ -182,6 +206,8 @@ def main(argv=None):
     print(f"{'stage':<18} {'seconds':>9} {'GFLOP/s':>9} {'GB/s':>7}")
     for stage, seconds, gflops, gbs in rows:
         print(f"{stage:<18} {seconds:9.3f} {gflops:9.1f} {'' if gbs is None else f'{gbs:7.1f}'}")
+    if args.int8:
+        print(int8_drift(model, args))
 
 
 if __name__ == "__main__":

@@ -275,3 +275,18 @@ def test_decode_with_and_without_prepack_give_the_same_codes(fx):
         codes.append(model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=12,
                                             do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0))
     assert torch.equal(codes[0], codes[1])
+
+
+def test_int8_mode_is_close_to_fp32_and_can_be_turned_off(fx):
+    model = build(fx, kv_cache=True, int8=True)
+    args = (fx["cond"].repeat(2, 1), fx["text"].repeat(2, 1), torch.tensor([10]), fx["codes"],
+            torch.tensor([fx["codes"].shape[1] * 1024]))
+    with torch.no_grad():
+        latents = model(*args, return_latent=True, clip_inputs=False)
+        drift = ((latents - fx["latents_api"]).norm() / fx["latents_api"].norm()).item()
+        assert 0 < drift < 0.1  # quantized: not exact, but close
+        out = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=2, max_generate_length=6,
+                                     do_sample=True, top_p=.8, temperature=.8)
+        assert out.shape[0] == 2
+        model.post_init_gpt2_config(kv_cache=True, int8=False)
+        close(model(*args, return_latent=True, clip_inputs=False), fx["latents_api"])

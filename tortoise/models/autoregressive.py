@@ -221,13 +221,14 @@ class UnifiedVoice(nn.Module):
         return super().load_state_dict(released_to_ours(state_dict), strict=strict, assign=assign)
 
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=False, half=False, *, position_mode="original",
-                              compile=False, prepack=True):
+                              compile=False, prepack=True, int8=False):
         """Inference settings (the original built its HF inference model here). `use_deepspeed` is accepted and
         ignored (no DeepSpeed kernels here); `kv_cache` picks the cached loop (True) or recomputation (False);
         `half` runs decoding under the device layer's autocast; `compile` torch.compiles the fixed-shape decode
         step (cached loop only); `prepack` lets CPU fp32 decoding at batch >= 2 use oneDNN-prepacked weights
-        (about 1.3x faster steps, 1.5 GB more memory at full size, packed on first use); `position_mode` see the
-        module docstring."""
+        (about 1.3x faster steps, 1.5 GB more memory at full size, packed on first use); `int8` (CPU, opt-in)
+        runs the transformer's linears with int8 dynamic quantization — several times faster, no longer exact:
+        codes and latents drift from fp32; `position_mode` see the module docstring."""
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
         if use_deepspeed:
@@ -238,6 +239,9 @@ class UnifiedVoice(nn.Module):
             self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False, options={"freezing": True})
         if not prepack or compile:
             self.gpt.unpack()
+        if int8 and self.mel_head.weight.device.type != "cpu":
+            raise ValueError("int8=True is a CPU mode (dynamic quantization); on GPUs use half=True instead")
+        self.gpt.quantize_int8(int8)
         self.eval()
 
     # -- teacher-forced forward (training layout; also the latent pass) -----------------------------------------------
