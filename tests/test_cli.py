@@ -129,11 +129,15 @@ def test_regenerate_and_skip_existing(models_dir, voices, tmp_path):
     assert first.stat().st_mtime_ns == stamp[first] and second.is_file()  # resumed: only the missing clip
 
 
-def test_stream_flag(models_dir, tmp_path):
+def test_stream_flag_and_device(models_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(models_dir, out, "--stream", "Short text for streaming.") == 0
+    monkeypatch.setenv("TORTOISE_DEVICE", "xpu")  # absent here: --device cpu must win over it
+    assert run(models_dir, out, "--stream", "--device", "cpu", "Short text for streaming.") == 0
     sr, frames = wav_info(out / "random_00_00.wav")
     assert sr == 24000 and frames > 0
+    capsys.readouterr()
+    assert run(models_dir, out, "--stream", "Short text.") != 0  # no --device: the environment's xpu is honoured
+    assert "TORTOISE_DEVICE" in one_error_line(capsys)
 
 
 def test_text_from_stdin_and_list_voices(models_dir, voices, tmp_path, monkeypatch, capsys):

@@ -728,14 +728,18 @@ class TextToSpeech:
 
     # ---------------------------------------------------------- streaming fast path
 
-    def tts_stream(self, text, voice_samples=None, conditioning_latents=None, verbose=True,
-                   use_deterministic_seed=None, overlap_wav_len=1024, stream_chunk_size=40, temperature=0.8,
-                   length_penalty=1.0, repetition_penalty=2.0, top_p=0.8, max_mel_tokens=500, half=None,
-                   **generate_kwargs):
+    def tts_stream(self, text, voice_samples=None, conditioning_latents=None, k=1, verbose=True,
+                   use_deterministic_seed=None, return_deterministic_state=False, overlap_wav_len=1024,
+                   stream_chunk_size=40, num_autoregressive_samples=1, temperature=0.8, length_penalty=1.0,
+                   repetition_penalty=2.0, top_p=0.8, max_mel_tokens=500, cvvp_amount=0.0, diffusion_iterations=None,
+                   cond_free=None, cond_free_k=None, diffusion_temperature=None, half=None, **generate_kwargs):
         """The original v3's fast path: one AR sample, its latents decoded by the HiFi-GAN decoder as they come (no
         CLVP, no diffusion). Yields 24 kHz audio chunks ``[S_i]`` whose boundaries are cross-faded over
         ``overlap_wav_len`` samples; the first after ``max(stream_chunk_size, 60)`` codes, then every
-        ``stream_chunk_size`` codes. Redaction does not apply (audio leaves before the text is complete)."""
+        ``stream_chunk_size`` codes. Redaction does not apply (audio leaves before the text is complete).
+        ``k``, ``num_autoregressive_samples``, ``return_deterministic_state``, ``cvvp_amount`` and the diffusion
+        knobs are accepted for the original's signature and have no effect here (one sample, no ranking, no
+        diffusion)."""
         _check(stream_chunk_size >= 1, "stream_chunk_size must be at least 1")
         _check(overlap_wav_len >= 1, "overlap_wav_len must be at least 1")
         half = self.half if half is None else half

@@ -108,7 +108,7 @@ def build_parser():
     s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
     s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
     s.add_argument(*_flag("stream"), action="store_true",
-                   help="fast path: one sample, HiFi-GAN decoder from AR latents, written as it is decoded")
+                   help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
     return p
 
 
@@ -266,10 +266,7 @@ class Renderer:
     def render_clip(self, label, idx, text, clips, latents):
         verbose = not self.args.quiet
         if self.args.stream:
-            chunks = [c.reshape(1, -1).float().cpu() for c in self.tts.tts_stream(
-                text, voice_samples=clips, conditioning_latents=latents, use_deterministic_seed=self.seed,
-                verbose=verbose, **self._stream_kwargs())]
-            candidates = [_cat(chunks)]
+            candidates = [self.stream_clip(text, clips, latents, verbose)]
         else:
             gen = self.tts.tts(text, voice_samples=clips, conditioning_latents=latents, k=self.args.candidates,
                                verbose=verbose, use_deterministic_seed=self.seed, options=self.opts)
@@ -279,6 +276,16 @@ class Renderer:
             write_wav(path, audio)
             self.written.append(path)
         return candidates[0].reshape(1, -1).float().cpu()
+
+    def stream_clip(self, text, clips, latents, verbose):
+        """Collect the streamed chunks of one clip, reporting when the first audio arrived."""
+        t0, chunks = time.time(), []
+        for chunk in self.tts.tts_stream(text, voice_samples=clips, conditioning_latents=latents,
+                                         use_deterministic_seed=self.seed, verbose=verbose, **self._stream_kwargs()):
+            if not chunks:
+                self.say(f"  first audio after {time.time() - t0:.1f} s")
+            chunks.append(chunk.reshape(1, -1).float().cpu())
+        return _cat(chunks)
 
     def _stream_kwargs(self):
         o = self.opts
