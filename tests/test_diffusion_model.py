@@ -126,3 +126,33 @@ def test_grad_mode_is_refused_with_the_fix(fx):
     m = DiffusionTts(**fx["config"])
     with pytest.raises(RuntimeError, match="no_grad"):
         m(fx["x"], fx["timesteps"], precomputed_aligned_embeddings=fx["emb_lat"])
+    with pytest.raises(RuntimeError, match="no_grad"):
+        m.timestep_independent(fx["latents"], fx["cond"], fx["t_len"], False)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        m.get_conditioning(fx["clips"])
+
+
+@torch.no_grad()
+def test_half_precision_model_runs_close_to_fp32(model, fx):
+    # `--half` casts the model to the device layer's half dtype (bfloat16 here: CPUs have it, fp16 convs they may not)
+    half = DiffusionTts(**fx["config"]).eval()
+    half.load_state_dict(fx["state_dict"])
+    half.to(torch.bfloat16)
+    emb = half.timestep_independent(fx["latents"], fx["cond"], fx["t_len"], False)
+    assert emb.dtype == torch.bfloat16
+    cond, uncond = half.forward_guided(fx["x"], fx["timesteps"], precomputed_aligned_embeddings=emb)
+    assert cond.dtype == torch.float32  # outputs come back in fp32 for the sampler
+    for ours, ref in ((cond, fx["out_pre"]), (uncond, fx["out_free"])):
+        assert (ours - ref).abs().max() <= 0.1 * ref.abs().max()  # bf16 has 8 mantissa bits
+
+
+@torch.no_grad()
+def test_autocast_region_does_not_change_an_fp32_model(model, fx):
+    x, ts = fx["x"], fx["timesteps"]
+    want_emb = model.timestep_independent(fx["latents"], fx["cond"], fx["t_len"], False)
+    want = model.forward_guided(x, ts, precomputed_aligned_embeddings=want_emb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = model.timestep_independent(fx["latents"], fx["cond"], fx["t_len"], False)
+        got = model.forward_guided(x, ts, precomputed_aligned_embeddings=emb)
+    assert emb.dtype == torch.float32 and torch.equal(emb, want_emb)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

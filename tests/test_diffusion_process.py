@@ -82,6 +82,7 @@ def test_do_spectrogram_diffusion_matches_original(fx):
     assert (mel - ref).abs().max().item() <= LOOP_ATOL * 11.5 / 2
 
 
+@torch.no_grad()
 def test_sample_entry_point(fx):
     spec = DiffusionTts(**fx["spec_config"]).eval()
     spec.load_state_dict(fx["spec_state_dict"], strict=True)

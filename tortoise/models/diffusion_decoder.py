@@ -46,6 +46,12 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     return emb
 
 
+def _own_dtype(device):
+    """Autocast off: the network computes in its parameters' dtype (cast the model for half precision), so an autocast
+    region around it can neither mix dtypes in its in-place kernels nor silently change its numerics."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
 def _group_norm(norm, x):
     """GroupNorm in fp32 whatever the dtype of ``x``, cast back (as GroupNorm32)."""
     if x.dtype == torch.float32:
@@ -126,7 +132,8 @@ class RelativeBiasCache:
         buckets = RelativePositionBias._relative_position_bucket(
             pos[None, :] - pos[:, None], causal=False, num_buckets=num_buckets, max_distance=max_distance)
         self.key = (length, heads, torch.device(device), dtype, num_buckets, max_distance)
-        self.buckets = buckets.reshape(-1)  # (T*T,)
+        # int32 indices gather faster on CPU (half the index traffic); other backends get the int64 they all take
+        self.buckets = buckets.reshape(-1).to(torch.int32 if torch.device(device).type == "cpu" else torch.long)
         self.buffer = torch.empty(heads, length * length, device=device, dtype=dtype)  # (H, T*T)
         self.length = length
 
@@ -165,6 +172,14 @@ def attend(block, x, rel_cache=None):
     return x.add_(block.proj_out.bias[:, None])
 
 
+def _apply(seq, x):
+    """A Sequential of convolutions and AttentionBlocks; attention runs in place, so ``x`` must not be the caller's
+    (every such Sequential here starts with a convolution, or gets a fresh tensor)."""
+    for module in seq:
+        x = attend(module, x) if isinstance(module, AttentionBlock) else module(x)
+    return x
+
+
 class DiffusionLayer(TimestepBlock):
     """ResBlock (scale-shift conditioned on the timestep) followed by relative-position self-attention."""
 
@@ -182,7 +197,9 @@ class DiffusionTts(nn.Module):
     """Tortoise's mel diffusion decoder (released config: `tortoise.utils.checkpoints.RELEASED_CONFIGS['diffusion']`).
 
     ``dropout``, ``layer_drop`` and ``unconditioned_percentage`` only matter in training and are kept for signature
-    compatibility; ``use_fp16`` is recorded (run in half precision by casting the model, see `tortoise.utils.diffusion`).
+    compatibility; ``use_fp16`` is recorded only. Half precision: cast the model (``model.to(torch.float16 / torch.bfloat16)``);
+    it then computes in that dtype with GroupNorm in fp32 and returns fp32. Autocast regions are switched off inside
+    (the in-place kernels need one dtype), so an fp32 model under autocast runs in fp32.
     """
 
     def __init__(self, model_channels=512, num_layers=8, in_channels=100, in_latent_channels=512, in_tokens=8193,
@@ -228,8 +245,11 @@ class DiffusionTts(nn.Module):
     def get_conditioning(self, conditioning_input):
         """Voice latent (B, 2C) from mel clips (B, K, in_channels, L) or one clip per item (B, in_channels, L)."""
         clips = conditioning_input.unsqueeze(1) if conditioning_input.dim() == 3 else conditioning_input
+        clips = clips.to(self.inp_block.weight.dtype)
+        self._check_inference()
         b, k = clips.shape[:2]
-        h = self.contextual_embedder(clips.flatten(0, 1))  # (B*K, 2C, L/4)
+        with _own_dtype(clips.device):
+            h = _apply(self.contextual_embedder, clips.flatten(0, 1))  # (B*K, 2C, L/4)
         # mean over every frame of every clip (the clips share a length, so this is the mean of their concatenation)
         return h.unflatten(0, (b, k)).mean(dim=(1, 3))
 
@@ -238,12 +258,20 @@ class DiffusionTts(nn.Module):
 
         With ``return_code_pred`` also the auxiliary mel prediction (B, in_channels, expected_seq_len).
         """
-        cond_scale, cond_shift = torch.chunk(conditioning_latent, 2, dim=1)  # each (B, C)
+        self._check_inference()
+        with _own_dtype(aligned_conditioning.device):
+            return self._timestep_independent(aligned_conditioning, conditioning_latent, expected_seq_len,
+                                              return_code_pred)
+
+    def _timestep_independent(self, aligned_conditioning, conditioning_latent, expected_seq_len, return_code_pred):
+        dtype = self.inp_block.weight.dtype
+        cond_scale, cond_shift = torch.chunk(conditioning_latent.to(dtype), 2, dim=1)  # each (B, C)
         if is_latent(aligned_conditioning):
-            code_emb = self.latent_conditioner(aligned_conditioning.permute(0, 2, 1))  # (B, C, S)
+            code_emb = _apply(self.latent_conditioner, aligned_conditioning.to(dtype).permute(0, 2, 1))  # (B, C, S)
         else:
-            code_emb = self.code_converter(self.code_embedding(aligned_conditioning).permute(0, 2, 1))
-        code_emb = self.code_norm(code_emb) * (1 + cond_scale.unsqueeze(-1)) + cond_shift.unsqueeze(-1)
+            code_emb = _apply(self.code_converter,
+                              self.code_embedding(aligned_conditioning).permute(0, 2, 1).contiguous())
+        code_emb = _group_norm(self.code_norm, code_emb) * (1 + cond_scale.unsqueeze(-1)) + cond_shift.unsqueeze(-1)
         if self.training and self.unconditioned_percentage > 0:
             drop = torch.rand(code_emb.shape[0], 1, 1, device=code_emb.device) < self.unconditioned_percentage
             code_emb = torch.where(drop, self.unconditioned_embedding, code_emb)
@@ -303,6 +331,11 @@ class DiffusionTts(nn.Module):
             raise ValueError("DiffusionTts needs precomputed_aligned_embeddings, or aligned_conditioning together "
                              "with conditioning_latent, or conditioning_free=True")
 
+    def _check_inference(self):
+        if torch.is_grad_enabled() and self.inp_block.weight.requires_grad:
+            raise RuntimeError("DiffusionTts runs inference only: call it under torch.no_grad() or "
+                               "torch.inference_mode(), or freeze it with model.requires_grad_(False)")
+
     def _relative_bias_cache(self, length, device, dtype):
         key = (length, self.num_heads, torch.device(device), dtype, 32, 64)
         if self._rel_cache is None or self._rel_cache.key != key:
@@ -311,10 +344,12 @@ class DiffusionTts(nn.Module):
         return self._rel_cache
 
     def _trunk(self, x, timesteps, code_emb):
+        with _own_dtype(x.device):
+            return self._trunk_steps(x, timesteps, code_emb)
+
+    def _trunk_steps(self, x, timesteps, code_emb):
         # x: (B, in_channels, T); timesteps: (B,); code_emb: (B or 1, C, T)
-        if torch.is_grad_enabled() and self.inp_block.weight.requires_grad:
-            raise RuntimeError("DiffusionTts runs inference only: call it under torch.no_grad() or "
-                               "torch.inference_mode(), or freeze it with model.requires_grad_(False)")
+        self._check_inference()
         dtype = self.inp_block.weight.dtype
         x = x.to(dtype)
         rel = self._relative_bias_cache(x.shape[-1], x.device, dtype)
@@ -326,4 +361,5 @@ class DiffusionTts(nn.Module):
         del code
         for layer in self.layers:
             h = layer(h, time_emb, rel) if isinstance(layer, DiffusionLayer) else layer(h, time_emb)
-        return self.out(h).float()  # (B, out_channels, T)
+        h = F.silu(_group_norm(self.out[0], h), inplace=True)
+        return self.out[2](h).float()  # (B, out_channels, T)
