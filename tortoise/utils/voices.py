@@ -47,6 +47,7 @@ def _voice_files(voice_dir):
 
 def _search_dirs(extra_voice_dirs):
     extra = [extra_voice_dirs] if isinstance(extra_voice_dirs, str) else list(extra_voice_dirs or [])
+    extra = [os.path.expanduser(str(d)) for d in extra]
     for d in extra:
         if not os.path.isdir(d):
             raise VoiceError(f"Voices directory {d!r} does not exist: create it (one subdirectory per voice) or fix "
