@@ -109,3 +109,18 @@ def test_kaiser_sinc_filter_is_a_unit_gain_lowpass():
     assert taps.sum().item() == pytest.approx(1.0, abs=1e-6)
     response = torch.fft.rfft(taps, 256).abs()
     assert response[-1] < 0.05  # Nyquist strongly attenuated
+
+
+@pytest.mark.parametrize("length", [50, 97, 300])
+def test_chunked_activation_is_exact(monkeypatch, length):
+    import tortoise.models.bigvgan as bv
+    torch.manual_seed(length)
+    act = bv.Activation1d(bv.SnakeBeta(3, alpha_logscale=True))
+    with torch.no_grad():
+        act.act.alpha.normal_(0, 0.5)
+        act.act.beta.normal_(0, 0.5)
+    x = torch.randn(2, 3, length)
+    monkeypatch.setattr(bv, "ACT_MIN_CHUNK", 16)
+    monkeypatch.setattr(bv, "ACT_CHUNK_ELEMENTS", 16)
+    with torch.no_grad():
+        torch.testing.assert_close(act(x), act.activate(x), rtol=0, atol=0)
