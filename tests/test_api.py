@@ -302,3 +302,14 @@ def test_missing_checkpoint_and_device_are_clear(tmp_path, monkeypatch):
 def test_classifier_probability(models_dir):
     p = float(api.classify_audio_clip(tone(2.0, 300.0, sr=24000), models_dir=models_dir))
     assert 0.0 <= p <= 1.0 and np.isfinite(p)
+
+
+def test_half_casts_the_diffusion_model_where_the_device_has_a_half_dtype(models_dir, clips, monkeypatch):
+    """A device whose policy is bf16 (faked at the device-layer boundary: this CPU has no native bf16)."""
+    import xpu
+    monkeypatch.setattr(xpu, "half_dtype", lambda info: torch.bfloat16)
+    tts = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=4, half=True,
+                           enable_redaction=False)
+    assert next(tts.diffusion.parameters()).dtype == torch.bfloat16
+    wav = tts.tts(TEXT, voice_samples=clips, verbose=False, use_deterministic_seed=1, half=False, **FAST)
+    assert wav.dtype == torch.float32 and torch.isfinite(wav).all() and wav.shape[-1] > 0

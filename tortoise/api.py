@@ -328,7 +328,9 @@ class TextToSpeech:
         :param high_vram: keep every model on the device (fast); False moves each model there only for its stage.
                           None: True on CPU, else True when the device has 8 GiB free or more.
         :param kv_cache: use the AR key/value cache (False recomputes every step; for comparison only).
-        :param half: run the models under the device's half dtype (see ``python -m xpu``).
+        :param half: half precision where the device does it well (``python -m xpu`` shows the dtype): the AR and
+                     CLVP models run under autocast, the diffusion model is cast to that dtype. A per-call
+                     ``half=False`` turns autocast off; the diffusion model keeps the constructor's precision.
         :param ar_checkpoint, clvp_checkpoint, diff_checkpoint: explicit checkpoint files instead of the models dir.
         :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (NVIDIA's checkpoint directory
                         ``bigvgan_base_24khz_100band`` / ``bigvgan_24khz_100band`` in the models dir, else the hub).
@@ -342,6 +344,8 @@ class TextToSpeech:
         self.models_dir = str(models_dir) if models_dir is not None else str(checkpoints.default_models_dir())
         self.enable_redaction = enable_redaction
         self.half = bool(half)
+        from xpu import half_dtype
+        self.half_dtype = half_dtype(self.device_info) if self.half else None  # None: fp32 (e.g. most CPUs)
         self.kv_cache = kv_cache
         self.high_vram = self._default_high_vram() if high_vram is None else bool(high_vram)
         self.vocoder_name = (vocoder or "univnet").lower()
@@ -367,9 +371,9 @@ class TextToSpeech:
 
     def _pick_batch_size(self):
         """The largest power-of-two AR batch the device layer finds fits (weights already placed when preloaded)."""
-        from xpu import half_dtype, pick_batch_size
+        from xpu import pick_batch_size
         cfg = checkpoints.model_config("autoregressive", self.models_dir)
-        dtype = half_dtype(self.device_info) if self.half else None
+        dtype = self.half_dtype
         placed = self.high_vram and "autoregressive" in self._models
         return pick_batch_size(self.device_info, cfg, dtype=dtype, weights_loaded=placed)
 
@@ -390,6 +394,8 @@ class TextToSpeech:
                                                    path=self.checkpoint_paths.get(name), device=home)
             if name == "autoregressive":
                 self._configure_autoregressive(model)
+            if name == "diffusion" and self.half_dtype is not None:
+                model.to(self.half_dtype)  # DiffusionTts computes in its parameters' dtype (GroupNorm in fp32)
             self._models[name] = model
         return self._models[name]
 
