@@ -242,3 +242,12 @@ def test_auto_vocoder_uses_a_local_bigvgan(models_dir, tmp_path):
     assert cli.main(argv) == 0
     sr, frames = wav_info(tmp_path / "out" / "random_00_00.wav")
     assert sr == 24000 and frames > 0
+
+
+def test_text_option_as_in_the_original(models_dir, voices, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "alice", "--text", "Said with the text flag.", voices=voices) == 0
+    assert (out / "alice_00_00.wav").is_file()
+    code = run(models_dir, tmp_path / "out2", "-v", "alice", "--text", "One.", "Two.", voices=voices)
+    assert code != 0 and "text given twice" in one_error_line(capsys)
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

@@ -66,6 +66,8 @@ def build_parser():
                        "tortoise-tts -O out -v alice,bob --candidates 3 < story.txt")
     g = p.add_argument_group("general")
     g.add_argument("text", nargs="*", help="text to speak; read from stdin when omitted")
+    g.add_argument("-t", "--text", dest="text_option", default=None,
+                   help="text to speak (the original's --text; same as the positional text)")
     g.add_argument("-v", *_flag("voice"), default="random",
                    help="voice: a name, 'random', 'a&b' (averaged), 'a,b' (each in turn) or 'all'")
     g.add_argument("-V", *_flag("voices_dir"), default=None,
@@ -116,7 +118,11 @@ def build_parser():
 
 def read_text(args, stdin=None):
     stdin = sys.stdin if stdin is None else stdin
-    if args.text:
+    if args.text and getattr(args, "text_option", None):
+        raise UsageError("text given twice: use either --text \"...\" or the positional text, not both")
+    if getattr(args, "text_option", None) is not None:
+        text = args.text_option
+    elif args.text:
         text = " ".join(args.text)
     elif stdin is not None and not stdin.isatty():
         text = stdin.read()
