@@ -23,7 +23,6 @@ def tiny_models_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    # The suite must run well on 2 cores; intra-op threads beyond that only add contention.
     # Tiny models: thread start-up costs more than it saves, and the machine is often shared.
     torch.set_num_threads(1)
     yield
