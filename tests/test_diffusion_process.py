@@ -90,7 +90,8 @@ def test_sample_entry_point(fx):
     t = output_length(fx["latents"].shape[1])
     noise = torch.randn(1, 100, t, generator=torch.Generator().manual_seed(5))
     emb = spec.timestep_independent(fx["latents"], fx["spec_cond"], t, False)
-    want = diffuser.ddim_sample_loop(spec, noise.shape, noise=noise, model_kwargs={"precomputed_aligned_embeddings": emb})
+    want = diffuser.ddim_sample_loop(spec, noise.shape, noise=noise,
+                                     model_kwargs={"precomputed_aligned_embeddings": emb})
     got = sample(spec, fx["latents"], fx["spec_cond"], steps=STEPS, sampler="ddim", noise=noise)
     assert torch.allclose(got, want, atol=1e-6)
     # temperature scales the initial noise (seeded draw inside)

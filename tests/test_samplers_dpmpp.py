@@ -8,7 +8,6 @@ data's mean and variance, and agree with DDIM run with many steps.
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from tortoise.models.diffusion_decoder import DiffusionTts

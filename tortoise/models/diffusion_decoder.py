@@ -197,8 +197,8 @@ class DiffusionTts(nn.Module):
     """Tortoise's mel diffusion decoder (released config: `tortoise.utils.checkpoints.RELEASED_CONFIGS['diffusion']`).
 
     ``dropout``, ``layer_drop`` and ``unconditioned_percentage`` only matter in training and are kept for signature
-    compatibility; ``use_fp16`` is recorded only. Half precision: cast the model (``model.to(torch.float16 / torch.bfloat16)``);
-    it then computes in that dtype with GroupNorm in fp32 and returns fp32. Autocast regions are switched off inside
+    compatibility; ``use_fp16`` is recorded only. Half precision: cast the model
+    (``model.to(torch.float16)`` or ``torch.bfloat16``); it then computes in that dtype with GroupNorm in fp32 and returns fp32. Autocast regions are switched off inside
     (the in-place kernels need one dtype), so an fp32 model under autocast runs in fp32.
     """
 
@@ -254,7 +254,8 @@ class DiffusionTts(nn.Module):
         return h.unflatten(0, (b, k)).mean(dim=(1, 3))
 
     def timestep_independent(self, aligned_conditioning, conditioning_latent, expected_seq_len, return_code_pred):
-        """Code embedding (B, C, expected_seq_len) from AR latents (B, S, in_latent) or codes (B, S), and the voice latent.
+        """Code embedding (B, C, expected_seq_len) from AR latents (B, S, in_latent) or codes (B, S) and the voice
+        latent (B, 2C).
 
         With ``return_code_pred`` also the auxiliary mel prediction (B, in_channels, expected_seq_len).
         """
@@ -289,7 +290,8 @@ class DiffusionTts(nn.Module):
 
     def forward(self, x, timesteps, aligned_conditioning=None, conditioning_latent=None,
                 precomputed_aligned_embeddings=None, conditioning_free=False, return_code_pred=False):
-        """Noise and variance prediction (B, out_channels, T) for noisy mels ``x`` (B, in_channels, T) at ``timesteps`` (B,).
+        """Noise and variance prediction (B, out_channels, T) for noisy mels ``x`` (B, in_channels, T) at
+        ``timesteps`` (B,).
 
         Conditioning: ``precomputed_aligned_embeddings`` from `timestep_independent`, or ``aligned_conditioning`` with
         ``conditioning_latent``; with ``conditioning_free`` the learned unconditioned embedding replaces them.

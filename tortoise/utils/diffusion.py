@@ -108,7 +108,8 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(first, post_var[1:]))
         coefs = {  # float64 maths, float32 tables (as the original extracts them)
             "sqrt_recip_ac": np.sqrt(1.0 / ac), "sqrt_recipm1_ac": np.sqrt(1.0 / ac - 1),
-            "coef1": betas * np.sqrt(ac_prev) / (1.0 - ac), "coef2": (1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac),
+            "coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
+            "coef2": (1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac),
             "min_log": self.posterior_log_variance_clipped, "max_log": np.log(betas),
             "ac": ac, "ac_prev": ac_prev,
         }
@@ -180,7 +181,7 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None):
-        """The original's dict (mean, variance, log_variance, pred_xstart) at respaced step ``t`` (int or (B,) tensor)."""
+        """The original's dict (mean, variance, log_variance, pred_xstart) at respaced step ``t`` (int or tensor)."""
         i = _step_index(t)
         eps, var_values = self.model_eps(model, x, i, model_kwargs)
         x0 = self.predict_xstart(x, i, eps, clip_denoised, denoised_fn)
