@@ -26,3 +26,9 @@ def _torch_threads():
     # Tiny models: thread start-up costs more than it saves, and the machine is often shared.
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def models_dir(tiny_models_dir):
+    """The shared tiny models directory, for tests that only read it."""
+    return tiny_models_dir

@@ -8,26 +8,9 @@ import pytest
 import torch
 
 from tortoise import api
-from tortoise.utils.make_test_models import write_models
 
 TEXT = "Hello there, world."
 FAST = dict(num_autoregressive_samples=4, max_mel_tokens=24, diffusion_iterations=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: one thread avoids oversubscription stalls (20x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_models")
-    write_models(d, size="tiny", seed=0)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 import json
-import pickle
 import subprocess
 import sys
 
@@ -7,7 +6,6 @@ import pytest
 import torch
 
 from tortoise.utils import checkpoints as ck
-from tortoise.utils.make_test_models import write_models
 
 
 def test_registry_names_every_released_file():

@@ -11,32 +11,16 @@ import soundfile as sf
 import torch
 
 from tortoise import cli
-from tortoise.utils.make_test_models import write_models
 
 QUICK = ["--num_autoregressive_samples", "2", "--max_mel_tokens", "20", "--steps", "2", "--vocoder", "univnet",
          "-p", "ultra_fast", "--seed", "3", "-q"]
 TWO_SENTENCES = "Hello there, my friend. This is the second sentence of this text."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("TORTOISE_DEVICE", raising=False)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_models")
-    write_models(d, size="tiny", seed=0)
-    return d
 
 
 def tone(path, seconds, f0, sr=22050):

@@ -15,14 +15,6 @@ FIX = os.path.join(os.path.dirname(__file__), "parity", "fixtures", "pipeline")
 CHARS = "abcdefghijklmnopqrstuvwxyz',.?!"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fixture():
     return torch.load(os.path.join(FIX, "alignment.pt"), weights_only=True)
