@@ -466,16 +466,16 @@ class UnifiedVoice(nn.Module):
             mel_pos, cache_pos = n_mel_prompt + t - 1 + offset, prompt_len + t - 1
             if self._compiled_step is not None:
                 dev = prev.device
-                return self._compiled_step(prev, torch.tensor(mel_pos, device=dev), cache.data,
+                return self._compiled_step(prev, torch.tensor(mel_pos, device=dev), cache.tensors,
                                            torch.tensor(cache_pos, device=dev))
             x = self._mel_step_embedding(prev, mel_pos)
             return self._head(self.gpt.step(x, cache, cache_pos)[:, 0])
         return logits
 
-    def _step_logits_fixed(self, prev, mel_pos, cache_data, cache_pos):
+    def _step_logits_fixed(self, prev, mel_pos, cache_tensors, cache_pos):
         """The fixed-shape step torch.compile compiles: every tensor's shape is the same at every step."""
         x = self._mel_step_embedding(prev, mel_pos)
-        return self._head(self.gpt.step(x, KVCache(cache_data), cache_pos, fixed_shape=True)[:, 0])
+        return self._head(self.gpt.step(x, KVCache(cache_tensors), cache_pos, fixed_shape=True)[:, 0])
 
     def _recompute_source(self, prompt, n_mel_prompt, row_map, offset):
         """kv_cache=False: rerun the whole sequence at every step (as the original without a cache)."""

@@ -111,26 +111,29 @@ class Conv1D(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated once: (layers, 2, B, H, T, D), written in place."""
+    """Keys and values of every layer, preallocated once as separate (B, H, T, D) tensors, written in place.
+    (One tensor per layer, not one for all: a compiled step then mutates each input in place instead of
+    copying a single giant buffer once per layer.)"""
 
-    def __init__(self, data: torch.Tensor):
-        self.data = data  # (layers, 2, B, H, T, D)
+    def __init__(self, tensors):
+        self.tensors = list(tensors)  # [k_0, v_0, k_1, v_1, ...]
 
     @classmethod
     def allocate(cls, cfg: GPT2Config, batch: int, length: int, device, dtype) -> "KVCache":
-        return cls(torch.zeros(cfg.n_layer, 2, batch, cfg.n_head, length, cfg.head_dim, device=device, dtype=dtype))
+        shape = (batch, cfg.n_head, length, cfg.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * cfg.n_layer))
 
     @property
     def length(self) -> int:
-        return self.data.shape[4]
+        return self.tensors[0].shape[2]
 
     def layer(self, i: int):  # -> k, v: (B, H, T, D)
-        return self.data[i, 0], self.data[i, 1]
+        return self.tensors[2 * i], self.tensors[2 * i + 1]
 
     def broadcast_from(self, other: "KVCache", rows: torch.Tensor, n_positions: int):
         """Fill positions [:n_positions] of every row from row `rows[b]` of `other` (prefill once, share it)."""
-        src = other.data[:, :, :, :, :n_positions]
-        self.data[:, :, :, :, :n_positions] = src.index_select(2, rows.to(src.device))
+        for dst, src in zip(self.tensors, other.tensors):
+            dst[:, :, :n_positions] = src[:, :, :n_positions].index_select(0, rows.to(src.device))
 
 
 class GPT2Attention(nn.Module):
@@ -165,9 +168,8 @@ class GPT2Attention(nn.Module):
         q, k, v = self._heads(self.c_attn(x))
         k_cache, v_cache = kv
         if fixed_shape:
-            index = pos.view(1)
-            k_cache.index_copy_(2, index, k)
-            v_cache.index_copy_(2, index, v)
+            k_cache[:, :, pos.view(1)] = k  # index_put_: re-inplaced by inductor
+            v_cache[:, :, pos.view(1)] = v
             mask = (torch.arange(k_cache.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # (1, 1, 1, T)
             y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
         else:
