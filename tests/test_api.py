@@ -296,3 +296,20 @@ def test_half_casts_the_diffusion_model_where_the_device_has_a_half_dtype(models
     assert next(tts.diffusion.parameters()).dtype == torch.bfloat16
     wav = tts.tts(TEXT, voice_samples=clips, verbose=False, use_deterministic_seed=1, half=False, **FAST)
     assert wav.dtype == torch.float32 and torch.isfinite(wav).all() and wav.shape[-1] > 0
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_exact_ranking_scores_codes_padded_as_the_original(tts, monkeypatch, exact):
+    seen = []
+    real = tts._rank
+
+    def spy(text_tokens, codes, *a):
+        seen.append(codes.shape[1])
+        return real(text_tokens, codes, *a)
+
+    codes = torch.randint(0, 8000, (FAST["num_autoregressive_samples"], 12), generator=torch.Generator().manual_seed(5))
+    codes[:, 9:] = 8193  # every sample stopped early: the default pads to 12, the original to max_mel_tokens
+    monkeypatch.setattr(tts, "_rank", spy)
+    monkeypatch.setattr(tts, "_sample_codes", lambda *a: codes.clone())
+    tts.tts(TEXT, verbose=False, use_deterministic_seed=4, exact_ranking=exact, **FAST)
+    assert seen == [FAST["max_mel_tokens"] if exact else 12]

@@ -235,3 +235,10 @@ def test_text_option_as_in_the_original(models_dir, voices, tmp_path, capsys):
     code = run(models_dir, tmp_path / "out2", "-v", "alice", "--text", "One.", "Two.", voices=voices)
     assert code != 0 and "text given twice" in one_error_line(capsys)
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_exact_ranking_flag_reaches_the_options():
+    args = cli.build_parser().parse_args(["--exact_ranking", "-p", "ultra_fast", "Hi."])
+    assert cli.generation_options(args).exact_ranking is True
+    args = cli.build_parser().parse_args(["-p", "ultra_fast", "Hi."])
+    assert cli.generation_options(args).exact_ranking is False

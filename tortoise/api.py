@@ -6,8 +6,9 @@ The class, method and keyword names are the original ``tortoise-tts`` 3.0.0's, p
 frozen :class:`GenerationOptions`; presets are data in :data:`PRESETS` and are applied as
 ``dataclasses.replace(PRESETS[name], **overrides)``.
 
-What this pipeline does differently from the original, outputs unchanged: sampled codes are padded to the longest
-sample (plus room for the calm-token trim), not to ``max_mel_tokens``, before CLVP and the latent pass; the latents of
+What this pipeline does differently from the original: sampled codes are padded to the longest sample (plus room for
+the calm-token trim), not to ``max_mel_tokens``, before CLVP and the latent pass (latents unchanged; CLVP scores, which
+average over the padding, change slightly: ``exact_ranking=True`` pads as the original for its exact ranking); the latents of
 a voice are cached; models stay on the device unless low-VRAM mode offloads them stage by stage; an out-of-memory
 error halves the autoregressive batch and retries.
 """
@@ -59,6 +60,9 @@ class GenerationOptions:
     sampler: str = "ddim"
     latent_averaging_mode: int = 0
     half: bool | None = None  # None: the TextToSpeech's own setting
+    # Score candidates padded to max_mel_tokens, as the original does. CLVP/CVVP average over every position, padding
+    # included, so only this reproduces the original's ranking exactly; the default scores the shorter padding.
+    exact_ranking: bool = False
 
     def __post_init__(self):
         _check(self.num_autoregressive_samples >= 1, "num_autoregressive_samples must be at least 1")
@@ -572,6 +576,8 @@ class TextToSpeech:
                                                                        opts.latent_averaging_mode, original_tortoise)
         with torch.no_grad():
             codes = self._sample_codes(auto_latent, text_tokens, opts, half, verbose, kwargs)
+            if opts.exact_ranking and codes.shape[1] < opts.max_mel_tokens:
+                codes = F.pad(codes, (0, opts.max_mel_tokens - codes.shape[1]), value=self.autoregressive.stop_mel_token)
             best = self._rank(text_tokens, codes, auto_conds, opts.cvvp_amount, k, half, verbose)
             del codes
             latents = self._latents(auto_latent, text_tokens, best, half)

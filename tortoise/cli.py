@@ -104,6 +104,8 @@ def build_parser():
                        type=_bool if typ == "bool" else typ, default=None, help=text)
     t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
                    help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
+    t.add_argument(*_flag("exact_ranking"), action="store_true",
+                   help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
     s = p.add_argument_group("speed")
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
     s.add_argument(*_flag("half"), action="store_true", help="half precision where the device does it well")
@@ -171,6 +173,8 @@ def generation_options(args):
             overrides[name] = getattr(args, name)
     if args.half:
         overrides["half"] = True
+    if args.exact_ranking:
+        overrides["exact_ranking"] = True
     try:
         return preset_options(args.preset, **overrides)
     except ValueError as e:
