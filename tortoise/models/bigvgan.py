@@ -147,8 +147,8 @@ class DownSample1d(nn.Module):
         return self.lowpass(x)
 
 
-ACT_CHUNK_ELEMENTS = 1 << 18  # channels x samples per chunk (~1 MB fp32): the six passes of an activation stay in cache
-ACT_MIN_CHUNK = 1024          # samples
+ACT_CHUNK_ELEMENTS = 1 << 20  # channels x samples per chunk (~4 MB fp32): the six passes of an activation stay in cache
+ACT_MIN_CHUNK = 4096          # samples
 
 
 class Activation1d(nn.Module):
