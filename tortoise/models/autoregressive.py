@@ -10,6 +10,13 @@ step then feeds one token per row, writes its keys/values in place and computes 
 Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.utils.sampling`), so on CPU fp32 the
 same seed gives the same codes as the original.
 
+Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2 use oneDNN-prepacked linear weights
+(`prepack=True`, the default; +1.5 GB at full size); `int8=True` (CPU, opt-in) quantizes the linears dynamically
+(several times faster, not exact); `compile=True` torch.compiles the fixed-shape step (works, same codes on the tiny
+model; on this 2-core CPU it was not faster than the prepacked eager step). `inference_speech(..., batch_size=n)`
+decodes at most n rows at once; an out-of-memory error halves n and retries with a warning. Chunking changes the
+random stream (each chunk draws its own (rows, V) multinomial), so codes equal the original's only unchunked.
+
 Mel positions while decoding — a quirk of the original kept on purpose: with `kv_cache=True` the original's
 inference model gives the k-th generated token the learned mel position k + 1 (it derives it from the attention
 mask length, one past the token's own index), while with `kv_cache=False` it recomputes the whole sequence with
