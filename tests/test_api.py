@@ -210,7 +210,7 @@ def test_stream_codes_match_inference_speech(tts, position_mode):
             torch.manual_seed(5)
             steps = list(api.stream_codes(ar, cond, text, 20, SamplingOptions.from_generate_kwargs(**kw)))
     finally:
-        ar.post_init_gpt2_config(kv_cache=True)
+        tts._configure_autoregressive(ar)  # back to the pipeline's own settings
     codes = torch.tensor([c for c, _ in steps])
     assert torch.equal(codes, ref[:len(codes)])
     lat = torch.stack([lt for _, lt in steps])
@@ -313,3 +313,15 @@ def test_exact_ranking_scores_codes_padded_as_the_original(tts, monkeypatch, exa
     monkeypatch.setattr(tts, "_sample_codes", lambda *a: codes.clone())
     tts.tts(TEXT, verbose=False, use_deterministic_seed=4, exact_ranking=exact, **FAST)
     assert seen == [FAST["max_mel_tokens"] if exact else 12]
+
+
+def test_ar_speed_options_reach_the_model(models_dir):
+    default = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=2,
+                               enable_redaction=False)
+    ar = default.autoregressive
+    assert ar.kv_cache and ar.position_mode == "contiguous"
+    quirk = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=2,
+                             enable_redaction=False, kv_cache_positions="original")
+    assert quirk.autoregressive.position_mode == "original" and quirk.autoregressive.kv_cache
+    with pytest.raises(ValueError, match="kv_cache_positions"):
+        api.TextToSpeech(models_dir=models_dir, device="cpu", kv_cache_positions="sideways", preload=False)

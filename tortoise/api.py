@@ -321,7 +321,7 @@ class TextToSpeech:
     def __init__(self, autoregressive_batch_size=None, models_dir=None, enable_redaction=True, device=None,
                  high_vram=None, kv_cache=True, half=False, ar_checkpoint=None, clvp_checkpoint=None,
                  diff_checkpoint=None, vocoder="univnet", use_deepspeed=False, tokenizer_vocab_file=None,
-                 tokenizer_basic=False, preload=True):
+                 tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous"):
         """
         :param autoregressive_batch_size: samples per AR batch; None lets the device layer pick the largest that fits.
         :param models_dir: where checkpoints live (default ``$TORTOISE_MODELS_DIR`` or ``~/.cache/tortoise/models``);
@@ -332,6 +332,11 @@ class TextToSpeech:
         :param high_vram: keep every model on the device (fast); False moves each model there only for its stage.
                           None: True on CPU, else True when the device has 8 GiB free or more.
         :param kv_cache: use the AR key/value cache (False recomputes every step; for comparison only).
+        :param kv_cache_positions: ``"contiguous"`` (default): the cached loop gives the codes of the original's
+                     default (``kv_cache=False``, positions as in training); ``"original"``: the codes of the
+                     original's (and the fast fork's) ``kv_cache=True``, whose mel positions run one ahead.
+        :param compile: ``torch.compile`` the fixed-shape AR decode step (opt-in; pays a compile on first use).
+        :param int8: CPU only, opt-in: int8 dynamic quantization of the AR linears (faster steps, codes drift).
         :param half: half precision where the device does it well (``python -m xpu`` shows the dtype): the AR and
                      CLVP models run under autocast, the diffusion model is cast to that dtype. A per-call
                      ``half=False`` turns autocast off; the diffusion model keeps the constructor's precision.
@@ -351,6 +356,10 @@ class TextToSpeech:
         from xpu import half_dtype
         self.half_dtype = half_dtype(self.device_info) if self.half else None  # None: fp32 (e.g. most CPUs)
         self.kv_cache = kv_cache
+        _check(kv_cache_positions in ("contiguous", "original"),
+               f"kv_cache_positions must be 'contiguous' or 'original', not {kv_cache_positions!r}")
+        self.ar_options = dict(compile=bool(compile), int8=bool(int8),
+                               position_mode="contiguous" if kv_cache_positions == "contiguous" else "original")
         self.high_vram = self._default_high_vram() if high_vram is None else bool(high_vram)
         self.vocoder_name = (vocoder or "univnet").lower()
         _check(self.vocoder_name in VOCODERS, f"unknown vocoder {vocoder!r}: use one of {', '.join(VOCODERS)}")
@@ -406,10 +415,7 @@ class TextToSpeech:
     def _configure_autoregressive(self, model):
         post_init = getattr(model, "post_init_gpt2_config", None)
         if post_init is not None:
-            try:
-                post_init(kv_cache=self.kv_cache, half=self.half)
-            except TypeError:
-                post_init(kv_cache=self.kv_cache)
+            post_init(kv_cache=self.kv_cache, half=self.half, **self.ar_options)
 
     def _load_vocoder(self, device):
         if self.vocoder_name == "univnet":

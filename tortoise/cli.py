@@ -110,6 +110,11 @@ def build_parser():
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
     s.add_argument(*_flag("half"), action="store_true", help="half precision where the device does it well")
     s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
+    s.add_argument(*_flag("compile"), action="store_true", help="torch.compile the autoregressive decode step")
+    s.add_argument(*_flag("int8"), action="store_true",
+                   help="CPU: int8 dynamic quantization of the autoregressive model (faster, slightly different)")
+    s.add_argument(*_flag("original_kv_positions"), action="store_true",
+                   help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
     s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
     s.add_argument(*_flag("stream"), action="store_true",
                    help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
@@ -355,7 +360,9 @@ def make_tts(args, vocoder, say):
                        enable_redaction=not args.disable_redaction, device=args.device,
                        high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half,
                        ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder=vocoder, preload=not args.stream)
+                       diff_checkpoint=args.diff_checkpoint, vocoder=vocoder, preload=not args.stream,
+                       compile=args.compile, int8=args.int8,
+                       kv_cache_positions="original" if args.original_kv_positions else "contiguous")
     if args.stream:
         tts.preload(("autoregressive", "hifidecoder"))
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
