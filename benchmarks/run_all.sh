@@ -20,6 +20,7 @@ run ar_original "$orig" benchmarks/bench_autoregressive.py --impl original --rep
 run clvp python3 benchmarks/bench_clvp.py --impl both --repeats "$reps" --original-python "$orig"
 run vocoder_ours python3 benchmarks/bench_vocoder.py --impl ours --repeats "$reps"
 run vocoder_original "$orig" benchmarks/bench_vocoder.py --impl original --models univnet,hifigan --repeats "$reps"
-run diffusion python3 benchmarks/bench_diffusion.py --impl both --repeats "$reps" --original-python "$orig"
+run diffusion python3 benchmarks/bench_diffusion.py --impl both --repeats "$reps" --stages conditioning,ti,forward,guided \
+  --original-python "$orig"
 run pipeline python3 benchmarks/bench_pipeline.py --impl both --models_dir "$models" --repeats 1 \
   --original_python "$orig"
