@@ -22,7 +22,10 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 whatever the input dtype, cast back (one numerics policy for half precision)."""
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        # weight and bias too: a model cast to half keeps them in half, and group_norm wants one dtype
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels):
