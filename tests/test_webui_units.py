@@ -281,31 +281,6 @@ def test_stage_capture_passes_lines_through(capsys):
 
 # ---- device layer: start-up check, device list, doctor report ---------------------------------------------------
 
-class HealthyIntelMachine:
-    """The oneAPI checker's view of a machine with a working Intel GPU stack (file system and libraries faked)."""
-
-    def glob(self, pattern):
-        return ["/dev/dri/renderD128"]
-
-    def access(self, path, mode):
-        return True
-
-    def find_library(self, name):
-        return "libze_loader.so.1"
-
-    def can_load(self, name):
-        return True
-
-    def distribution_version(self, name):
-        return None
-
-    def platform(self):
-        return "linux"
-
-    def torch_has_xpu(self):
-        return True
-
-
 def test_environment_check_on_cpu_skips_oneapi(monkeypatch):
     from xpu.testing import no_accelerators
     from tortoise.webui import device_info
@@ -316,12 +291,12 @@ def test_environment_check_on_cpu_skips_oneapi(monkeypatch):
 
 
 def test_environment_check_on_arc_shows_findings_with_fixes(monkeypatch):
-    from xpu.testing import A770, FakeGpu, GIB, no_accelerators
+    from xpu.testing import A770, FakeGpu, GIB, HealthyXpuSystem, no_accelerators
     from tortoise.webui import device_info
     no_accelerators(monkeypatch)
     FakeGpu(monkeypatch, "xpu", [A770], free=[15 * GIB])
     env = {"ONEAPI_DEVICE_SELECTOR": "opencl:gpu"}
-    lines = device_info.environment_check(env=env, fs=HealthyIntelMachine())
+    lines = device_info.environment_check(env=env, fs=HealthyXpuSystem())
     assert lines[0].startswith("device xpu:0 (Intel(R) Arc(TM) A770 Graphics)")
     body = "\n".join(lines[1:])
     assert "[error] ONEAPI_DEVICE_SELECTOR=opencl:gpu hides the Level Zero GPUs" in body

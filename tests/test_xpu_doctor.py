@@ -10,7 +10,7 @@ import torch
 
 import xpu
 from xpu import doctor
-from xpu.testing import A770, GIB, FakeGpu, no_accelerators
+from xpu.testing import A770, GIB, FakeGpu, HealthyXpuSystem, no_accelerators
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,33 +58,10 @@ def test_unknown_device_exit_code(monkeypatch, capsys):
     assert err.count("\n") == 1 and "unknown device 'tpu'" in err
 
 
-class _HealthyXpuSystem:
-    def glob(self, pattern):
-        return ["/dev/dri/renderD128"]
-
-    def access(self, path, mode):
-        return True
-
-    def find_library(self, name):
-        return "libze_loader.so.1"
-
-    def can_load(self, name):
-        return True
-
-    def distribution_version(self, name):
-        return None
-
-    def platform(self):
-        return "linux"
-
-    def torch_has_xpu(self):
-        return True
-
-
 def test_report_on_fake_a770(monkeypatch):
     no_accelerators(monkeypatch)
     FakeGpu(monkeypatch, "xpu", [A770], free=[15 * GIB])
-    report = doctor.build_report(None, env={}, fs=_HealthyXpuSystem())
+    report = doctor.build_report(None, env={}, fs=HealthyXpuSystem())
     assert report["device"]["device"] == "xpu:0" and report["device"]["arc_a_series"]
     assert report["half"]["dtype"] == "float16"
     plans = {p["dtype"]: p for p in report["ar_batch"]["plans"]}

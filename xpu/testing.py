@@ -62,3 +62,29 @@ class FakeGpu:
         if isinstance(i, torch.device):
             return i.index or 0
         return 0 if i is None else int(i)
+
+
+class HealthyXpuSystem:
+    """The oneAPI checker's view (``xpu.oneapi.System``) of a machine with a working Intel GPU stack: a render node,
+    the Level Zero loader, no stray oneAPI environment, a torch built with XPU."""
+
+    def glob(self, pattern):
+        return ["/dev/dri/renderD128"]
+
+    def access(self, path, mode):
+        return True
+
+    def find_library(self, name):
+        return "libze_loader.so.1"
+
+    def can_load(self, name):
+        return True
+
+    def distribution_version(self, name):
+        return None
+
+    def platform(self):
+        return "linux"
+
+    def torch_has_xpu(self):
+        return True
