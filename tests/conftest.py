@@ -32,3 +32,11 @@ def _torch_threads():
 def models_dir(tiny_models_dir):
     """The shared tiny models directory, for tests that only read it."""
     return tiny_models_dir
+
+
+def tiny_diffusion_model(fx):
+    """Our DiffusionTts built with a diffusion fixture's tiny config and strictly loaded with its weights."""
+    from tortoise.models.diffusion_decoder import DiffusionTts
+    model = DiffusionTts(**fx["config"]).eval()
+    model.load_state_dict(fx["state_dict"], strict=True)
+    return model

@@ -7,6 +7,7 @@ import torch
 
 from tortoise.models.diffusion_decoder import DiffusionLayer, DiffusionTts
 from tortoise.utils.checkpoints import RELEASED_CONFIGS
+from conftest import load_parity_fixture, tiny_diffusion_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "parity", "fixtures", "diffusion")
 # Single forwards: float32 sums in a different order (SDPA, batched clips) -> differences of a few 1e-6 on O(1)
@@ -16,14 +17,12 @@ RTOL_OF_MAX = 1e-5
 
 @pytest.fixture(scope="module")
 def fx():
-    return torch.load(os.path.join(FIXTURES, "tiny.pt"), weights_only=True)
+    return load_parity_fixture("diffusion", "tiny.pt")
 
 
 @pytest.fixture(scope="module")
 def model(fx):
-    m = DiffusionTts(**fx["config"]).eval()
-    m.load_state_dict(fx["state_dict"], strict=True)
-    return m
+    return tiny_diffusion_model(fx)
 
 
 def close(ours, ref):

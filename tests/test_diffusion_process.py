@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import load_parity_fixture, tiny_diffusion_model
 
 from tortoise.models.diffusion_decoder import DiffusionTts
 from tortoise.utils.diffusion import (SpacedDiffusion, do_spectrogram_diffusion, get_named_beta_schedule,
@@ -18,14 +19,12 @@ LOOP_ATOL = 2e-4
 
 @pytest.fixture(scope="module")
 def fx():
-    return torch.load(os.path.join(FIXTURES, "tiny.pt"), weights_only=True)
+    return load_parity_fixture("diffusion", "tiny.pt")
 
 
 @pytest.fixture(scope="module")
 def model(fx):
-    m = DiffusionTts(**fx["config"]).eval()
-    m.load_state_dict(fx["state_dict"], strict=True)
-    return m
+    return tiny_diffusion_model(fx)
 
 
 class CountingModel(torch.nn.Module):
