@@ -120,7 +120,7 @@ def test_stream_flag_and_device(models_dir, tmp_path, monkeypatch, capsys):
     sr, frames = wav_info(out / "random_00_00.wav")
     assert sr == 24000 and frames > 0
     capsys.readouterr()
-    assert run(models_dir, out, "--stream", "Short text.") != 0  # no --device: the environment's xpu is honoured
+    assert run(models_dir, tmp_path / "out2", "--stream", "Short text.") != 0  # no --device: TORTOISE_DEVICE honoured
     assert "TORTOISE_DEVICE" in one_error_line(capsys)
 
 
@@ -242,3 +242,21 @@ def test_exact_ranking_flag_reaches_the_options():
     assert cli.generation_options(args).exact_ranking is True
     args = cli.build_parser().parse_args(["-p", "ultra_fast", "Hi."])
     assert cli.generation_options(args).exact_ranking is False
+
+
+def test_earlier_output_is_not_replaced_unless_asked(models_dir, voices, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "alice", "First run.", voices=voices) == 0
+    clip = out / "alice_00_00.wav"
+    before = clip.read_bytes()
+    capsys.readouterr()
+    assert run(models_dir, out, "-v", "alice", "Second run.", voices=voices) != 0
+    line = one_error_line(capsys)
+    assert "alice_00_00.wav exists" in line and "--overwrite" in line
+    assert clip.read_bytes() == before
+    mine = tmp_path / "mine.wav"
+    mine.write_bytes(b"the user's own file")
+    assert run(models_dir, tmp_path / "other", "-v", "alice", "-o", str(mine), "Hi.", voices=voices) != 0
+    assert "mine.wav exists" in one_error_line(capsys) and mine.read_bytes() == b"the user's own file"
+    assert run(models_dir, out, "-v", "alice", "--overwrite", "Second run.", voices=voices) == 0
+    assert clip.read_bytes() != before

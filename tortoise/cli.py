@@ -82,6 +82,8 @@ def build_parser():
     m.add_argument(*_flag("candidates"), type=int, default=1, help="candidates per clip (best first)")
     m.add_argument(*_flag("regenerate"), default=None, help="comma-separated clip numbers to render again, e.g. 3,7")
     m.add_argument(*_flag("skip_existing"), action="store_true", help="keep clips already written (resume a run)")
+    m.add_argument(*_flag("overwrite"), action="store_true",
+                   help="replace files of an earlier run in the output directory (refused otherwise)")
     a = p.add_argument_group("advanced")
     a.add_argument(*_flag("seed"), type=int, default=None, help="random seed, to reproduce a run on the same device")
     a.add_argument(*_flag("models_dir"), default=None,
@@ -241,7 +243,7 @@ def write_wav(path, audio):
 
 def read_wav(path):
     from tortoise.utils.audio import load_audio
-    return load_audio(str(path), OUTPUT_SAMPLE_RATE).reshape(1, -1)
+    return load_audio(str(path), OUTPUT_SAMPLE_RATE, allow_silent=True).reshape(1, -1)
 
 
 # ---------------------------------------------------------------- rendering
@@ -257,6 +259,17 @@ class Renderer:
 
     def clip_path(self, label, idx, cand=0):
         return self.out_dir / f"{label}_{idx:02d}_{cand:02d}.wav"
+
+    def planned_overwrites(self, labels):
+        """Existing files this run would replace that the user did not ask to replace (--regenerate and
+        --skip_existing ask for it; the combined file is derived from the clips and is always rewritten then)."""
+        if self.args.overwrite or self.args.skip_existing or self.regenerate is not None:
+            return []
+        paths = [self.clip_path(label, idx, cand) for label in labels for idx in range(len(self.texts))
+                 for cand in range(self.args.candidates)]
+        paths += [self.out_dir / f"{label}_combined.wav" for label in labels]
+        paths += [Path(self.args.output)] if self.args.output else []
+        return [p for p in paths if p.exists()]
 
     def keep_existing(self, label, idx):
         if not (self.args.skip_existing or (self.regenerate is not None and idx not in self.regenerate)):
@@ -335,8 +348,12 @@ def run(args, say):
     out_dir = prepare_output_dir(args.output_dir)
     seed = args.seed if args.seed is not None else random.randint(0, 2 ** 32 - 1)
     say(f"Seed {seed} (pass --seed {seed} to reproduce this run)")
-    tts = make_tts(args, vocoder, say)
-    renderer = Renderer(tts, args, opts, texts, out_dir, seed, say)
+    renderer = Renderer(None, args, opts, texts, out_dir, seed, say)
+    clash = renderer.planned_overwrites([label for label, _, _ in voices])
+    if clash:
+        raise UsageError(f"{clash[0]} exists (from an earlier run) and would be replaced: pass --skip_existing to "
+                         "resume, --regenerate N to redo clips, --overwrite to replace, or choose another -O / -o")
+    renderer.tts = make_tts(args, vocoder, say)
     try:
         for v, (label, clips, latents) in enumerate(voices):
             audio = renderer.render_voice(label, clips, latents, v * len(texts), len(voices) * len(texts))
