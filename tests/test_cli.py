@@ -260,3 +260,16 @@ def test_earlier_output_is_not_replaced_unless_asked(models_dir, voices, tmp_pat
     assert "mine.wav exists" in one_error_line(capsys) and mine.read_bytes() == b"the user's own file"
     assert run(models_dir, out, "-v", "alice", "--overwrite", "Second run.", voices=voices) == 0
     assert clip.read_bytes() != before
+
+
+def test_latents_file_is_not_replaced_unless_asked(models_dir, voices, tmp_path, capsys):
+    from tortoise import get_conditioning_latents as gcl
+    argv = ["-V", str(voices), "-v", "bob", "-O", str(tmp_path), "--models_dir", str(models_dir)]
+    (tmp_path / "bob.pth").write_bytes(b"the user's latents")
+    assert gcl.main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "--overwrite" in err[0]
+    assert (tmp_path / "bob.pth").read_bytes() == b"the user's latents"
+    assert gcl.main(argv + ["--overwrite"]) == 0
+    auto, diff = torch.load(tmp_path / "bob.pth", weights_only=True)
+    assert auto.dim() == 2 and diff.dim() == 2

@@ -24,6 +24,7 @@ def build_parser():
     p.add_argument("--latent_averaging_mode", "--latent-averaging-mode", type=int, choices=(0, 1, 2), default=0,
                    help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
     p.add_argument("--seed", type=int, default=0, help="seed of the crop of clips longer than 6 s")
+    p.add_argument("--overwrite", action="store_true", help="replace latents files that already exist")
     return p
 
 
@@ -51,13 +52,16 @@ def run(args):
         if clips is None:
             raise ValueError(f"voice {'&'.join(g)!r} has no clips to encode (random, or already .pth latents)")
     out = Path(args.output_path)
+    targets = [out / f"{'-'.join(g)}.pth" for g, _, _ in loaded]
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it or choose another output")
     out.mkdir(parents=True, exist_ok=True)
     tts = TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False, preload=False)
-    for g, clips, _ in loaded:
+    for (g, clips, _), target in zip(loaded, targets):
         tts.deterministic_state(args.seed)
         latents = tts.get_conditioning_latents(clips, latent_averaging_mode=args.latent_averaging_mode)
-        path = save_latents(latents, out / f"{'-'.join(g)}.pth")
-        print(path)
+        print(save_latents(latents, target))
     return 0
 
 
