@@ -8,37 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import load_parity_fixture
+from parity.weight_recipe import checksum, recipe_weights  # noqa: F401  (test_hifigan imports them too)
 from tortoise.models.vocoder import (LVCBlock, UnivNetGenerator, conv_transpose1d, fold_weight_norm,
                                      location_variable_convolution)
 
 TINY = dict(noise_dim=8, channel_size=4, dilations=[1, 3], strides=[2, 4], hop_length=8, n_mel_channels=12)
-
-
-KERNEL_GAIN = 0.03  # UnivNet's predicted LVC kernels kept O(1), as in a trained model (else fp32 rounding
-#                    is amplified chaotically and no two correct implementations agree)
-
-
-def recipe_weights(keys, seed):
-    """The fixture's weight recipe (tests/parity/make_vocoder_fixtures.py), repeated here; checked by checksum."""
-    sd = {}
-    for i, (key, shape) in enumerate(keys):
-        gen = torch.Generator().manual_seed(seed * 100003 + i)
-        t = torch.randn(shape, generator=gen)
-        if key.endswith("weight_g"):
-            t = (0.5 + 0.5 * t.abs()) * (KERNEL_GAIN if ".kernel_predictor.kernel_conv." in key else 1.0)
-        elif key.endswith(("weight_v", "weight")) and len(shape) > 1:
-            fan_in = 1
-            for s in shape[1:]:
-                fan_in *= s
-            t = t / fan_in ** 0.5
-        else:
-            t = 0.05 * t
-        sd[key] = t
-    return sd
-
-
-def checksum(sd):
-    return float(sum(v.double().abs().sum() for v in sd.values()))
 
 
 def assert_close(actual, expected, rel=1e-5):

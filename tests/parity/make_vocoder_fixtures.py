@@ -30,6 +30,7 @@ import types
 
 import torch
 
+from weight_recipe import checksum, recipe_weights  # this directory: shared with the tests
 from tortoise.models.hifigan_decoder import HifiganGenerator
 from tortoise.models.vocoder import UnivNetGenerator
 
@@ -39,38 +40,6 @@ HIFI_RELEASED = dict(in_channels=1024, out_channels=1, resblock_type="1", resblo
                      resblock_kernel_sizes=[3, 7, 11], upsample_kernel_sizes=[16, 16, 4, 4],
                      upsample_initial_channel=512, upsample_factors=[8, 8, 2, 2], cond_channels=1024)
 HIFI_TINY = dict(HIFI_RELEASED, in_channels=64, cond_channels=64, upsample_initial_channel=32)
-
-
-KERNEL_GAIN = 0.03  # UnivNet's predicted LVC kernels kept O(1), as in a trained model (else fp32 rounding
-#                    is amplified chaotically and no two correct implementations agree)
-
-
-def recipe_weights(keys, seed):
-    """Deterministic random weights for a released-format state dict: one seeded generator per tensor.
-
-    weight_v / weight / bias: N(0, 1) / scaled so a conv keeps unit activations; weight_g: the norm of a unit-gain
-    weight (so weight norm keeps the same scale). Only torch.randn with explicit generators: identical in any process.
-    """
-    sd = {}
-    for i, (key, shape) in enumerate(keys):
-        gen = torch.Generator().manual_seed(seed * 100003 + i)
-        t = torch.randn(shape, generator=gen)
-        if key.endswith("weight_g"):
-            # per-output-channel norm ~ 0.5..1.5 (UnivNet's kernel predictor output scaled down, see KERNEL_GAIN)
-            t = (0.5 + 0.5 * t.abs()) * (KERNEL_GAIN if ".kernel_predictor.kernel_conv." in key else 1.0)
-        elif key.endswith(("weight_v", "weight")) and len(shape) > 1:
-            fan_in = 1
-            for s in shape[1:]:
-                fan_in *= s
-            t = t / fan_in ** 0.5
-        else:
-            t = 0.05 * t                                      # biases
-        sd[key] = t
-    return sd
-
-
-def checksum(sd):
-    return float(sum(v.double().abs().sum() for v in sd.values()))
 
 
 class _CudaToCpu:
