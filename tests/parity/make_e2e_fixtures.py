@@ -38,14 +38,20 @@ CONFIGS = {
     "vocoder": dict(noise_dim=8, channel_size=8),
 }
 SEEDS = {"autoregressive": 11, "diffusion": 12, "clvp": 13, "vocoder": 14}
-CASES = [  # (text, tts kwargs)
+STOP_BIAS = 1.0  # case 3: added to the stop token's mel_head bias so samples stop at different steps (calm-token
+#                   fixes, padding, ranking of unequal lengths and the latent trim all take part)
+CASES = [  # (text, tts kwargs, stop bias)
     ("Hello there, how are you today?", dict(num_autoregressive_samples=4, max_mel_tokens=30, diffusion_iterations=4,
                                              cond_free=True, cond_free_k=2.0, temperature=0.8, top_p=0.8,
                                              repetition_penalty=2.0, length_penalty=1.0, diffusion_temperature=1.0,
-                                             k=2, use_deterministic_seed=1234)),
+                                             k=2, use_deterministic_seed=1234), 0.0),
     ("A second, shorter one.", dict(num_autoregressive_samples=4, max_mel_tokens=24, diffusion_iterations=3,
                                     cond_free=False, temperature=0.6, top_p=0.9, repetition_penalty=1.5,
-                                    length_penalty=1.0, diffusion_temperature=0.8, k=1, use_deterministic_seed=7)),
+                                    length_penalty=1.0, diffusion_temperature=0.8, k=1, use_deterministic_seed=7), 0.0),
+    ("Stopping early, at last.", dict(num_autoregressive_samples=4, max_mel_tokens=40, diffusion_iterations=3,
+                                      cond_free=True, cond_free_k=2.0, temperature=0.8, top_p=0.8,
+                                      repetition_penalty=2.0, length_penalty=1.0, diffusion_temperature=1.0,
+                                      k=2, use_deterministic_seed=5), STOP_BIAS),
 ]
 
 
@@ -53,10 +59,21 @@ def keys_of(model):
     return [(k, list(v.shape)) for k, v in model.state_dict().items()]
 
 
-def load(model, name):
+def load(model, name, stop_bias=0.0):
     keys = keys_of(model)
-    model.load_state_dict(recipe_weights(keys, SEEDS[name]), strict=True)
+    sd = recipe_weights(keys, SEEDS[name])
+    if stop_bias:
+        sd["mel_head.bias"][8193] += stop_bias
+    model.load_state_dict(sd, strict=True)
     return keys
+
+
+def _record(codes, lengths):
+    """Note where each sample stopped (its length when it never did)."""
+    for row in codes:
+        stops = (row == 8193).nonzero()
+        lengths.append(int(stops[0]) if len(stops) else int(row.shape[0]))
+    return codes
 
 
 def main():
@@ -66,9 +83,6 @@ def main():
     tts.device, tts.half, tts.cvvp = torch.device("cpu"), False, None
     tts.tokenizer = VoiceBpeTokenizer()
     keys = {}
-    tts.autoregressive = UnifiedVoice(**CONFIGS["autoregressive"]).eval()
-    keys["autoregressive"] = load(tts.autoregressive, "autoregressive")
-    tts.autoregressive.post_init_gpt2_config(kv_cache=False)  # the original's default
     tts.diffusion = DiffusionTts(**CONFIGS["diffusion"]).eval()
     keys["diffusion"] = load(tts.diffusion, "diffusion")
     tts.clvp = CLVP(**CONFIGS["clvp"]).eval()
@@ -79,11 +93,20 @@ def main():
     gen = torch.Generator().manual_seed(99)
     latents = (0.5 * torch.randn(1, 64, generator=gen), 0.5 * torch.randn(1, 128, generator=gen))
     cases = []
-    for text, kw in CASES:
+    for text, kw, stop_bias in CASES:
+        tts.autoregressive = UnifiedVoice(**CONFIGS["autoregressive"]).eval()
+        keys["autoregressive"] = load(tts.autoregressive, "autoregressive", stop_bias)
+        tts.autoregressive.post_init_gpt2_config(kv_cache=False)  # the original's default
+        lengths = []
+        real = tts.autoregressive.inference_speech
+        tts.autoregressive.inference_speech = lambda *a, **k: _record(real(*a, **k), lengths)
         with torch.no_grad():
             out = tts.tts(text, conditioning_latents=latents, verbose=False, **kw)
+        del tts.autoregressive.inference_speech
         wavs = out if isinstance(out, list) else [out]
-        cases.append(dict(text=text, kwargs=kw, wavs=[w.float().contiguous() for w in wavs]))
+        cases.append(dict(text=text, kwargs=kw, stop_bias=stop_bias, code_lengths=lengths,
+                          wavs=[w.float().contiguous() for w in wavs]))
+        print("sample lengths (to the stop token):", lengths)
         print(text, [tuple(w.shape) for w in wavs], float(wavs[0].abs().max()))
     torch.save(dict(configs=CONFIGS, seeds=SEEDS, keys=keys, latents=list(latents), cases=cases), OUT)
     print(OUT, os.path.getsize(OUT))
