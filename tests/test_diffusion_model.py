@@ -114,6 +114,23 @@ def test_layer_without_shared_buffer_matches(model, fx):
     close(layer(h.clone(), emb), layer.attn(y.clone()))
 
 
+@torch.no_grad()
+def test_strided_bias_equals_dense_bias_bitwise(model, fx):
+    # the CPU cache hands SDPA a strided (Hankel) view with the queries reversed; it must give exactly the bits of
+    # the dense (H, T, T) bias that other backends use
+    from tortoise.models.diffusion_decoder import RelativeBiasCache, attend
+    block = model.layers[0].attn
+    for t in (1, 2, 17, 40):
+        h = torch.randn(2, fx["config"]["model_channels"], t, generator=torch.Generator().manual_seed(t))
+        strided = RelativeBiasCache(t, block.num_heads, h.device, h.dtype, strided=True)
+        dense = RelativeBiasCache(t, block.num_heads, h.device, h.dtype, strided=False)
+        assert strided.buffer.shape[1] == 2 * t - 1 and dense.buffer.shape[1] == t * t
+        assert torch.equal(strided.bias(block.relative_pos_embeddings).flip(2),
+                           dense.bias(block.relative_pos_embeddings))
+        assert torch.equal(attend(block, h.clone(), strided), attend(block, h.clone(), dense))
+        close(attend(block, h.clone(), strided), attend(block, h.clone()))
+
+
 def test_missing_conditioning_is_a_clear_error(model, fx):
     with pytest.raises(ValueError, match="precomputed_aligned_embeddings"):
         model(fx["x"], fx["timesteps"])

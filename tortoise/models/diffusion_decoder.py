@@ -13,8 +13,9 @@ Layout (parameter names are the released checkpoint's)::
                            -> layers (num_layers DiffusionLayers + 3 ResBlocks) -> out     -> (B, 200, T)
 
 The per-step trunk is written for inference speed: elementwise work is done in place on activations the trunk owns,
-and the relative-position bias of every attention block is gathered into one buffer kept across layers and steps
-(one (1, H, T, T) tensor, rebuilt only when T changes) instead of allocating three such tensors per block per step.
+and the relative-position bias is cached across layers and steps (rebuilt only when T changes): on CPU as one row
+of 2T - 1 offsets per head, which SDPA reads as a strided (H, T, T) view (`RelativeBiasCache`), elsewhere as one
+(1, H, T, T) buffer that each block's bias table is gathered into.
 The in-place trunk does not support autograd; this package only runs inference.
 """
 import math
@@ -123,25 +124,54 @@ class ResBlock(TimestepBlock):
 class RelativeBiasCache:
     """The relative-position attention bias of a length-T sequence, for each attention block in turn.
 
-    The bucket of every (query, key) pair depends only on T, so it is computed once; each block's bias is then one
-    gather of its (H, 32) table into a single (H, T*T) buffer reused by every block (blocks run one after another).
+    The bias of query i and key j is ``table[:, bucket(j - i)]``: it depends only on the offset ``j - i``. On CPU the
+    cache holds one row per head over the 2T - 1 offsets and hands SDPA a strided (Hankel) view of it, so no (H, T, T)
+    tensor is written or read per block; with the queries taken in reverse order (row r is query T - 1 - r) the row
+    offset j - (T - 1 - r) = r + j - (T - 1) grows with both indices, giving the non-negative strides (1, 1).
+    SDPA handles every query row on its own, so reversing the queries leaves each output row bit-identical.
+    Other backends get the dense bias, one gather of each block's (H, 32) table into a single (H, T*T) buffer
+    reused by every block (blocks run one after another). ``strided`` picks the form (default: CPU only).
     """
 
-    def __init__(self, length, heads, device, dtype, num_buckets=32, max_distance=64):
+    def __init__(self, length, heads, device, dtype, num_buckets=32, max_distance=64, strided=None):
+        device = torch.device(device)
+        self.strided = device.type == "cpu" if strided is None else strided
+        self.key = (length, heads, device, dtype, num_buckets, max_distance, self.strided)
         pos = torch.arange(length, device=device)
+        if self.strided:
+            rel = torch.arange(2 * length - 1, device=device) - (length - 1)  # (2T-1,) offsets j - i
+        else:
+            rel = (pos[None, :] - pos[:, None]).reshape(-1)  # (T*T,) offsets j - i, row-major over (i, j)
         buckets = RelativePositionBias._relative_position_bucket(
-            pos[None, :] - pos[:, None], causal=False, num_buckets=num_buckets, max_distance=max_distance)
-        self.key = (length, heads, torch.device(device), dtype, num_buckets, max_distance)
+            rel, causal=False, num_buckets=num_buckets, max_distance=max_distance)
         # int32 indices gather faster on CPU (half the index traffic); other backends get the int64 they all take
-        self.buckets = buckets.reshape(-1).to(torch.int32 if torch.device(device).type == "cpu" else torch.long)
-        self.buffer = torch.empty(heads, length * length, device=device, dtype=dtype)  # (H, T*T)
+        self.buckets = buckets.to(torch.int32 if device.type == "cpu" else torch.long)
+        self.buffer = torch.empty(heads, buckets.numel(), device=device, dtype=dtype)  # (H, 2T-1) or (H, T*T)
         self.length = length
 
     def bias(self, rel):
-        """(1, H, T, T) additive logits bias of RelativePositionBias ``rel`` (valid until the next call)."""
+        """(1, H, T, T) additive logits bias of RelativePositionBias ``rel``, valid until the next call; when
+        ``self.strided`` its rows are the queries in reverse order (see the class docstring)."""
         table = (rel.relative_attention_bias.weight * rel.scale).t().to(self.buffer.dtype)  # (H, buckets)
         torch.index_select(table, 1, self.buckets, out=self.buffer)
-        return self.buffer.view(1, -1, self.length, self.length)
+        t, heads = self.length, self.buffer.shape[0]
+        if self.strided:
+            return self.buffer.as_strided((1, heads, t, t), (0, 2 * t - 1, 1, 1))
+        return self.buffer.view(1, heads, t, t)
+
+
+def _sdpa_with_bias(q, k, v, rel, rel_cache, device, dtype):
+    """Attention (B, T, H, ch) -> (B, H, T, ch) with ``rel``'s bias: from ``rel_cache`` if given, else built."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each (B, H, T, ch)
+    if rel is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    if rel_cache is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=rel.bias(q.shape[2], k.shape[2], device).to(dtype))
+    mask = rel_cache.bias(rel)
+    if not rel_cache.strided:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # queries reversed for the strided bias, the output rows put back in order
+    return F.scaled_dot_product_attention(q.flip(2), k, v, attn_mask=mask).flip(2)
 
 
 def attend(block, x, rel_cache=None):
@@ -157,14 +187,7 @@ def attend(block, x, rel_cache=None):
     del n
     # legacy layout: heads are split before q/k/v, i.e. channel = head * 3ch + {0: q, 1: k, 2: v} * ch + j
     q, k, v = qkv.view(b, t, heads, 3, ch).unbind(3)  # each (B, T, H, ch)
-    rel = block.relative_pos_embeddings
-    if rel is None:
-        mask = None
-    elif rel_cache is not None:
-        mask = rel_cache.bias(rel)
-    else:
-        mask = rel.bias(t, t, x.device).to(x.dtype)
-    a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    a = _sdpa_with_bias(q, k, v, block.relative_pos_embeddings, rel_cache, x.device, x.dtype)  # (B, H, T, ch)
     a = a.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
     w_out = block.proj_out.weight.squeeze(-1)  # (C, C)
     for i in range(b):
@@ -339,7 +362,7 @@ class DiffusionTts(nn.Module):
                                "torch.inference_mode(), or freeze it with model.requires_grad_(False)")
 
     def _relative_bias_cache(self, length, device, dtype):
-        key = (length, self.num_heads, torch.device(device), dtype, 32, 64)
+        key = (length, self.num_heads, torch.device(device), dtype, 32, 64, torch.device(device).type == "cpu")
         if self._rel_cache is None or self._rel_cache.key != key:
             self._rel_cache = None  # free the old buffer before allocating the new one
             self._rel_cache = RelativeBiasCache(length, self.num_heads, device, dtype)
