@@ -131,6 +131,22 @@ def test_strided_bias_equals_dense_bias_bitwise(model, fx):
         close(attend(block, h.clone(), strided), attend(block, h.clone()))
 
 
+@torch.no_grad()
+def test_projection_workspace_is_reused_and_follows_batch_size(model, fx):
+    from tortoise.models.diffusion_decoder import RelativeBiasCache
+    cache = RelativeBiasCache(9, 2, "cpu", torch.float32)
+    w = cache.workspace((1, 9, 12))
+    assert cache.workspace((1, 9, 12)) is w and cache.workspace((2, 9, 12)).shape == (2, 9, 12)
+    # one model run at batch 2, 1, 2 (the buffer reallocated each time) gives what it gives from a fresh start
+    x, ts, emb = fx["x"], fx["timesteps"], fx["emb_lat"]
+    both = model(x, ts, precomputed_aligned_embeddings=emb)
+    one = model(x[:1], ts[:1], precomputed_aligned_embeddings=emb)
+    assert torch.equal(model(x, ts, precomputed_aligned_embeddings=emb), both)
+    fresh = DiffusionTts(**fx["config"]).eval()
+    fresh.load_state_dict(fx["state_dict"])
+    assert torch.equal(fresh(x[:1], ts[:1], precomputed_aligned_embeddings=emb), one)
+
+
 def test_missing_conditioning_is_a_clear_error(model, fx):
     with pytest.raises(ValueError, match="precomputed_aligned_embeddings"):
         model(fx["x"], fx["timesteps"])
