@@ -390,7 +390,7 @@ class DiffusionTts(nn.Module):
         x = x.to(dtype)
         rel = self._relative_bias_cache(x.shape[-1], x.device, dtype)
         time_emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (B, C)
-        code = code_emb.to(dtype)
+        code = code_emb.to(dtype).expand(x.shape[0], -1, -1)  # a batch-1 embedding serves every item
         for layer in self.conditioning_timestep_integrator:
             code = layer(code, time_emb, rel)  # (B, C, T)
         h = self.integrating_conv(torch.cat([self.inp_block(x), code], dim=1))  # (B, C, T)
