@@ -231,9 +231,9 @@ class DiffusionTts(nn.Module):
     """Tortoise's mel diffusion decoder (released config: `tortoise.utils.checkpoints.RELEASED_CONFIGS['diffusion']`).
 
     ``dropout``, ``layer_drop`` and ``unconditioned_percentage`` only matter in training and are kept for signature
-    compatibility; ``use_fp16`` is recorded only. Half precision: cast the model
-    (``model.to(torch.float16)`` or ``torch.bfloat16``); it then computes in that dtype with GroupNorm in fp32 and returns fp32. Autocast regions are switched off inside
-    (the in-place kernels need one dtype), so an fp32 model under autocast runs in fp32.
+    compatibility; ``use_fp16`` is recorded only. Half precision: cast the model (``model.to(torch.float16)`` or
+    ``torch.bfloat16``); it then computes in that dtype with GroupNorm in fp32 and returns fp32. Autocast regions are
+    switched off inside (the in-place kernels need one dtype), so an fp32 model under autocast runs in fp32.
     """
 
     def __init__(self, model_channels=512, num_layers=8, in_channels=100, in_latent_channels=512, in_tokens=8193,
