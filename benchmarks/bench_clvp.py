@@ -14,12 +14,12 @@ GFLOP/s and its fraction of this machine's fp32 matmul throughput (measured at s
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from timing import median_wall_cpu  # benchmarks/timing.py
 
 # The released CLVP configuration (as the original api.py builds it); kept here so the original's environment, where
 # our package is not installed, can run this script. ``--impl ours`` checks it against our registry.
@@ -55,18 +55,6 @@ def matmul_gflops(reps=3):
     return 2 * 2048 * 768 * 3072 / best / 1e9
 
 
-def timed(fn, repeats):
-    """Median wall-clock and process CPU seconds of ``fn()`` over ``repeats`` calls (CPU time is the steadier
-    measure on a shared machine: with more runnable threads than cores, wall time mostly measures the others)."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus)
-
-
 def build_model(impl):
     import tortoise
     from tortoise.models.clvp import CLVP
@@ -99,11 +87,11 @@ def run_impl(args):
         for length in lengths:
             codes = torch.randint(0, CLVP_CONFIG["num_speech_tokens"], (args.candidates, length), generator=gen)
             if args.impl == "ours":
-                seconds, cpu = timed(lambda: model.score(text, codes), args.repeats)
+                seconds, cpu = median_wall_cpu(lambda: model.score(text, codes), args.repeats)
                 gflop = case_gflop(1, args.text_tokens, args.candidates, length)
             else:
                 texts = text.repeat(args.candidates, 1)
-                seconds, cpu = timed(lambda: model(texts, codes, return_loss=False), args.repeats)
+                seconds, cpu = median_wall_cpu(lambda: model(texts, codes, return_loss=False), args.repeats)
                 gflop = case_gflop(args.candidates, args.text_tokens, args.candidates, length)
             results.append(dict(impl=args.impl, codes=length, seconds=seconds, cpu_seconds=cpu, gflop=gflop, peak_gflops=peak,
                                 threads=torch.get_num_threads()))
@@ -130,7 +118,7 @@ def print_table(results, args):
     for r in sorted(results, key=lambda r: (r["codes"], r["impl"])):
         label = "ours score()" if r["impl"] == "ours" else "original forward()"
         print(row(f"{label}, {r['codes']} codes", r))
-    print(f"matmul peak measured: " + ", ".join(f"{r['impl']} {r['peak_gflops']:.0f} GFLOP/s"
+    print("matmul peak measured: " + ", ".join(f"{r['impl']} {r['peak_gflops']:.0f} GFLOP/s"
                                                   for r in {r['impl']: r for r in results}.values()))
     for length in sorted(set(args.codes)):
         ours, orig = by.get(("ours", length)), by.get(("original", length))

@@ -15,12 +15,12 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from timing import median_wall_cpu  # benchmarks/timing.py
 
 RELEASED = dict(model_channels=1024, num_layers=10, in_channels=100, out_channels=200, in_latent_channels=1024,
                 in_tokens=8193, dropout=0, use_fp16=False, num_heads=16, layer_drop=0, unconditioned_percentage=0)
@@ -77,15 +77,8 @@ def diffuser(impl, steps, sampler):
 
 
 def timed(fn, repeats):
-    """Median wall seconds over ``repeats`` runs after one warm-up (first touch of weights, oneDNN caches)."""
-    fn()
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(times), statistics.median(cpu)
+    """One warm-up (first touch of weights, oneDNN caches), then medians."""
+    return median_wall_cpu(fn, repeats, warmup=1)
 
 
 def run(impl, repeats, steps, stages):

@@ -13,11 +13,10 @@ and ``forward`` is timed; the original keeps weight norm live in HiFi-GAN (as it
 UnivNet (``eval(inference=True)``).
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import median_wall_cpu  # benchmarks/timing.py
 
 SAMPLE_RATE, HOP = 24000, 256
 CODES_FOR_FRAMES = {870: 200, 1088: 250}      # codes * 4 * 24000 // 22050 == frames
@@ -80,14 +79,8 @@ def gflop_per_frame(make_run, frames=64):
 def measure(make_run, frames, repeats):
     """Median wall seconds and median process CPU seconds (all threads; less sensitive to a busy machine)."""
     run = make_run(frames)
-    wall, cpu = [], []
     with torch.no_grad():
-        for _ in range(repeats):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+        return median_wall_cpu(run, repeats)
 
 
 def main():
