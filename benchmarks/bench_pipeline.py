@@ -82,42 +82,24 @@ def fix_length(ar, codes):
     ar.inference_speech = inference_speech
 
 
-def build_ours(args):
-    from tortoise import api
-    tts = api.TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False,
-                           autoregressive_batch_size=args.batch_size, half=args.half)
+def timed_pipeline(tts, api_module, codes):
+    """Fix the generation length and time each stage of either implementation's TextToSpeech (same method names)."""
     timer = StageTimer()
-    fix_length(tts.autoregressive, args.codes)
+    fix_length(tts.autoregressive, codes)
     timer.wrap(tts, "get_conditioning_latents", "conditioning")
     timer.wrap(tts.autoregressive, "inference_speech", "ar_sampling")
     timer.wrap(tts.clvp, "forward", "clvp")
     timer.wrap(tts.autoregressive, "forward", "latent_pass")
-    timer.wrap(api, "do_spectrogram_diffusion", "diffusion")
+    timer.wrap(api_module, "do_spectrogram_diffusion", "diffusion")
     timer.wrap(tts.vocoder, "inference", "vocoder")
     return tts, timer, tts.autoregressive_batch_size
 
 
-def weight_normed_vocoder(path):
-    """The original's UnivNet loads only the released, weight-normed layout (weight_g / weight_v). A vocoder.pth
-    holding folded weights is rewritten in that layout (g = |w| over all but dim 0, v = w) to a temporary file."""
-    import tempfile
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    g = sd["model_g"]
-    if any(k.endswith("weight_g") for k in g):
-        return path
-    prefixes = ("conv_pre", "conv_post.1", "kernel_predictor.input_conv.0", "kernel_predictor.residual_convs",
-                "kernel_predictor.kernel_conv", "kernel_predictor.bias_conv", "convt_pre.1", "conv_blocks")
-    out = {}
-    for k, w in g.items():
-        if k.endswith(".weight") and any(p in k for p in prefixes) and w.dim() == 3:
-            dims = tuple(range(1, w.dim()))
-            out[k[:-len("weight")] + "weight_g"] = w.norm(dim=dims, keepdim=True)
-            out[k[:-len("weight")] + "weight_v"] = w
-        else:
-            out[k] = w
-    tmp = os.path.join(tempfile.mkdtemp(prefix="bench_vocoder_"), "vocoder.pth")
-    torch.save({"model_g": out}, tmp)
-    return tmp
+def build_ours(args):
+    from tortoise import api
+    tts = api.TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False,
+                           autoregressive_batch_size=args.batch_size, half=args.half)
+    return timed_pipeline(tts, api, args.codes)
 
 
 def build_original(args):
@@ -126,19 +108,10 @@ def build_original(args):
         raise SystemExit("--impl original must run in the original's environment (/work/origenv/bin/python)")
     import tortoise.api as oapi
     # Our checkpoint directories hold plain files; the original looks them up in a hub cache layout.
-    paths = {"vocoder.pth": weight_normed_vocoder(os.path.join(args.models_dir, "vocoder.pth"))}
-    oapi.get_model_path = lambda name, models_dir=None: paths.get(name, os.path.join(args.models_dir, name))
+    oapi.get_model_path = lambda name, models_dir=None: os.path.join(args.models_dir, name)
     tts = oapi.TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
                             enable_redaction=False, kv_cache=True, half=args.half)
-    timer = StageTimer()
-    fix_length(tts.autoregressive, args.codes)
-    timer.wrap(tts, "get_conditioning_latents", "conditioning")
-    timer.wrap(tts.autoregressive, "inference_speech", "ar_sampling")
-    timer.wrap(tts.clvp, "forward", "clvp")
-    timer.wrap(tts.autoregressive, "forward", "latent_pass")
-    timer.wrap(oapi, "do_spectrogram_diffusion", "diffusion")
-    timer.wrap(tts.vocoder, "inference", "vocoder")
-    return tts, timer, tts.autoregressive_batch_size
+    return timed_pipeline(tts, oapi, args.codes)
 
 
 def overrides(args):
