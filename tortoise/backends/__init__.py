@@ -1,0 +1,86 @@
+"""Inference-engine backends: run Tortoise's networks as exported graphs on ONNX Runtime or OpenVINO.
+
+    from tortoise.backends import load
+    ar = load("autoregressive", models_dir, backend="openvino", device="CPU")   # exports on first use
+    codes = ar.inference_speech(cond_latent, text_tokens, do_sample=False, num_return_sequences=4)
+
+``load(network, models_dir, backend, **options)`` returns an object with the calls the pipeline makes on the torch
+network (`tortoise.backends.networks`); graphs are exported, verified and cached by `tortoise.export` the first
+time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvino"), ``threads``; OpenVINO
+``device`` ("CPU", "GPU", "AUTO"), ``precision`` (None: the device's default, e.g. bf16 on CPUs with native bf16;
+"f32", "bf16", "f16"), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
+"""
+from tortoise.backends.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "bigvgan_base", "bigvgan", "hifidecoder")
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, provider="cpu", threads=None, device_id=0):
+        require("onnxruntime")
+        self.provider, self.threads, self.device_id = provider, threads, device_id
+
+    def runner(self, path):
+        from tortoise.backends.onnxruntime import OrtRunner
+        return OrtRunner(path, self.provider, self.threads, self.device_id)
+
+    def decoder(self, prefill_path, decode_path):
+        from tortoise.backends.onnxruntime import OrtDecoder
+        return OrtDecoder(prefill_path, decode_path, self.provider, self.threads, self.device_id)
+
+    def describe(self):
+        return f"onnxruntime {self.provider}"
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def __init__(self, device="CPU", precision=None, threads=None):
+        require("openvino")
+        from tortoise.backends.openvino import check_device
+        self.device, self.precision, self.threads = check_device(device), precision, threads
+
+    def runner(self, path):
+        from tortoise.backends.openvino import OvRunner
+        return OvRunner(path, self.device, self.precision, self.threads)
+
+    def decoder(self, prefill_path, decode_path):
+        from tortoise.backends.openvino import OvDecoder
+        return OvDecoder(prefill_path, decode_path, self.device, self.precision, self.threads)
+
+    def describe(self):
+        return f"openvino {self.device} {self.precision or 'default precision'}"
+
+
+def get_backend(name, **options):
+    """The runtime backend ``name`` ("onnxruntime" or "openvino") with its options."""
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(**options)
+    if name == "openvino":
+        return OpenVinoBackend(**options)
+    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def load(network, models_dir=None, backend="onnxruntime", *, export_dir=None, checkpoint=None, dynamic=True,
+         verify=True, cpu_only=False, **backend_options):
+    """The graph object for ``network`` (see the module docstring) on ``backend``."""
+    from tortoise.backends import networks
+    if network not in NETWORKS:
+        raise BackendError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
+    runtime = backend if not isinstance(backend, str) else get_backend(backend, **backend_options)
+    graphs = networks.GraphSet(runtime, models_dir, network, export_dir=export_dir, checkpoint=checkpoint,
+                               dynamic=dynamic, verify=verify, cpu_only=cpu_only)
+    if network == "autoregressive":
+        return networks.AutoregressiveGraphs(graphs, networks.network_config(network, models_dir))
+    if network == "clvp":
+        return networks.ClvpGraphs(graphs)
+    if network == "diffusion":
+        return networks.DiffusionGraphs(graphs, networks.network_config(network, models_dir))
+    if network == "vocoder":
+        return networks.UnivNetGraph(graphs, networks.network_config(network, models_dir))
+    if network in ("bigvgan_base", "bigvgan"):
+        return networks.BigVGANGraph(graphs, network)
+    return networks.HifiganGraph(graphs)

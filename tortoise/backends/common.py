@@ -1,0 +1,153 @@
+"""What every inference-engine backend shares: the runner interface, tensor conversion, the missing-runtime message.
+
+A *runner* executes one exported graph: ``run({input name: tensor}) -> [output tensors]`` (torch tensors in, torch
+tensors out, on the caller's device). A *decoder* runs the AR prefill and decode-step graphs and owns the KV cache
+between steps (ONNX Runtime: cache tensors bound in and out with io_binding; OpenVINO: the cache as the model's
+state). The per-network objects the pipeline calls (`tortoise.backends.networks`) are built on these and are the same
+for every runtime.
+"""
+import importlib
+
+import numpy as np
+import torch
+
+# runtime name -> (the module to import, the package extra that installs it, a display name)
+RUNTIMES = {
+    "onnxruntime": ("onnxruntime", "onnx", "ONNX Runtime"),
+    "openvino": ("openvino", "openvino", "OpenVINO"),
+}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run as asked; the message is one line that says how to fix it."""
+
+
+class MissingRuntime(BackendError):
+    """The inference engine's package is not installed."""
+
+
+def install_hint(runtime):
+    return f"pip install 'tortoise-tts-xpu[{RUNTIMES[runtime][1]}]'"
+
+
+def require(runtime):
+    """Import a runtime's module, or raise MissingRuntime naming the extra that installs it."""
+    module, _, display = RUNTIMES[runtime]
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingRuntime(f"{display} is not installed (needed for --backend {runtime}): "
+                             f"{install_hint(runtime)}") from e
+    except Exception as e:  # a broken install (missing shared library, ABI mismatch): still one line
+        reason = " ".join(str(e).split())[:160]
+        raise MissingRuntime(f"{display} failed to import ({type(e).__name__}: {reason}); reinstall it: "
+                             f"{install_hint(runtime)}") from e
+
+
+def runtime_version(runtime):
+    """The installed runtime's version, or None."""
+    from importlib import metadata
+    names = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
+             "openvino": ("openvino",)}[runtime]
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+_NUMPY_FLOAT = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+def to_numpy(t, float_dtype=np.float32):
+    """A tensor (any device) as a contiguous numpy array for a graph input: floats as ``float_dtype``, integers int64."""
+    if isinstance(t, np.ndarray):
+        return t
+    t = t.detach()
+    if t.is_floating_point():
+        t = t.to(torch.float32 if float_dtype == np.float32 else torch.float16)
+    elif t.dtype != torch.bool:
+        t = t.to(torch.long)
+    return t.cpu().contiguous().numpy()
+
+
+def to_torch(a, device=None):
+    """A runtime's output array as a torch tensor (float32 for floating outputs) on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if t.is_floating_point() and t.dtype != torch.float32:
+        t = t.float()
+    return t if device is None else t.to(device)
+
+
+class Runner:
+    """One compiled graph. Subclasses set ``input_names``, ``output_names``, ``runtime``, ``device`` and implement
+    ``_run(numpy feeds) -> list of numpy arrays``; ``precision`` says in which precision it computes."""
+
+    runtime = ""
+    device = "cpu"
+    precision = "f32"
+    float_dtype = np.float32
+
+    def __init__(self, path):
+        self.path = path
+        self.input_names, self.output_names = [], []
+
+    def run(self, feeds, device=None):
+        """{input name: tensor or array} -> [torch tensors] in output order, on ``device`` (default: the first
+        input tensor's device)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.path}: inputs {missing} not given")
+        if device is None:
+            device = next((v.device for v in feeds.values() if isinstance(v, torch.Tensor)), None)
+        arrays = {n: to_numpy(feeds[n], self.float_dtype) for n in self.input_names}
+        return [to_torch(a, device) for a in self._run(arrays)]
+
+    def _run(self, arrays):
+        raise NotImplementedError
+
+    def describe(self):
+        return f"{self.runtime} {self.device} {self.precision}"
+
+
+class Decoder:
+    """The AR prefill + decode-step graphs with their KV cache.
+
+    ``prefill({cond_latent, text_tokens, mel_tokens}) -> (logits (B, V), hidden (B, d), cache)``;
+    ``step(tokens (B,), position, cache) -> (logits, hidden, cache)`` where ``position`` is the mel position of the
+    tokens (an int); ``cache.select(rows)`` picks (and repeats) batch rows, e.g. one prefilled prompt for every
+    sample. A cache is consumed by the step it is given to: use the one that step returns."""
+
+    def prefill(self, feeds):
+        raise NotImplementedError
+
+    def step(self, tokens, position, cache):
+        raise NotImplementedError
+
+    def cache_from_arrays(self, arrays):
+        """A cache from numpy arrays (k_0, v_0, k_1, ...), each (B, H, T, D)."""
+        raise NotImplementedError
+
+
+class GraphCache:
+    """A KV cache held as one array per layer and kind (k_0, v_0, k_1, ...), each (B, H, T, D), in whatever form
+    the runtime keeps it (numpy arrays, OrtValues). ``to_numpy(value)`` and ``from_numpy(array)`` convert one."""
+
+    def __init__(self, values, length, to_numpy_fn, from_numpy_fn):
+        self.values = list(values)
+        self.length = length
+        self._to_numpy, self._from_numpy = to_numpy_fn, from_numpy_fn
+
+    @property
+    def batch(self):
+        return self.arrays()[0].shape[0] if self.values else 0
+
+    def arrays(self):
+        return [self._to_numpy(v) for v in self.values]
+
+    def select(self, rows):
+        """A new cache whose row i is row ``rows[i]`` of this one."""
+        idx = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        return GraphCache([self._from_numpy(np.ascontiguousarray(a[idx])) for a in self.arrays()], self.length,
+                          self._to_numpy, self._from_numpy)

@@ -1,0 +1,335 @@
+"""Per-network objects that run exported graphs and expose the calls the pipeline makes on the torch networks.
+
+=====================  ========================================================================================
+torch network          graph object and its calls (tensors in and out are torch; shapes as the torch methods)
+=====================  ========================================================================================
+UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; ``prefill(cond_latent, text_tokens,
+                       mel_tokens=None) -> (logits, hidden, cache)``; ``step(tokens, position, cache) -> (logits,
+                       hidden, cache)``; ``inference_speech(...)`` (the decode loop, sampling in torch);
+                       ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``
+CLVP                   `ClvpGraphs`: ``encode_text``, ``encode_speech``, ``score(text, codes)``, ``__call__(text,
+                       codes, return_loss=False)``
+DiffusionTts           `DiffusionGraphs`: ``get_conditioning``, ``timestep_independent``, ``forward_guided``,
+                       ``__call__(x, t, precomputed_aligned_embeddings=..., conditioning_free=...)``
+UnivNetGenerator       `UnivNetGraph`: ``inference(mel, z=None)`` (noise drawn in torch, as the network draws it)
+BigVGAN (Vocoder)      `BigVGANGraph`: ``inference(mel)`` / ``__call__(mel)``
+HifiganGenerator       `HifiganGraph`: ``inference(latents, cond_latent)``
+=====================  ========================================================================================
+
+Sampling never leaves torch: the graphs return logits and the decode loop draws from them with
+`tortoise.utils.sampling.choose_next`, the function `UnifiedVoice` uses, so a seed draws the same random numbers.
+Each object loads (and on first use exports) its graphs lazily, so the streaming path never loads the latent pass.
+"""
+import inspect
+
+import torch
+
+from tortoise.utils.diffusion import output_length
+
+
+class GraphSet:
+    """The graphs of one network for one backend, exported and loaded on first use."""
+
+    def __init__(self, backend, models_dir, network, *, export_dir=None, checkpoint=None, dynamic=True,
+                 verify=True, cpu_only=False):
+        self.backend, self.models_dir, self.network = backend, models_dir, network
+        self.export_kwargs = dict(output_dir=export_dir, dynamic=dynamic, verify=verify, cpu_only=cpu_only,
+                                  checkpoint=checkpoint)
+        self._runners, self._decoder = {}, None
+
+    def path(self, component):
+        from tortoise.export.exporter import ensure_exported
+        return ensure_exported(component, self.models_dir, self.backend.name, **self.export_kwargs)
+
+    def runner(self, component):
+        if component not in self._runners:
+            self._runners[component] = self.backend.runner(self.path(component))
+        return self._runners[component]
+
+    def decoder(self):
+        if self._decoder is None:
+            self._decoder = self.backend.decoder(self.path("ar_prefill"), self.path("ar_decode"))
+        return self._decoder
+
+    def describe(self):
+        return self.backend.describe()
+
+
+def network_config(network, models_dir):
+    """Constructor arguments of the torch network: its class defaults overridden by the (released or config.json)
+    config — what the graph object needs to know without building the network."""
+    from tortoise.utils import checkpoints
+    cls = checkpoints.model_class(network)
+    params = inspect.signature(cls.__init__).parameters
+    cfg = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    cfg.update(checkpoints.model_config(network, models_dir))
+    return cfg
+
+
+class _GraphObject:
+    def __init__(self, graphs):
+        self.graphs = graphs
+
+    def describe(self):
+        return self.graphs.describe()
+
+    def eval(self):  # the pipeline treats networks as modules
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class AutoregressiveGraphs(_GraphObject):
+    """UnifiedVoice on graphs: conditioning encoder, prefill + decode step with the KV cache, latent pass."""
+
+    def __init__(self, graphs, config):
+        super().__init__(graphs)
+        self.model_dim = config["model_dim"]
+        self.layers, self.heads = config["layers"], config["heads"]
+        self.number_text_tokens = config["number_text_tokens"]
+        types = config.get("types", 1)
+        start_text = config.get("start_text_token")
+        self.start_text_token = self.number_text_tokens * types if start_text is None else start_text
+        self.stop_text_token = 0
+        self.number_mel_codes = config["number_mel_codes"]
+        self.start_mel_token, self.stop_mel_token = config["start_mel_token"], config["stop_mel_token"]
+        self.max_mel_tokens, self.max_text_tokens = config["max_mel_tokens"], config["max_text_tokens"]
+        self.mel_length_compression = config["mel_length_compression"]
+        self.mel_positions = self.max_mel_tokens + 2 + config["max_conditioning_inputs"]
+        self.position_offset = 0
+
+    def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=True, half=False, *, position_mode="original",
+                              **_ignored):
+        """UnifiedVoice's inference settings, as far as graphs have them: the mel position rule of the decode loop
+        (see `UnifiedVoice._position_offset`); the rest (compile, prepack, int8, half) are torch-only."""
+        if position_mode not in ("original", "contiguous", "shifted"):
+            raise ValueError(f"position_mode must be original, contiguous or shifted, got {position_mode!r}")
+        self.position_offset = 1 if position_mode == "shifted" or (position_mode == "original" and kv_cache) else 0
+
+    # -- conditioning ----------------------------------------------------------------------------------------------
+    def get_conditioning(self, speech_conditioning_input):
+        """(B, 80, S) or (B, N, 80, S) mels -> (B, d)."""
+        mels = speech_conditioning_input
+        if mels.dim() == 3:
+            mels = mels.unsqueeze(1)
+        return self.graphs.runner("ar_conditioning").run({"mels": mels})[0]
+
+    # -- decoding ----------------------------------------------------------------------------------------------------
+    def prefill(self, cond_latent, text_tokens, mel_tokens=None):
+        """cond_latent (B, d), text tokens (B, t) (without start/stop), mel tokens (B, m) (default: the start token)
+        -> logits (B, V), final-normed hidden state (B, d) of the last prompt position, KV cache."""
+        if mel_tokens is None:
+            mel_tokens = torch.full((cond_latent.shape[0], 1), self.start_mel_token, dtype=torch.long,
+                                    device=cond_latent.device)
+        return self.graphs.decoder().prefill({"cond_latent": cond_latent, "text_tokens": text_tokens,
+                                              "mel_tokens": mel_tokens})
+
+    def step(self, tokens, position, cache):
+        """tokens (B,) at mel position ``position`` (int) -> logits (B, V), hidden (B, d), the cache one longer."""
+        if not 0 <= int(position) < self.mel_positions:
+            raise ValueError(f"mel position {int(position)} exceeds the model's {self.mel_positions} learned "
+                             f"positions; lower max_generate_length")
+        return self.graphs.decoder().step(tokens, int(position), cache)
+
+    def inference_speech(self, speech_conditioning_latent, text_inputs, input_tokens=None, num_return_sequences=1,
+                         max_generate_length=None, typical_sampling=False, typical_mass=.9, *, batch_size=None,
+                         **hf_generate_kwargs):
+        """`UnifiedVoice.inference_speech` on the graphs: (b, d), (b, t) -> (b * n, steps) codes, each row ending in
+        the stop token and padded with it. Same keywords, same sampling filters and random draws."""
+        from tortoise.utils.sampling import SamplingOptions
+        if input_tokens is not None:
+            raise ValueError("input_tokens (continuing given codes) is not supported by the graph backends; use "
+                             "--backend torch")
+        opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
+        max_new = max(1, self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length)
+        if max_new + self.position_offset > self.mel_positions:
+            raise ValueError(f"max_generate_length {max_new} needs more than the model's {self.mel_positions} "
+                             f"learned mel positions; lower it")
+        with torch.no_grad():
+            logits, _, cache = self.prefill(speech_conditioning_latent, text_inputs)
+            rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(num_return_sequences)
+            n = rows.shape[0]
+            size = min(batch_size or n, n)
+            outs = [self._decode_rows(logits[rows[i:i + size]], cache.select(rows[i:i + size]), max_new, opts)
+                    for i in range(0, n, size)]
+        width = max(o.shape[1] for o in outs)
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=self.stop_mel_token)
+                          for o in outs])
+
+    def _decode_rows(self, first_logits, cache, max_new, opts):
+        """The HF-style loop of `UnifiedVoice._decode_rows`: sample every row at every step, finished rows keep
+        emitting the stop token, stop when all rows have."""
+        from tortoise.utils.sampling import choose_next
+        rows, device = first_logits.shape[0], first_logits.device
+        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=device)
+        seen[:, 1] = True  # the prompt ids HF's repetition penalty sees: ones, then the start token
+        seen[:, self.start_mel_token] = True
+        out = torch.full((rows, max_new), self.stop_mel_token, dtype=torch.long, device=device)
+        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        logits, steps = first_logits, 0
+        for t in range(max_new):
+            if t:  # token t - 1 sits at mel position t (the start token is position 0), +1 with the cached quirk
+                logits, _, cache = self.step(out[:, t - 1], t + self.position_offset, cache)
+            token = torch.where(unfinished, choose_next(logits, seen, opts), self.stop_mel_token)
+            out[:, t] = token
+            seen.scatter_(1, token[:, None], True)
+            unfinished &= token != self.stop_mel_token
+            steps = t + 1
+            if not bool(unfinished.any()):
+                break
+        return out[:, :steps]
+
+    # -- latent pass -------------------------------------------------------------------------------------------------
+    def latents(self, cond_latent, text_tokens, codes):
+        """(B, d), (B, t), (B, m) -> final-normed hidden states (B, m, d): the latent pass."""
+        return self.graphs.runner("ar_latent").run({"cond_latent": cond_latent, "text_tokens": text_tokens,
+                                                    "codes": codes})[0]
+
+    def __call__(self, speech_conditioning_latent, text_inputs, text_lengths, mel_codes, wav_lengths, types=None,
+                 text_first=True, raw_mels=None, return_attentions=False, return_latent=False, clip_inputs=True):
+        """``UnifiedVoice.forward`` as the pipeline calls it for the latent pass (``return_latent=True,
+        clip_inputs=False``, lengths that cover the whole inputs); other uses need the torch network."""
+        full = (int(torch.as_tensor(text_lengths).max()) == text_inputs.shape[1]
+                and int(torch.as_tensor(wav_lengths).max()) >= mel_codes.shape[1] * self.mel_length_compression)
+        if not return_latent or clip_inputs or types is not None or raw_mels is not None or return_attentions \
+                or not text_first or not full:
+            raise ValueError("the graph backends run only the latent pass (return_latent=True, clip_inputs=False, "
+                             "full lengths); use --backend torch for other forward() calls")
+        return self.latents(speech_conditioning_latent, text_inputs, mel_codes)
+
+    forward = __call__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class ClvpGraphs(_GraphObject):
+    """CLVP on graphs: text and speech encoders; scores as `CLVP.forward` / `CLVP.score` compute them."""
+
+    def encode_text(self, text_tokens):
+        return self._text(text_tokens)[0]
+
+    def _text(self, text_tokens):
+        latents, scale = self.graphs.runner("clvp_text").run({"text_tokens": text_tokens})
+        return latents, scale
+
+    def encode_speech(self, speech_tokens):
+        return self.graphs.runner("clvp_speech").run({"codes": speech_tokens})[0]
+
+    def score(self, text_tokens, speech_tokens):
+        """One text (1, T) against B candidates (B, S) -> (B,)."""
+        if text_tokens.dim() == 1:
+            text_tokens = text_tokens[None]
+        text_latent, scale = self._text(text_tokens[:1])
+        return (self.encode_speech(speech_tokens) @ text_latent[0]) * scale[0]
+
+    def __call__(self, text, speech_tokens, return_loss=False):
+        """text (B, T), codes (B, S) -> similarities (B,) (the pipeline's call; the loss is training-only)."""
+        if return_loss:
+            raise ValueError("the graph backends compute scores only (return_loss=False)")
+        if text.shape[0] > 1 and torch.equal(text, text[:1].expand_as(text)):
+            text_latents, scale = self._text(text[:1])
+            text_latents = text_latents.expand(text.shape[0], -1)
+        else:
+            text_latents, scale = self._text(text)
+        return (text_latents * self.encode_speech(speech_tokens)).sum(dim=-1) * scale[0]
+
+    forward = __call__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class DiffusionGraphs(_GraphObject):
+    """DiffusionTts on graphs: voice latent, timestep-independent code embedding, the guided step. Plugs into
+    `tortoise.utils.diffusion`'s samplers as the model (they call ``forward_guided`` when guiding)."""
+
+    def __init__(self, graphs, config):
+        super().__init__(graphs)
+        self.in_channels, self.out_channels = config["in_channels"], config["out_channels"]
+        self.model_channels = config["model_channels"]
+
+    def get_conditioning(self, conditioning_input):
+        """Mel clips (B, K, 100, L) or (B, 100, L) -> voice latent (B, 2C)."""
+        clips = conditioning_input.unsqueeze(1) if conditioning_input.dim() == 3 else conditioning_input
+        return self.graphs.runner("diffusion_conditioning").run({"clips": clips})[0]
+
+    def timestep_independent(self, aligned_conditioning, conditioning_latent, expected_seq_len, return_code_pred):
+        """AR latents (B, S, d) + voice latent (B, 2C) -> code embedding (B, C, expected_seq_len)."""
+        if not aligned_conditioning.is_floating_point():
+            raise ValueError("the graph backends take AR latents as the diffusion's conditioning, not codes")
+        if return_code_pred:
+            raise ValueError("return_code_pred is training-only; the graph backends do not export it")
+        if expected_seq_len != output_length(aligned_conditioning.shape[1]):
+            raise ValueError(f"the exported diffusion embedding makes output_length({aligned_conditioning.shape[1]}) "
+                             f"= {output_length(aligned_conditioning.shape[1])} frames, not {expected_seq_len}")
+        return self.graphs.runner("diffusion_embedding").run({"latents": aligned_conditioning,
+                                                              "cond_latent": conditioning_latent})[0]
+
+    def forward_guided(self, x, timesteps, aligned_conditioning=None, conditioning_latent=None,
+                       precomputed_aligned_embeddings=None):
+        """Conditional and unconditional outputs (B, 200, T) each, from one graph run of 2B items."""
+        emb = precomputed_aligned_embeddings
+        if emb is None:
+            if aligned_conditioning is None or conditioning_latent is None:
+                raise ValueError("forward_guided needs precomputed_aligned_embeddings, or aligned_conditioning "
+                                 "with conditioning_latent")
+            emb = self.timestep_independent(aligned_conditioning, conditioning_latent, x.shape[-1], False)
+        emb = emb.expand(x.shape[0], -1, -1)
+        out, out_uncond = self.graphs.runner("diffusion_step").run({"x": x, "timesteps": timesteps.float(),
+                                                                    "code_emb": emb})
+        return out, out_uncond
+
+    def __call__(self, x, timesteps, aligned_conditioning=None, conditioning_latent=None,
+                 precomputed_aligned_embeddings=None, conditioning_free=False, return_code_pred=False):
+        """The unguided call, through the guided graph (half its work is discarded: guided sampling, every
+        preset with cond_free, runs ``forward_guided`` instead)."""
+        if return_code_pred:
+            raise ValueError("return_code_pred is training-only; the graph backends do not export it")
+        out, out_uncond = self.forward_guided(x, timesteps, aligned_conditioning, conditioning_latent,
+                                              precomputed_aligned_embeddings)
+        return out_uncond if conditioning_free else out
+
+    forward = __call__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class UnivNetGraph(_GraphObject):
+    """UnivNet on a graph: ``inference(mel, z=None)`` with the noise drawn in torch exactly as the network does."""
+
+    def __init__(self, graphs, config):
+        super().__init__(graphs)
+        self.noise_dim = config["noise_dim"]
+        self.mel_channel = config["n_mel_channels"]
+        self.hop_length = config["hop_length"]
+
+    def inference(self, c, z=None):
+        from tortoise.models.vocoder import INFERENCE_PAD_FRAMES
+        if z is None:  # from the CPU generator, as UnivNetGenerator.inference draws it
+            z = torch.randn(c.shape[0], self.noise_dim, c.shape[2] + INFERENCE_PAD_FRAMES).to(device=c.device)
+        return self.graphs.runner("univnet").run({"mel": c, "z": z})[0]
+
+    __call__ = inference
+
+
+class BigVGANGraph(_GraphObject):
+    """BigVGAN on a graph: mel (B, 100, T) -> waveform (B, 1, 256 T) in [-1, 1] (the `Vocoder` call)."""
+
+    def __init__(self, graphs, component):
+        super().__init__(graphs)
+        self.component = component
+
+    def inference(self, mel):
+        return self.graphs.runner(self.component).run({"mel": mel})[0]
+
+    __call__ = inference
+
+
+class HifiganGraph(_GraphObject):
+    """The HiFi-GAN decoder on a graph: ``inference(latents (B, m, d), cond_latent (1 or B, d))``."""
+
+    def inference(self, c, g=None):
+        if g is None:
+            raise ValueError("the HiFi-GAN decoder needs the AR conditioning latent")
+        g = g.squeeze(-1) if g.dim() == 3 else g
+        return self.graphs.runner("hifigan").run({"latents": c, "cond_latent": g.expand(c.shape[0], -1)})[0]
+
+    __call__ = inference

@@ -1,0 +1,142 @@
+"""tortoise-export: export Tortoise's networks to ONNX or OpenVINO IR, verified against torch.
+
+    tortoise-export --models_dir DIR [--components all|NAME,...] [--format onnx|openvino] [--output_dir DIR]
+                    [--opset_version N] [--dynamic_axes] [--half] [--skip_verification] [--cpu_only]
+
+Each component's graph is written into a temporary directory, verified (its runtime's outputs on seeded inputs
+equal the torch network's within 1e-4 relative in fp32), and only then moved into the cache under a fingerprint of
+the checkpoint, config and versions (`tortoise.export.cache`). A report table follows. Exit status: 0 when every
+component passed (or was found in the cache), 1 when any failed (nothing of it is kept), 2 for bad arguments or a
+missing runtime.
+"""
+import argparse
+import sys
+import time
+import traceback
+
+from tortoise.export.components import COMPONENTS, NETWORK_COMPONENTS, Shapes
+from tortoise.export.exporter import DEFAULT_OPSET, ExportError, ExportOptions, VerificationError, export
+
+GROUPS = {"autoregressive": NETWORK_COMPONENTS["autoregressive"], "ar": NETWORK_COMPONENTS["autoregressive"],
+          "clvp": NETWORK_COMPONENTS["clvp"], "diffusion": NETWORK_COMPONENTS["diffusion"],
+          "vocoders": ("univnet", "bigvgan_base", "bigvgan")}
+OPTIONAL = ("bigvgan_base", "bigvgan")  # separate downloads: "all" exports them only where they are present
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="tortoise-export", description=__doc__.split("\n")[0])
+    ap.add_argument("--models_dir", help="checkpoint directory (default: $TORTOISE_MODELS_DIR or "
+                                         "~/.cache/tortoise/models)")
+    ap.add_argument("--components", default="all",
+                    help=f"comma-separated components or groups ({', '.join(GROUPS)}), or 'all'; components: "
+                         f"{', '.join(COMPONENTS)}")
+    ap.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    ap.add_argument("--output_dir", help="cache directory (default: <models_dir>/exported, or $TORTOISE_EXPORT_DIR)")
+    ap.add_argument("--opset_version", type=int, default=DEFAULT_OPSET)
+    ap.add_argument("--dynamic_axes", action="store_true",
+                    help="batch, text, code and frame axes dynamic (what the pipeline uses); otherwise the graphs "
+                         "take only the --batch_size/--text_tokens/--codes/--clips shapes (the decode step's cache "
+                         "length is always dynamic)")
+    ap.add_argument("--half", action="store_true",
+                    help="onnx: an fp16 graph (for GPU providers); openvino: fp16-compressed weights. Verified "
+                         "within 1e-2")
+    ap.add_argument("--skip_verification", action="store_true", help="keep graphs without comparing them to torch")
+    ap.add_argument("--cpu_only", action="store_true", help="export and verify on the CPU even where CUDA is "
+                                                            "available")
+    ap.add_argument("--force", action="store_true", help="export again even if the cache has the graph")
+    shapes = ap.add_argument_group("example shapes (the only shapes without --dynamic_axes)")
+    defaults = Shapes()
+    shapes.add_argument("--batch_size", type=int, default=defaults.batch)
+    shapes.add_argument("--text_tokens", type=int, default=defaults.text_tokens)
+    shapes.add_argument("--codes", type=int, default=defaults.codes,
+                        help="AR codes (mel frames follow: codes * 4 * 24000 // 22050)")
+    shapes.add_argument("--clips", type=int, default=defaults.clips, help="conditioning clips per voice")
+    ap.add_argument("--verbose", action="store_true", help="full tracebacks of failed exports")
+    return ap.parse_args(argv)
+
+
+def select_components(spec, models_dir):
+    """'all' -> every component whose checkpoint exists (BigVGAN only where downloaded); else the named ones."""
+    if spec == "all":
+        from tortoise.export.exporter import ExportError, network_source
+        chosen = []
+        for name, comp in COMPONENTS.items():
+            if name in OPTIONAL:
+                try:
+                    network_source(comp.network, models_dir)
+                except ExportError:
+                    continue
+            chosen.append(name)
+        return chosen
+    chosen = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        names = GROUPS.get(part, (part,))
+        for name in names:
+            if name not in COMPONENTS:
+                raise ValueError(f"unknown component {name!r}; choose from {', '.join(COMPONENTS)} or groups "
+                                 f"{', '.join(GROUPS)}")
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def format_table(checks):
+    """The verification report: one row per checked output."""
+    header = ("component", "format", "case", "output", "shape", "max abs err", "max rel err", "tolerance", "result")
+    rows = [header]
+    for c in checks:
+        rows.append((c.component, c.format, c.case, c.output, "x".join(map(str, c.shape)) or "-",
+                     f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", f"{c.tolerance:.0e}", "ok" if c.ok else "FAILED"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from tortoise.backends.common import MissingRuntime
+    try:
+        components = select_components(args.components, args.models_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    options = ExportOptions(opset=args.opset_version, dynamic=args.dynamic_axes, half=args.half,
+                            verify=not args.skip_verification, cpu_only=args.cpu_only,
+                            shapes=Shapes(batch=args.batch_size, text_tokens=args.text_tokens, codes=args.codes,
+                                          clips=args.clips))
+    checks, failed, summary = [], [], []
+    for name in components:
+        start = time.perf_counter()
+        print(f"{name}: exporting to {args.format} ...", flush=True)
+        try:
+            result = export(name, args.models_dir, args.format, output_dir=args.output_dir, options=options,
+                            force=args.force)
+        except MissingRuntime as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except VerificationError as e:
+            checks += e.checks
+            failed.append(name)
+            summary.append(f"{name}: FAILED verification ({time.perf_counter() - start:.1f} s): {e}")
+            continue
+        except ExportError as e:
+            if args.verbose:
+                traceback.print_exc()
+            failed.append(name)
+            message = str(e)
+            summary.append(f"{name}: FAILED: {message[len(name) + 2:] if message.startswith(name + ': ') else message}")
+            continue
+        checks += result.checks
+        state = "in the cache" if result.cached else f"exported, verification {result.verification}"
+        note = f"; {result.note}" if result.note else ""
+        summary.append(f"{name}: {state} ({result.seconds:.1f} s){note} -> {result.path}")
+    if checks:
+        print()
+        print(format_table(checks))
+    print()
+    print("\n".join(summary))
+    if failed:
+        print(f"\n{len(failed)} of {len(components)} components failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
