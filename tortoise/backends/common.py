@@ -61,7 +61,7 @@ _NUMPY_FLOAT = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 def to_numpy(t, float_dtype=np.float32):
-    """A tensor (any device) as a contiguous numpy array for a graph input: floats as ``float_dtype``, integers int64."""
+    """A tensor (any device) as a contiguous numpy array for a graph input: floats as ``float_dtype``, ints int64."""
     if isinstance(t, np.ndarray):
         return t
     t = t.detach()

@@ -53,11 +53,16 @@ def compile_model(model_or_path, device="CPU", precision=None, threads=None):
     return compiled, _precision_of(compiled)
 
 
+_TYPE_NAMES = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
+
+
 def _precision_of(compiled):
+    """The inference precision the compiled model runs at: f32, bf16 or f16 (or what the plugin reports)."""
     try:
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+        name = str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
     except Exception:  # noqa: BLE001 - AUTO and some plugins do not report it
         return "device default"
+    return _TYPE_NAMES.get(name, name)
 
 
 def _names(ports):

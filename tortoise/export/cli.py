@@ -51,6 +51,8 @@ def parse_args(argv=None):
     shapes.add_argument("--codes", type=int, default=defaults.codes,
                         help="AR codes (mel frames follow: codes * 4 * 24000 // 22050)")
     shapes.add_argument("--clips", type=int, default=defaults.clips, help="conditioning clips per voice")
+    shapes.add_argument("--cond_frames", type=int, default=defaults.cond_frames,
+                        help="conditioning mel frames (0: the pipeline's: 517 AR, 401 diffusion)")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks of failed exports")
     return ap.parse_args(argv)
 
@@ -104,7 +106,7 @@ def main(argv=None):
     options = ExportOptions(opset=args.opset_version, dynamic=args.dynamic_axes, half=args.half,
                             verify=not args.skip_verification, cpu_only=args.cpu_only,
                             shapes=Shapes(batch=args.batch_size, text_tokens=args.text_tokens, codes=args.codes,
-                                          clips=args.clips))
+                                          clips=args.clips, cond_frames=args.cond_frames))
     checks, failed, summary = [], [], []
     for name in components:
         start = time.perf_counter()

@@ -27,6 +27,7 @@ class Shapes:
     codes: int = 64           # AR codes: the latent pass, CLVP speech, diffusion latents, HiFi-GAN latents
     clips: int = 1            # conditioning clips per voice
     cache: int = 0            # past positions in the decode step's KV cache (0: the prompt, 1 + text + 2 + 1)
+    cond_frames: int = 0      # conditioning mel frames (0: the pipeline's, 517 for the AR model, 401 for diffusion)
 
     @property
     def frames(self) -> int:  # diffusion / vocoder mel frames for `codes` codes
@@ -36,11 +37,17 @@ class Shapes:
     def past(self) -> int:
         return self.cache or self.text_tokens + 4
 
+    def ar_cond_frames(self) -> int:
+        return self.cond_frames or AR_COND_FRAMES
+
+    def diffusion_cond_frames(self) -> int:
+        return self.cond_frames or DIFFUSION_COND_FRAMES
+
     def varied(self) -> "Shapes":
         """Other sizes for checking that a dynamic graph really is (every dynamic axis changed, none of them 1: an
         axis of size 1 is specialised by the tracer)."""
         return replace(self, batch=self.batch + 1, text_tokens=self.text_tokens + 5, codes=self.codes + 7,
-                       clips=self.clips + 1, cache=self.past + 3)
+                       clips=self.clips + 1, cache=self.past + 3, cond_frames=self.ar_cond_frames() - 13)
 
     def traceable(self) -> "Shapes":
         """The example for a dynamic export: axes of size 1 raised to 2 (the tracer would fix them at 1)."""
@@ -83,7 +90,7 @@ class ArConditioningComponent(Component):
         return graphs.ArConditioning(net)
 
     def inputs(self, net, s, gen):
-        return {"mels": _rand(gen, s.batch, s.clips, 80, AR_COND_FRAMES)}
+        return {"mels": _rand(gen, s.batch, s.clips, 80, s.ar_cond_frames())}
 
     def axes(self, net):
         return {"mels": {0: "batch", 1: "clips", 3: "cond_frames"}}
@@ -219,7 +226,7 @@ class DiffusionConditioningComponent(Component):
         return graphs.DiffusionConditioning(net)
 
     def inputs(self, net, s, gen):
-        return {"clips": _rand(gen, s.batch, s.clips, net.in_channels, DIFFUSION_COND_FRAMES)}
+        return {"clips": _rand(gen, s.batch, s.clips, net.in_channels, s.diffusion_cond_frames())}
 
     def axes(self, net):
         return {"clips": {0: "batch", 1: "clips", 3: "cond_frames"}}

@@ -229,26 +229,33 @@ def convert_openvino(component, onnx_path, xml_path, *, half):
 # ---------------------------------------------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------------------------------------------
-def _graph_outputs(component, fmt, path, inputs, provider):
-    """Run the graph at ``path`` with its runtime on ``inputs`` (torch tensors) -> list of torch tensors."""
-    if component == "ar_decode":
-        if fmt == "onnx":
-            from tortoise.backends.onnxruntime import OrtDecoder
-            decoder = OrtDecoder(None, path, provider=provider, exact=True)
+class _GraphRun:
+    """The graph at ``path`` loaded once in its runtime; called with torch inputs -> list of torch outputs."""
+
+    def __init__(self, component, fmt, path, provider):
+        self.component = component
+        threads = torch.get_num_threads()  # as many as torch uses for the reference
+        if component == "ar_decode":
+            if fmt == "onnx":
+                from tortoise.backends.onnxruntime import OrtDecoder
+                self.decoder = OrtDecoder(None, path, provider=provider, threads=threads, exact=True)
+            else:
+                from tortoise.backends.openvino import OvDecoder
+                self.decoder = OvDecoder(None, path, precision="f32", threads=threads)
+        elif fmt == "onnx":
+            from tortoise.backends.onnxruntime import OrtRunner
+            self.runner = OrtRunner(path, provider=provider, threads=threads, exact=True)
         else:
-            from tortoise.backends.openvino import OvDecoder
-            decoder = OvDecoder(None, path, precision="f32")
+            from tortoise.backends.openvino import OvRunner
+            self.runner = OvRunner(path, precision="f32", threads=threads)
+
+    def __call__(self, inputs):
+        if self.component != "ar_decode":
+            return self.runner.run(inputs)
         past = [v.cpu().numpy() for k, v in inputs.items() if k.startswith("past.")]
-        logits, hidden, cache_out = decoder.step(inputs["tokens"], int(inputs["position"][0]),
-                                                 decoder.cache_from_arrays(past))
-        return [logits, hidden] + [torch.from_numpy(a) for a in cache_out.arrays()]
-    if fmt == "onnx":
-        from tortoise.backends.onnxruntime import OrtRunner
-        runner = OrtRunner(path, provider=provider, exact=True)
-    else:
-        from tortoise.backends.openvino import OvRunner
-        runner = OvRunner(path, precision="f32")
-    return runner.run(inputs)
+        logits, hidden, cache = self.decoder.step(inputs["tokens"], int(inputs["position"][0]),
+                                                  self.decoder.cache_from_arrays(past))
+        return [logits, hidden] + [torch.from_numpy(a) for a in cache.arrays()]
 
 
 def verify(component, fmt, net, path, *, shapes, dynamic, tolerance, provider="cpu"):
@@ -257,9 +264,10 @@ def verify(component, fmt, net, path, *, shapes, dynamic, tolerance, provider="c
     cases = [("example", shapes)] + ([("other sizes", shapes.varied())] if dynamic else [])
     device = next(net.parameters()).device
     checks = []
+    graph = _GraphRun(component, fmt, path, provider)
     with _no_tf32():
         for label, case_shapes in cases:
-            checks += _verify_case(comp, component, fmt, net, path, label, case_shapes, tolerance, provider, device)
+            checks += _verify_case(comp, component, fmt, net, graph, label, case_shapes, tolerance, device)
     return checks
 
 
@@ -274,12 +282,12 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
-def _verify_case(comp, component, fmt, net, path, label, case_shapes, tolerance, provider, device):
+def _verify_case(comp, component, fmt, net, graph, label, case_shapes, tolerance, device):
     inputs = comp.inputs(net, case_shapes, torch.Generator().manual_seed(SEED + 1))
     inputs = {k: _as_input(v, net).to(device) for k, v in inputs.items()}
     with torch.no_grad():
         expected = comp.reference(net, {k: v.clone() for k, v in inputs.items()})
-        got = _graph_outputs(component, fmt, path, inputs, provider)
+        got = graph(inputs)
     checks = [_compare(component, fmt, label, name, want, have, tolerance)
               for name, want, have in zip(comp.outputs(net), expected, got)]
     if len(got) != len(expected):
@@ -345,6 +353,17 @@ def require_exporter(runtime):
                              f"{install_hint(runtime)}")
 
 
+def graph_entry(component, models_dir=None, fmt="onnx", *, output_dir=None, options=ExportOptions(),
+                checkpoint=None):
+    """-> (cache entry, fingerprint) where ``component``'s graph with these options lives (exported or not)."""
+    root = Path(output_dir).expanduser() if output_dir else cache.default_root(models_dir)
+    files, config = network_source(COMPONENTS[component].network, models_dir, checkpoint)
+    fp = cache.fingerprint(component, files, config, root, opset=options.opset, dynamic=options.dynamic,
+                           shapes=asdict(options.shapes),
+                           dtype="float16" if options.half and fmt == "onnx" else "float32")
+    return cache.Entry(root, component, cache.key_of(fp)), fp
+
+
 def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=ExportOptions(), checkpoint=None,
            force=False):
     """Make (or find in the cache) ``component``'s verified graph in format ``fmt`` -> ExportResult."""
@@ -357,12 +376,9 @@ def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=E
     require_exporter(runtime)
     start = time.perf_counter()
     comp = COMPONENTS[component]
-    root = Path(output_dir).expanduser() if output_dir else cache.default_root(models_dir)
-    files, config = network_source(comp.network, models_dir, checkpoint)
+    entry, fp = graph_entry(component, models_dir, fmt, output_dir=output_dir, options=options,
+                            checkpoint=checkpoint)
     onnx_half = options.half and fmt == "onnx"
-    fp = cache.fingerprint(component, files, config, root, opset=options.opset, dynamic=options.dynamic,
-                           shapes=asdict(options.shapes), dtype="float16" if onnx_half else "float32")
-    entry = cache.Entry(root, component, cache.key_of(fp))
     version = runtime_version(runtime)
     final = entry.onnx_dir if fmt == "onnx" else entry.openvino_dir(version, options.half)
     stamp = entry.ort_stamp(version) if fmt == "onnx" else final / "verified.json"

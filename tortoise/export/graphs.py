@@ -195,7 +195,18 @@ class DiffusionEmbedding(nn.Module):
         scale, shift = torch.chunk(cond_latent, 2, dim=1)  # each (B, C)
         code = m.latent_conditioner(latents.permute(0, 2, 1))  # (B, C, m)
         code = _group_norm(m.code_norm, code) * (1 + scale.unsqueeze(-1)) + shift.unsqueeze(-1)
-        return F.interpolate(code, size=output_length(latents.shape[1]), mode="nearest")
+        return nearest_upsample(code, output_length(latents.shape[1]))
+
+
+def nearest_upsample(x, size):
+    """``F.interpolate(x, size=size, mode="nearest")`` along the last axis as torch's kernels compute it — frame i
+    takes source frame floor(i * float32(n / size)) — written as a gather: ONNX Resize divides by the float32 ratio
+    size / n instead, which picks the frame before wherever i * n / size is a whole number (e.g. frame 13 of 30
+    codes upsampled to 130 frames)."""
+    n = x.shape[-1]
+    scale = torch.full((), n, dtype=torch.float32) / torch.full((), size, dtype=torch.float32)
+    index = (torch.arange(size, dtype=torch.float32, device=x.device) * scale.to(x.device)).floor().long()
+    return x.index_select(-1, index.clamp(max=n - 1))
 
 
 def diffusion_trunk(m, x, timesteps, code):

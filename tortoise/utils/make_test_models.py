@@ -40,9 +40,12 @@ def _save_atomic(obj, path):
         raise
 
 
-def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
-    """Write the checkpoints (and for ``tiny`` the config.json) into ``out_dir``; returns the paths written."""
-    configs = SIZES[size]
+def write_models(out_dir, size="tiny", seed=0, only=None, force=False, configs=None):
+    """Write the checkpoints (and for ``tiny`` the config.json) into ``out_dir``; returns the paths written.
+    ``configs`` ({name: constructor kwargs}) replaces the configs of those networks (tiny only: config.json says so)."""
+    if configs and size != "tiny":
+        raise ValueError("configs overrides need size='tiny' (the config.json that records them)")
+    configs = {**SIZES[size], **(configs or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(only) if only else list(CHECKPOINTS)
@@ -65,7 +68,7 @@ def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
     if size == "tiny":
         cfg_path = out_dir / CONFIG_FILE
         tmp = cfg_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({k: TINY_CONFIGS[k] for k in CHECKPOINTS}, indent=1))
+        tmp.write_text(json.dumps({k: configs[k] for k in CHECKPOINTS}, indent=1))
         os.replace(tmp, cfg_path)
         written.append(cfg_path)
     return written

@@ -1,0 +1,317 @@
+"""Stage timings of the exported graphs on ONNX Runtime and OpenVINO against torch eager, side by side in one run.
+
+    python -m tortoise.utils.make_test_models /tmp/full --size full         # once: released-size random weights
+    python3 benchmarks/bench_backends.py --models_dir /tmp/full             # every stage, every variant
+    python3 benchmarks/bench_backends.py --models_dir /tmp/tiny --text_tokens 8 --past 20 --frames 64 \
+        --batches 1,2 --repeats 1                                           # a quick check on tiny models
+
+Stages (each at fp32 in torch; the graphs exported with dynamic axes by `tortoise.export`, on first use):
+  ar_step bB   one AR decode step at batch B (rows sharing one prefilled prompt of --text_tokens text tokens, after
+               --past decoded codes): torch's cached step (oneDNN-prepacked weights at B >= 2, as the pipeline runs
+               it) vs each backend's decode graph with its KV cache (io_binding / OpenVINO state). Timed over
+               --steps chained steps, reported per step.
+  prefill      the prompt pass at batch 1.
+  diffusion    one guided diffusion forward (cond + uncond, 2 items) at --frames mel frames.
+  univnet, bigvgan_base, hifigan   the vocoders at --frames frames (HiFi-GAN: the codes that give them); BigVGAN only
+               when its directory is in the models dir.
+Variants: torch (eager fp32); ort (ONNX Runtime CPU, fp32); ov-f32 (OpenVINO CPU at f32); ov-bf16 (OpenVINO's bf16
+inference precision, only on CPUs with native bf16); ov-int8w (OpenVINO with int8-compressed weights through NNCF,
+``pip install nncf``; AR stages only); ort-int8 (ONNX Runtime dynamic int8 quantization, AR stages only).
+Each row: median wall and process-CPU seconds over --repeats, the ratio to torch, and the largest difference from
+torch's output (max |x - torch| / max |torch|) — the drift of the reduced-precision variants.
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from timing import median_wall_cpu  # benchmarks/timing.py
+
+VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8w", "ort-int8")
+STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan")
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def rel_diff(got, want):
+    got, want = got.float().cpu(), want.float().cpu()
+    return (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runtimes for the graph variants
+# ---------------------------------------------------------------------------------------------------------------
+class Variants:
+    """Which variants can run here, and runners / decoders for each, from the cached graphs."""
+
+    def __init__(self, args):
+        self.args, self.notes = args, {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
+
+    def available(self, variant, ar_only_ok):
+        """None if ``variant`` can run, else the reason it is skipped."""
+        import importlib.util
+        if variant in ("ort", "ort-int8") and importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime not installed: pip install 'tortoise-tts-xpu[onnx]'"
+        if variant.startswith("ov") and importlib.util.find_spec("openvino") is None:
+            return "openvino not installed: pip install 'tortoise-tts-xpu[openvino]'"
+        if variant in ("ov-int8w", "ort-int8") and not ar_only_ok:
+            return "AR stages only"
+        if variant == "ov-int8w" and importlib.util.find_spec("nncf") is None:
+            return "nncf not installed (pip install nncf)"
+        if variant == "ov-bf16" and not self.native_bf16():
+            return "no native bf16 on this CPU"
+        return None
+
+    @staticmethod
+    def native_bf16():
+        import openvino as ov
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+    def path(self, component, variant):
+        from tortoise.export.exporter import ensure_exported
+        backend = "onnxruntime" if variant.startswith("ort") else "openvino"
+        path = ensure_exported(component, self.args.models_dir, backend, output_dir=self.args.export_dir)
+        if variant == "ort-int8":
+            return self.ort_int8(path, component)
+        if variant == "ov-int8w":
+            return self.ov_int8(path, component)
+        return path
+
+    def ort_int8(self, path, component):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        out = self.tmp / f"{component}-int8.onnx"
+        if not out.exists():
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True)
+        return out
+
+    def ov_int8(self, path, component):
+        import nncf
+        import openvino as ov
+        out = self.tmp / f"{component}-int8w.xml"
+        if not out.exists():
+            model = nncf.compress_weights(ov.Core().read_model(str(path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+            ov.save_model(model, str(out), compress_to_fp16=False)
+        return out
+
+    def runner(self, component, variant):
+        path = self.path(component, variant)
+        if variant.startswith("ort"):
+            from tortoise.backends.onnxruntime import OrtRunner
+            return OrtRunner(path, "cpu", threads=self.args.threads)
+        from tortoise.backends.openvino import OvRunner
+        return OvRunner(path, "CPU", precision=self.precision(variant), threads=self.args.threads)
+
+    def decoder(self, variant):
+        prefill, decode = self.path("ar_prefill", variant), self.path("ar_decode", variant)
+        if variant.startswith("ort"):
+            from tortoise.backends.onnxruntime import OrtDecoder
+            return OrtDecoder(prefill, decode, "cpu", threads=self.args.threads)
+        from tortoise.backends.openvino import OvDecoder
+        return OvDecoder(prefill, decode, "CPU", precision=self.precision(variant), threads=self.args.threads)
+
+    @staticmethod
+    def precision(variant):
+        return {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8w": "f32"}[variant]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stages: each returns {variant: (callable, outputs getter)}
+# ---------------------------------------------------------------------------------------------------------------
+def load(network, args):
+    from tortoise.export.exporter import load_network
+    return load_network(network, args.models_dir)
+
+
+def ar_prompt(ar, args, gen):
+    cond = torch.randn(1, ar.model_dim, generator=gen)
+    text = torch.randint(1, ar.number_text_tokens - 1, (1, args.text_tokens), generator=gen)
+    return cond, text
+
+
+def ar_step_stage(ar, batch, args, variants, variant):
+    """Chained decode steps from a prompt + --past codes; -> (run, last outputs) with per-call = --steps steps."""
+    gen = torch.Generator().manual_seed(0)
+    cond, text = ar_prompt(ar, args, gen)
+    tokens = torch.randint(0, ar.stop_mel_token, (args.past + args.steps * (args.repeats + 2), batch), generator=gen)
+    rows = torch.zeros(batch, dtype=torch.long)
+    state = {"t": 0, "out": None}
+    if variant == "torch":
+        return _torch_steps(ar, cond, text, tokens, batch, args, state)
+    decoder = variants.decoder(variant)
+    start = torch.full((1, 1), ar.start_mel_token)
+    _, _, cache = decoder.prefill({"cond_latent": cond, "text_tokens": text, "mel_tokens": start})
+    cache = cache.select(rows)
+
+    def step():
+        nonlocal cache
+        t = state["t"]
+        logits, hidden, cache = decoder.step(tokens[t], 1 + t, cache)
+        state["t"], state["out"] = t + 1, logits
+    for _ in range(args.past):  # the codes already decoded (untimed; also loads OpenVINO's state)
+        step()
+    return (lambda: [step() for _ in range(args.steps)]), lambda: state["out"], decoder.precision
+
+
+def _torch_steps(ar, cond, text, tokens, batch, args, state):
+    from tortoise.models.gpt2 import can_prepack
+    start = torch.full((1, 1), ar.start_mel_token)
+    prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)], 1)
+    total = prompt.shape[1] + len(tokens)
+    small = ar.gpt.new_cache(1, prompt.shape[1], prompt)
+    ar.gpt.prefill(prompt, small)
+    cache = ar.gpt.new_cache(batch, total, prompt)
+    cache.broadcast_from(small, torch.zeros(batch, dtype=torch.long), prompt.shape[1])
+    if batch >= 2 and can_prepack():
+        ar.gpt.prepack(batch)
+    else:
+        ar.gpt.unpack()
+
+    def step():
+        t = state["t"]
+        x = ar._mel_step_embedding(tokens[t], 1 + t)
+        state["out"] = ar._head(ar.gpt.step(x, cache, prompt.shape[1] + t)[:, 0])
+        state["t"] = t + 1
+    for _ in range(args.past):
+        step()
+    return (lambda: [step() for _ in range(args.steps)]), lambda: state["out"], "f32"
+
+
+def prefill_stage(ar, args, variants, variant):
+    cond, text = ar_prompt(ar, args, torch.Generator().manual_seed(1))
+    start = torch.full((1, 1), ar.start_mel_token)
+    if variant == "torch":
+        from tortoise.export.components import COMPONENTS
+        feeds = {"cond_latent": cond, "text_tokens": text, "mel_tokens": start}
+        out = {}
+        ar.gpt.unpack()
+        return (lambda: out.update(r=COMPONENTS["ar_prefill"].reference(ar, feeds)[0])), lambda: out["r"], "f32"
+    decoder = variants.decoder(variant)
+    out = {}
+    feeds = {"cond_latent": cond, "text_tokens": text, "mel_tokens": start}
+    return (lambda: out.update(r=decoder.prefill(feeds)[0])), lambda: out["r"], decoder.precision
+
+
+def graph_stage(component, net, reference, inputs, variants, variant):
+    """A single-graph stage: torch ``reference(**inputs)`` vs the graph's first output."""
+    out = {}
+    if variant == "torch":
+        return (lambda: out.update(r=reference(inputs))), lambda: out["r"], "f32"
+    runner = variants.runner(component, variant)
+    return (lambda: out.update(r=runner.run(inputs)[0])), lambda: out["r"], runner.precision
+
+
+def stage_inputs(stage, args):
+    """-> (component, network, reference function, inputs) of a single-graph stage."""
+    from tortoise.utils.diffusion import output_length
+    gen = torch.Generator().manual_seed(2)
+    codes = round(args.frames * 22050 / (4 * 24000))
+    while output_length(codes) < args.frames:
+        codes += 1
+    if stage == "diffusion":
+        net = load("diffusion", args)
+        x = {"x": torch.randn(1, 100, args.frames, generator=gen), "timesteps": torch.tensor([500.0]),
+             "code_emb": torch.randn(1, net.model_channels, args.frames, generator=gen)}
+        return "diffusion_step", net, lambda i: net.forward_guided(
+            i["x"], i["timesteps"], precomputed_aligned_embeddings=i["code_emb"])[0], x
+    if stage == "univnet":
+        net = load("vocoder", args)
+        x = {"mel": torch.randn(1, 100, args.frames, generator=gen) - 5,
+             "z": torch.randn(1, net.noise_dim, args.frames + 10, generator=gen)}
+        return "univnet", net, lambda i: net.inference(i["mel"], i["z"]), x
+    if stage == "bigvgan_base":
+        net = load("bigvgan_base", args)
+        return "bigvgan_base", net, lambda i: net(i["mel"]).clamp(-1, 1), {
+            "mel": torch.randn(1, 100, args.frames, generator=gen) - 5}
+    net = load("hifidecoder", args)
+    x = {"latents": torch.randn(1, codes, net.conv_pre.in_channels, generator=gen),
+         "cond_latent": torch.randn(1, net.cond_layer.in_channels, generator=gen)}
+    return "hifigan", net, lambda i: net.inference(i["latents"], i["cond_latent"]), x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_stage(label, make, variants, args, ar_only):
+    """Time every variant of one stage and print its rows."""
+    torch_out, torch_time = None, None
+    for variant in args.variants:
+        reason = variants.available(variant, ar_only) if variant != "torch" else None
+        if reason:
+            print(f"{label:<14}{variant:<10}{'':>10}  skipped: {reason}", flush=True)
+            continue
+        try:
+            run, output, precision = make(variant)
+            with torch.no_grad():
+                run()  # warm-up (first-call allocations, OpenVINO's lazy init)
+                wall, cpu = median_wall_cpu(lambda: run(), args.repeats)
+        except Exception as e:  # noqa: BLE001 - one variant failing must not hide the others
+            print(f"{label:<14}{variant:<10}{'':>10}  failed: {type(e).__name__}: {' '.join(str(e).split())[:150]}",
+                  flush=True)
+            continue
+        per = args.steps if label.startswith("ar_step") else 1
+        wall, cpu = wall / per, cpu / per
+        out = output()
+        if variant == "torch":
+            torch_out, torch_time = out, wall
+        ratio = f"{wall / torch_time:.2f}" if torch_time else "-"
+        diff = f"{rel_diff(out, torch_out):.1e}" if torch_out is not None and variant != "torch" else "-"
+        print(f"{label:<14}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9}{diff:>11}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models_dir", required=True, help="checkpoints (make_test_models --size full for the real "
+                                                        "benchmark; tiny for a quick check)")
+    ap.add_argument("--export_dir", help="graph cache (default: <models_dir>/exported)")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--batches", default="1,16", help="AR decode-step batch sizes")
+    ap.add_argument("--text_tokens", type=int, default=100)
+    ap.add_argument("--past", type=int, default=100, help="codes decoded before the timed steps")
+    ap.add_argument("--steps", type=int, default=8, help="chained decode steps per timed call")
+    ap.add_argument("--frames", type=int, default=1088, help="mel frames for diffusion and the vocoders")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: each one's default)")
+    args = ap.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} cpu={cpu_model()} repeats={args.repeats} "
+          f"models={args.models_dir}")
+    print(f"{'stage':<14}{'variant':<10}{'precision':>10}{'wall s':>10}{'cpu s':>10}{'x torch':>9}{'max diff':>11}")
+    variants = Variants(args)
+    stages = args.stages.split(",")
+    with torch.no_grad():
+        if "ar_step" in stages or "prefill" in stages:
+            ar = load("autoregressive", args)
+            for batch in (int(b) for b in args.batches.split(",")) if "ar_step" in stages else ():
+                run_stage(f"ar_step b{batch}", lambda v, b=batch: ar_step_stage(ar, b, args, variants, v), variants,
+                          args, True)
+            if "prefill" in stages:
+                run_stage("prefill", lambda v: prefill_stage(ar, args, variants, v), variants, args, True)
+            del ar
+        for stage in (s for s in stages if s not in ("ar_step", "prefill")):
+            try:
+                component, net, reference, inputs = stage_inputs(stage, args)
+            except Exception as e:  # noqa: BLE001 - e.g. no BigVGAN directory
+                print(f"{stage:<14}skipped: {' '.join(str(e).split())[:150]}")
+                continue
+            run_stage(stage, lambda v: graph_stage(component, net, reference, inputs, variants, v), variants, args,
+                      False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""tortoise-export and the ONNX Runtime / OpenVINO backends, on tiny random-weight models.
+
+Every component is exported with dynamic axes (what the pipeline uses) and verified for both formats; the graph
+objects then reproduce the torch networks: the same greedy (and seeded sampled) codes, stage outputs within 1e-3.
+The vocoders, the HiFi-GAN decoder and the diffusion trunk are narrower / shallower here than the tiny models
+elsewhere (same architectures): exporting with symbolic shapes costs time per layer, not per weight.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tortoise.export import cli, exporter
+from tortoise.export.components import COMPONENTS, Shapes
+from tortoise.export.exporter import ExportOptions, VerificationError, export
+from tortoise.utils.checkpoints import TINY_CONFIGS
+
+FORMATS = ("onnx", "openvino")
+BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
+# Two upsampling stages of 16 (still hop 256), fewer residual branches: the same blocks, less graph to trace.
+SMALL_CONFIGS = {
+    "vocoder": dict(TINY_CONFIGS["vocoder"], dilations=[1, 3], strides=[16, 16]),
+    "hifidecoder": dict(TINY_CONFIGS["hifidecoder"], resblock_kernel_sizes=[3, 7],
+                        resblock_dilation_sizes=[[1, 3, 5]] * 2, upsample_factors=[16, 16],
+                        upsample_kernel_sizes=[32, 32]),
+    "diffusion": dict(TINY_CONFIGS["diffusion"], num_layers=1),
+}
+SHORT_CLIPS = Shapes(cond_frames=40)
+BIGVGAN_SMALL = dict(upsample_initial_channel=32, upsample_rates=[16, 16], upsample_kernel_sizes=[32, 32],
+                     resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
+
+
+def write_bigvgan(models_dir, seed=0):
+    """A tiny BigVGAN directory in NVIDIA's layout (weight-normed generator) under its hub repository's name."""
+    from tortoise.models.bigvgan import BigVGAN
+    from tortoise.models.vocoder import BIGVGAN_BASE_24KHZ_100BAND
+    config = dict(BIGVGAN_BASE_24KHZ_100BAND, **BIGVGAN_SMALL)
+    torch.manual_seed(seed)
+    net = BigVGAN(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    directory = models_dir / "bigvgan_base_24khz_100band"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    torch.save({"generator": net.released_state_dict()}, directory / "bigvgan_generator.pt")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def export_models(tmp_path_factory):
+    from tortoise.utils.make_test_models import write_models
+    out = tmp_path_factory.mktemp("export_models")
+    write_models(out, size="tiny", seed=0, configs=SMALL_CONFIGS)
+    write_bigvgan(out)
+    return out
+
+
+class Exports:
+    """Each (component, format) exported once per session into one cache (OpenVINO reuses the ONNX graph)."""
+
+    def __init__(self, models_dir, root):
+        self.models_dir, self.root, self.results = models_dir, root, {}
+
+    def get(self, component, fmt):
+        if (component, fmt) not in self.results:
+            self.results[component, fmt] = export(component, self.models_dir, fmt, output_dir=self.root,
+                                                  options=ExportOptions(dynamic=True))
+        return self.results[component, fmt]
+
+
+@pytest.fixture(scope="session")
+def exports(export_models, tmp_path_factory):
+    return Exports(export_models, tmp_path_factory.mktemp("exported"))
+
+
+def _load(network, exports, backend, **options):
+    from tortoise.backends import load
+    return load(network, exports.models_dir, backend, export_dir=exports.root, threads=1, **options)
+
+
+def _torch(network, models_dir):
+    from tortoise.export.exporter import load_network
+    return load_network(network, models_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every component, both formats
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("component", [c for c in COMPONENTS if c != "bigvgan"])
+def test_component_exports_and_verifies(exports, component, fmt):
+    result = exports.get(component, fmt)
+    assert result.verification == "passed" and result.path.is_file()
+    assert result.path.name == ("model.onnx" if fmt == "onnx" else "model.xml")
+    cases = {c.case for c in result.checks}
+    assert cases == {"example", "other sizes"}  # dynamic: checked at a second set of sizes too
+    outputs = {c.output for c in result.checks}
+    assert outputs == set(COMPONENTS[component].outputs(_torch(COMPONENTS[component].network, exports.models_dir)))
+    for check in result.checks:
+        assert check.ok and check.max_rel <= 1e-4, check
+    again = export(component, exports.models_dir, fmt, output_dir=exports.root, options=ExportOptions(dynamic=True))
+    assert again.cached and again.path == result.path and again.checks == result.checks
+
+
+def test_openvino_decode_step_is_stateful(exports):
+    result = exports.get("ar_decode", "openvino")
+    assert result.note == "stateful KV cache"
+    import openvino as ov
+    model = ov.Core().read_model(str(result.path))
+    assert [p.get_any_name() for p in model.inputs] == ["tokens", "position"]
+    assert [p.get_any_name() for p in model.outputs] == ["logits", "hidden"]
+
+
+def test_cache_layout(exports):
+    onnx = exports.get("clvp_text", "onnx").path
+    xml = exports.get("clvp_text", "openvino").path
+    entry = onnx.parent.parent
+    assert xml.parent.parent == entry  # one fingerprint: the IR was converted from the verified ONNX graph
+    fingerprint = json.loads((entry / "fingerprint.json").read_text())
+    assert fingerprint["component"] == "clvp_text" and fingerprint["shapes"] == "dynamic"
+    assert set(fingerprint["versions"]) == {"tortoise-tts-xpu", "torch", "onnx", "onnxscript"}
+    assert fingerprint["versions"]["torch"] == torch.__version__
+    assert list(onnx.parent.glob("verified-onnxruntime-*.json"))
+    assert xml.parent.name.startswith("openvino-") and (xml.parent / "verified.json").is_file()
+    assert not list(entry.parent.glob(".*tmp*"))  # no temporary directory left behind
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the graph objects reproduce the torch networks
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_greedy_and_seeded_codes_equal_torch(exports, backend):
+    ar = _torch("autoregressive", exports.models_dir)
+    ar.post_init_gpt2_config(kv_cache=True, position_mode="contiguous")
+    graph = _load("autoregressive", exports, backend)
+    graph.post_init_gpt2_config(kv_cache=True, position_mode="contiguous")
+    gen = torch.Generator().manual_seed(7)
+    cond = torch.randn(1, ar.model_dim, generator=gen)
+    text = torch.randint(1, 200, (1, 15), generator=gen, dtype=torch.int32)  # the pipeline's IntTensor
+    with torch.no_grad():
+        want = ar.inference_speech(cond, text, do_sample=False, num_return_sequences=3, max_generate_length=40)
+    got = graph.inference_speech(cond, text, do_sample=False, num_return_sequences=3, max_generate_length=40)
+    assert torch.equal(got, want)
+    kwargs = dict(do_sample=True, top_p=0.8, temperature=0.8, repetition_penalty=2.0, num_return_sequences=4,
+                  max_generate_length=30)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        want = ar.inference_speech(cond, text, **kwargs)
+    torch.manual_seed(11)
+    got = graph.inference_speech(cond, text, **kwargs)
+    assert torch.equal(got, want)  # sampling stays in torch: the same random stream
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_original_position_rule_and_step_api(exports, backend):
+    """The cached-path quirk (mel positions one ahead) and the prefill/step calls the stream path makes."""
+    ar = _torch("autoregressive", exports.models_dir)
+    ar.post_init_gpt2_config(kv_cache=True, position_mode="original")
+    graph = _load("autoregressive", exports, backend)
+    graph.post_init_gpt2_config(kv_cache=True, position_mode="original")
+    gen = torch.Generator().manual_seed(3)
+    cond, text = torch.randn(1, ar.model_dim, generator=gen), torch.randint(1, 200, (1, 9), generator=gen)
+    with torch.no_grad():
+        want = ar.inference_speech(cond, text, do_sample=False, num_return_sequences=1, max_generate_length=25)
+    assert torch.equal(graph.inference_speech(cond, text, do_sample=False, max_generate_length=25), want)
+    logits, hidden, cache = graph.prefill(cond, text)
+    with torch.no_grad():
+        start = torch.full((1, 1), ar.start_mel_token)
+        prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)],
+                           dim=1)
+        torch_cache = ar.gpt.new_cache(1, prompt.shape[1] + 2, prompt)
+        torch_hidden = ar.final_norm(ar.gpt.prefill(prompt, torch_cache)[:, -1])
+        assert torch.allclose(hidden, torch_hidden, rtol=0, atol=1e-4 * torch_hidden.abs().max())
+        token = logits.argmax(-1)
+        logits2, hidden2, cache2 = graph.step(token, 2, cache)  # mel position 1 + offset 1
+        x = ar._mel_step_embedding(token, 2)
+        torch_hidden2 = ar.final_norm(ar.gpt.step(x, torch_cache, prompt.shape[1])[:, 0])
+    assert cache2.length == cache.length + 1
+    assert torch.allclose(hidden2, torch_hidden2, rtol=0, atol=1e-4 * torch_hidden2.abs().max())
+    assert torch.allclose(logits2, ar.mel_head(torch_hidden2), rtol=0, atol=1e-4 * logits2.abs().max())
+
+
+def _close(got, want, tol=1e-3):
+    err = (got.float() - want.float()).abs().max().item() / max(want.abs().max().item(), 1e-12)
+    assert got.shape == want.shape and err <= tol, (tuple(got.shape), tuple(want.shape), err)
+
+
+class BothDiffusions:
+    """A sampler's model that runs the torch network and the graphs on the same inputs at every call, checks they
+    agree within 1e-3 and continues with torch's output. (Chaining each one's own outputs is no test on random
+    weights: at the first steps x0 = (x - eps) / sqrt(alpha_bar) saturates at +-1 for every element, so a 1e-7
+    difference where x ~ eps flips a sign, and the next steps amplify it.)"""
+
+    def __init__(self, torch_net, graphs):
+        self.torch_net, self.graphs, self.calls = torch_net, graphs, 0
+
+    def forward_guided(self, x, timesteps, **kwargs):
+        want = self.torch_net.forward_guided(x, timesteps, **kwargs)
+        got = self.graphs.forward_guided(x, timesteps, **kwargs)
+        for g, w in zip(got, want):
+            _close(g, w)
+        self.calls += 1
+        return want
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_stages_within_1e3_of_torch(exports, backend):
+    """Conditioning, latent pass, CLVP scores, guided diffusion sampling, every vocoder: torch vs graphs."""
+    from tortoise.utils.diffusion import make_diffuser, output_length
+    models = exports.models_dir
+    gen = torch.Generator().manual_seed(5)
+    ar, g_ar = _torch("autoregressive", models), _load("autoregressive", exports, backend)
+    mels = torch.randn(1, 2, 80, 120, generator=gen)
+    _close(g_ar.get_conditioning(mels), ar.get_conditioning(mels))
+    cond, text = ar.get_conditioning(mels), torch.randint(1, 200, (1, 12), generator=gen)
+    codes = torch.randint(0, 8192, (2, 30), generator=gen)
+    args = (cond.repeat(2, 1), text.repeat(2, 1), torch.tensor([12]), codes, torch.tensor([30 * 1024]))
+    latents = ar(*args, return_latent=True, clip_inputs=False)
+    _close(g_ar(*args, return_latent=True, clip_inputs=False), latents)
+
+    clvp, g_clvp = _torch("clvp", models), _load("clvp", exports, backend)
+    _close(g_clvp(text.repeat(2, 1), codes, return_loss=False), clvp(text.repeat(2, 1), codes, return_loss=False))
+    _close(g_clvp.score(text, codes), clvp.score(text, codes))
+
+    diff, g_diff = _torch("diffusion", models), _load("diffusion", exports, backend)
+    clips = torch.randn(1, 2, 100, 96, generator=gen)
+    _close(g_diff.get_conditioning(clips), diff.get_conditioning(clips))
+    voice = diff.get_conditioning(clips)
+    lat = latents[:1]
+    frames = output_length(lat.shape[1])
+    emb = diff.timestep_independent(lat, voice, frames, False)
+    _close(g_diff.timestep_independent(lat, voice, frames, False), emb)
+    for sampler in ("ddim", "dpm++2m"):
+        both = BothDiffusions(diff, g_diff)
+        mel = make_diffuser(3, sampler=sampler, cond_free=True, cond_free_k=2.0).sample_loop(
+            both, (1, 100, frames), noise=torch.randn(1, 100, frames, generator=gen),
+            model_kwargs={"precomputed_aligned_embeddings": emb})
+        assert both.calls == 3 and mel.shape == (1, 100, frames)
+    mel = mel * 3 - 6  # around a log-mel's level
+
+    univnet, g_univnet = _torch("vocoder", models), _load("vocoder", exports, backend)
+    torch.manual_seed(2)
+    want = univnet.inference(mel)
+    torch.manual_seed(2)
+    _close(g_univnet.inference(mel), want)  # the noise is drawn in torch, from the same stream
+    big, g_big = _torch("bigvgan_base", models), _load("bigvgan_base", exports, backend)
+    _close(g_big.inference(mel), big(mel).clamp(-1, 1))
+    hifi, g_hifi = _torch("hifidecoder", models), _load("hifidecoder", exports, backend)
+    _close(g_hifi.inference(lat, cond), hifi.inference(lat, cond))
+    lat147 = torch.randn(1, 147, lat.shape[2], generator=gen)  # 4 * 147 * 24000 / 22050 is a whole number of frames
+    _close(g_hifi.inference(lat147, cond), hifi.inference(lat147, cond))
+
+
+def test_openvino_reports_precision_and_stale_cache_is_refused(exports):
+    from tortoise.backends import BackendError
+    graph = _load("autoregressive", exports, "openvino", precision="f32")
+    logits, _, cache = graph.prefill(torch.randn(2, 64), torch.randint(1, 200, (2, 5)))
+    _, _, cache1 = graph.step(logits.argmax(-1), 1, cache)
+    _, _, cache2 = graph.step(logits.argmax(-1), 2, cache1)
+    assert cache2.length == cache.length + 2 and cache2.select(torch.tensor([1, 1, 0])).batch == 3
+    with pytest.raises(BackendError, match="superseded"):
+        graph.step(logits.argmax(-1), 2, cache1)
+    assert graph.graphs.decoder().precision == "f32" and "stateful" in graph.graphs.decoder().describe()
+    default = _load("clvp", exports, "openvino")
+    default.encode_speech(torch.randint(0, 100, (1, 8)))
+    assert default.graphs.runner("clvp_speech").precision in ("f32", "bf16", "f16")
+
+
+def test_diffusion_graph_rejects_what_it_was_not_exported_for(exports):
+    graph = _load("diffusion", exports, "onnxruntime")
+    with pytest.raises(ValueError, match="output_length"):
+        graph.timestep_independent(torch.randn(1, 10, 64), torch.randn(1, 128), 99, False)
+    with pytest.raises(ValueError, match="codes"):
+        graph.timestep_independent(torch.zeros(1, 10, dtype=torch.long), torch.randn(1, 128), 43, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the cache and failures
+# ---------------------------------------------------------------------------------------------------------------
+def test_changed_checkpoint_or_config_never_runs_a_stale_graph(tmp_path):
+    from tortoise.utils.make_test_models import write_models
+    models = tmp_path / "models"
+    write_models(models, size="tiny", only=["clvp"])
+    root = tmp_path / "cache"
+    options = ExportOptions(dynamic=False, shapes=Shapes(codes=16))
+    first = export("clvp_speech", models, "onnx", output_dir=root, options=options)
+    assert not first.cached
+    (models / "clvp2.pth").touch()  # same contents, new mtime: hashed again, same graph
+    assert export("clvp_speech", models, "onnx", output_dir=root, options=options).path == first.path
+    write_models(models, size="tiny", seed=99, only=["clvp"], force=True)  # new weights, same file name
+    second = export("clvp_speech", models, "onnx", output_dir=root, options=options)
+    assert not second.cached and second.path != first.path and second.verification == "passed"
+
+    def key(**changes):
+        opts = ExportOptions(**{**dict(dynamic=False, shapes=Shapes(codes=16)), **changes})
+        return exporter.graph_entry("clvp_speech", models, "onnx", output_dir=root, options=opts)[0].key
+    assert key() == second.path.parent.parent.name
+    assert len({key(), key(shapes=Shapes(codes=17)), key(dynamic=True), key(opset=19), key(half=True)}) == 5
+    config = json.loads((models / "config.json").read_text())
+    config["clvp"]["speech_seq_len"] = 431  # a config change (the weights still fit): another graph
+    (models / "config.json").write_text(json.dumps(config))
+    assert key() != second.path.parent.parent.name
+    config["clvp"]["speech_heads"] = 4
+    (models / "config.json").write_text(json.dumps(config))
+    with pytest.raises(exporter.ExportError):  # the checkpoint no longer fits the config: refused, one line
+        export("clvp_speech", models, "onnx", output_dir=root, options=options)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_failed_verification_keeps_nothing_and_exits_nonzero(tmp_path, monkeypatch, capsys, fmt):
+    from tortoise.utils.make_test_models import write_models
+    models = tmp_path / "models"
+    write_models(models, size="tiny", only=["autoregressive"])
+    root = tmp_path / "cache"
+    comp = COMPONENTS["ar_conditioning"]
+    original = type(comp).reference
+    monkeypatch.setattr(type(comp), "reference", lambda self, net, x: [original(self, net, x)[0] * 1.001])
+    with pytest.raises(VerificationError, match="relative error"):
+        export("ar_conditioning", models, fmt, output_dir=root, options=ExportOptions(dynamic=False,
+                                                                                       shapes=SHORT_CLIPS))
+    left = [p for p in root.rglob("*") if p.is_file() and p.name not in ("fingerprint.json", "checksums.json")]
+    assert left == []  # no graph, no stamp, no temporary directory
+    if fmt == "openvino":
+        return
+    code = cli.main(["--models_dir", str(models), "--output_dir", str(root), "--components", "ar_conditioning",
+                     "--format", fmt, "--cond_frames", str(SHORT_CLIPS.cond_frames)])
+    out = capsys.readouterr()
+    assert code == 1 and "FAILED" in out.out and "Traceback" not in out.err
+    assert not list(root.rglob("model.*"))
+
+
+@pytest.mark.parametrize("runtime,extra", [("onnxruntime", "onnx"), ("openvino", "openvino")])
+def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path, runtime, extra):
+    from tortoise.backends import MissingRuntime, load
+    monkeypatch.setitem(sys.modules, runtime, None)  # import fails as if not installed
+    with pytest.raises(MissingRuntime) as err:
+        load("clvp", tmp_path, runtime)
+    assert f"pip install 'tortoise-tts-xpu[{extra}]'" in str(err.value) and "\n" not in str(err.value)
+    fmt = "onnx" if runtime == "onnxruntime" else "openvino"
+    assert cli.main(["--models_dir", str(tmp_path), "--components", "clvp_text", "--format", fmt]) == 2
+    err_out = capsys.readouterr().err
+    assert err_out.count("\n") == 1 and f"[{extra}]" in err_out and "Traceback" not in err_out
+
+
+def test_cli_fixed_shapes_table_and_cache(export_models, tmp_path, capsys):
+    """Fixed shapes (the CLI default): the graph takes only those shapes, except the decode step's cache length."""
+    argv = ["--models_dir", str(export_models), "--output_dir", str(tmp_path), "--components", "ar_decode",
+            "--format", "openvino", "--batch_size", "2", "--text_tokens", "6"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "max rel err" in out and "logits" in out and "exported, verification passed" in out
+    assert "stateful KV cache" in out
+    assert cli.main(argv) == 0 and "in the cache" in capsys.readouterr().out
+    from tortoise.backends.openvino import OvDecoder
+    decoder = OvDecoder(None, next(tmp_path.rglob("model.xml")), precision="f32")
+    cache = decoder.cache_from_arrays([torch.randn(2, 4, 10, 16).numpy() for _ in range(4)])
+    for position in range(3):  # the cache length grows: 10, 11, 12
+        logits, hidden, cache = decoder.step(torch.tensor([1, 2]), position, cache)
+    assert cache.length == 13 and logits.shape == (2, 8194)
+
+
+def test_cli_help_and_bad_component(capsys):
+    run = subprocess.run([sys.executable, "-m", "tortoise.export", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "--dynamic_axes" in run.stdout and "--skip_verification" in run.stdout
+    assert cli.main(["--components", "nope"]) == 2
+    assert "unknown component" in capsys.readouterr().err
+    assert cli.select_components("ar,univnet", None) == ["ar_conditioning", "ar_prefill", "ar_decode", "ar_latent",
+                                                        "univnet"]
