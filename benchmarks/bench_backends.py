@@ -21,6 +21,9 @@ Each row: median wall and process-CPU seconds over --repeats, the ratio to torch
 torch's output (max |x - torch| / max |torch|) — the drift of the reduced-precision variants.
 """
 import argparse
+import contextlib
+import io
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +33,19 @@ from timing import median_wall_cpu  # benchmarks/timing.py
 
 VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8w", "ort-int8")
 STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep the quantizers' progress bars and advice out of the table."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def cpu_model():
@@ -81,7 +97,8 @@ class Variants:
     def path(self, component, variant):
         from tortoise.export.exporter import ensure_exported
         backend = "onnxruntime" if variant.startswith("ort") else "openvino"
-        path = ensure_exported(component, self.args.models_dir, backend, output_dir=self.args.export_dir)
+        path = ensure_exported(component, self.args.models_dir, backend, output_dir=self.args.export_dir,
+                               opset=self.args.opset)
         if variant == "ort-int8":
             return self.ort_int8(path, component)
         if variant == "ov-int8w":
@@ -92,7 +109,8 @@ class Variants:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         out = self.tmp / f"{component}-int8.onnx"
         if not out.exists():
-            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True)
+            with quiet():
+                quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True)
         return out
 
     def ov_int8(self, path, component):
@@ -100,7 +118,9 @@ class Variants:
         import openvino as ov
         out = self.tmp / f"{component}-int8w.xml"
         if not out.exists():
-            model = nncf.compress_weights(ov.Core().read_model(str(path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+            with quiet():
+                model = nncf.compress_weights(ov.Core().read_model(str(path)),
+                                              mode=nncf.CompressWeightsMode.INT8_ASYM)
             ov.save_model(model, str(out), compress_to_fp16=False)
         return out
 
@@ -281,6 +301,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1088, help="mel frames for diffusion and the vocoders")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: each one's default)")
+    ap.add_argument("--opset", type=int, default=18, help="ONNX opset of the exported graphs (23: the Attention, "
+                                                          "LayerNormalization and Gelu ops instead of their parts)")
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = set(args.variants) - set(VARIANTS)

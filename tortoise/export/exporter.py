@@ -426,7 +426,8 @@ def _export_into(component, fmt, net, entry, tmp, final, stamp, version, options
               "note": note}
     if fmt == "onnx" and have_onnx:  # an existing graph (exported for OpenVINO) now verified by ONNX Runtime
         cache.write_json_atomic(stamp, record)
-        return ExportResult(component, fmt, entry.onnx, False, verification, checks, time.perf_counter() - start, note)
+        return ExportResult(component, fmt, entry.onnx, False, verification, checks, time.perf_counter() - start,
+                            f"graph from the cache, verified with onnxruntime {version}")
     stamp_in_tmp = out_dir / stamp.name
     cache.write_json_atomic(stamp_in_tmp, record)
     if fmt == "openvino" and not have_onnx:
