@@ -386,6 +386,8 @@ def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=E
         return _cached_result(component, fmt, final, stamp, start)
     if force and final.exists():
         shutil.rmtree(final)
+    if entry.onnx_dir.exists() and not entry.onnx.is_file():  # damaged by hand: start that graph afresh
+        shutil.rmtree(entry.onnx_dir)
     device = _device(options)
     net = load_network(comp.network, models_dir, checkpoint, device)
     if onnx_half:
