@@ -144,7 +144,7 @@ class AutoregressiveGraphs(_GraphObject):
                              "--backend torch")
         opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
         max_new = max(1, self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length)
-        if max_new + self.position_offset > self.mel_positions:
+        if max_new + self.position_offset >= self.mel_positions:  # the bound UnifiedVoice checks
             raise ValueError(f"max_generate_length {max_new} needs more than the model's {self.mel_positions} "
                              f"learned mel positions; lower it")
         with torch.no_grad():
