@@ -270,6 +270,23 @@ def test_openvino_reports_precision_and_stale_cache_is_refused(exports):
     assert default.graphs.runner("clvp_speech").precision in ("f32", "bf16", "f16")
 
 
+def test_devices_and_providers_absent_here_are_one_line_errors(exports):
+    from tortoise.backends import BackendError
+    auto = _load("clvp", exports, "openvino", device="AUTO")  # AUTO picks what is there (the CPU)
+    codes = torch.randint(0, 100, (2, 8))
+    _close(auto.encode_speech(codes), _torch("clvp", exports.models_dir).encode_speech(codes))
+    import openvino as ov
+    if "GPU" not in ov.Core().available_devices:
+        with pytest.raises(BackendError, match="--ov_device CPU"):
+            _load("clvp", exports, "openvino", device="GPU")
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        graph = _load("clvp", exports, "onnxruntime", provider="cuda")
+        with pytest.raises(BackendError, match="onnxruntime-gpu") as err:
+            graph.encode_speech(codes)
+        assert "\n" not in str(err.value)
+
+
 def test_diffusion_graph_rejects_what_it_was_not_exported_for(exports):
     graph = _load("diffusion", exports, "onnxruntime")
     with pytest.raises(ValueError, match="output_length"):
