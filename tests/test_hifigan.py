@@ -92,7 +92,9 @@ def test_released_state_dict_round_trips_through_registry(tmp_path, cases):
     from tortoise.utils.checkpoints import load_model
     from tortoise.utils.make_test_models import write_models
     write_models(tmp_path, size="tiny", seed=0, only=["vocoder", "hifidecoder"])
-    sd = torch.load(tmp_path / "hifidecoder.pth", weights_only=True)
+    with pytest.raises(RuntimeError, match="CUDA"):  # saved on CUDA, as the released file: needs map_location
+        torch.load(tmp_path / "hifidecoder.pth", weights_only=True)
+    sd = torch.load(tmp_path / "hifidecoder.pth", weights_only=True, map_location="cpu")
     assert "cond_layer.weight" in sd and "conv_pre.weight_g" in sd and "conv_pre.weight" not in sd
     assert set(HifiganGenerator(**cases["tiny"]["config"]).released_state_dict()) == set(cases["tiny"]["state_dict"])
     hifi = load_model("hifidecoder", models_dir=tmp_path)

@@ -321,7 +321,8 @@ class TextToSpeech:
     def __init__(self, autoregressive_batch_size=None, models_dir=None, enable_redaction=True, device=None,
                  high_vram=None, kv_cache=True, half=False, ar_checkpoint=None, clvp_checkpoint=None,
                  diff_checkpoint=None, vocoder="univnet", use_deepspeed=False, tokenizer_vocab_file=None,
-                 tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous"):
+                 tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
+                 hub_revision=None):
         """
         :param autoregressive_batch_size: samples per AR batch; None lets the device layer pick the largest that fits.
         :param models_dir: where checkpoints live (default ``$TORTOISE_MODELS_DIR`` or ``~/.cache/tortoise/models``);
@@ -344,6 +345,10 @@ class TextToSpeech:
         :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (NVIDIA's checkpoint directory
                         ``bigvgan_base_24khz_100band`` / ``bigvgan_24khz_100band`` in the models dir, else the hub).
         :param use_deepspeed: accepted for compatibility with the original; ignored.
+        :param tokenizer_vocab_file: the tokenizer.json a fine-tuned autoregressive model was trained with (its text
+                        vocabulary size must equal the checkpoint's; the released one ships with the package).
+        :param hub_revision: branch, tag or commit of the hub repository to download from (default
+                        ``$TORTOISE_HUB_REVISION``, else ``main``).
         :param preload: load the AR, CLVP, diffusion and vocoder models now (errors surface early); the rest
                         (CVVP, random-voice generators, HiFi-GAN decoder, aligner, classifier) load when first used.
         """
@@ -365,6 +370,7 @@ class TextToSpeech:
         _check(self.vocoder_name in VOCODERS, f"unknown vocoder {vocoder!r}: use one of {', '.join(VOCODERS)}")
         self.checkpoint_paths = {"autoregressive": ar_checkpoint, "clvp": clvp_checkpoint,
                                  "diffusion": diff_checkpoint}
+        self.hub_revision = hub_revision
         from tortoise.utils.tokenizer import VoiceBpeTokenizer
         self.tokenizer = VoiceBpeTokenizer(vocab_file=tokenizer_vocab_file, use_basic_cleaners=tokenizer_basic)
         self._models = {}
@@ -404,13 +410,24 @@ class TextToSpeech:
                     model = self._load_vocoder(home)
                 else:
                     model = checkpoints.load_model(name, models_dir=self.models_dir,
-                                                   path=self.checkpoint_paths.get(name), device=home)
+                                                   path=self.checkpoint_paths.get(name), device=home,
+                                                   revision=self.hub_revision)
             if name == "autoregressive":
+                self._check_tokenizer_fits(model)
                 self._configure_autoregressive(model)
             if name == "diffusion" and self.half_dtype is not None:
                 model.to(self.half_dtype)  # DiffusionTts computes in its parameters' dtype (GroupNorm in fp32)
             self._models[name] = model
         return self._models[name]
+
+    def _check_tokenizer_fits(self, model):
+        """A fine-tuned model trained with its own tokenizer needs that tokenizer: the vocabulary sizes must agree."""
+        have = self.tokenizer.tokenizer.get_vocab_size()
+        if have != model.number_text_tokens:
+            source = self.checkpoint_paths.get("autoregressive") or "the autoregressive checkpoint"
+            raise checkpoints.CheckpointError(
+                f"{source} was trained with a text vocabulary of {model.number_text_tokens} tokens but the tokenizer "
+                f"has {have}; pass the tokenizer.json it was trained with (--tokenizer FILE)")
 
     def _configure_autoregressive(self, model):
         post_init = getattr(model, "post_init_gpt2_config", None)

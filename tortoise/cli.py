@@ -100,6 +100,11 @@ def build_parser():
     a.add_argument(*_flag("ar_checkpoint"), default=None, help="autoregressive checkpoint file")
     a.add_argument(*_flag("clvp_checkpoint"), default=None, help="CLVP checkpoint file")
     a.add_argument(*_flag("diff_checkpoint"), default=None, help="diffusion checkpoint file")
+    a.add_argument(*_flag("tokenizer"), default=None,
+                   help="tokenizer.json a fine-tuned autoregressive checkpoint was trained with (default: the released)")
+    a.add_argument(*_flag("hub_revision"), default=None,
+                   help="hub revision (branch, tag or commit) to download checkpoints from "
+                        "(default $TORTOISE_HUB_REVISION, else main)")
     t = p.add_argument_group("tuning (overrides the preset)")
     for name, typ, text in TUNING:
         t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
@@ -210,6 +215,9 @@ def check_args(args, opts, n_clips):
         raise UsageError("--stream renders one candidate: drop --candidates or --stream")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
+    if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
+        raise UsageError(f"--tokenizer {args.tokenizer}: no such file; pass the tokenizer.json the model was trained "
+                         "with")
     if args.skip_existing and args.regenerate:
         raise UsageError("--skip_existing and --regenerate contradict each other: use one")
 
@@ -378,7 +386,8 @@ def make_tts(args, vocoder, say):
                        high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half,
                        ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
                        diff_checkpoint=args.diff_checkpoint, vocoder=vocoder, preload=not args.stream,
-                       compile=args.compile, int8=args.int8,
+                       compile=args.compile, int8=args.int8, tokenizer_vocab_file=args.tokenizer,
+                       hub_revision=args.hub_revision,
                        kv_cache_positions="original" if args.original_kv_positions else "contiguous")
     if args.stream:
         tts.preload(("autoregressive", "hifidecoder"))

@@ -152,16 +152,33 @@ def released_to_ours(state_dict):
     return out
 
 
+LEGACY_MASKED_BIAS = -1e4  # the constant HF GPT-2 stored as `attn.masked_bias`
+
+
 def _check_legacy_buffer(key, value):
+    """A legacy buffer must be what it claims to be, in whatever dtype it was saved (uint8 in the released file, bool
+    or fp16 in fine-tunes): `attn.bias` a (1, 1, n, n) lower-triangular causal mask, `attn.masked_bias` -1e4."""
     if key.endswith("masked_bias"):
-        ok = value.numel() == 1
+        ok = value.numel() == 1 and float(value.float().reshape(())) == LEGACY_MASKED_BIAS
     else:
         n = value.shape[-1]
         ok = value.dim() == 4 and value.shape[:2] == (1, 1) and value.shape[2] == n and bool(
-            torch.equal(value[0, 0].bool(), torch.ones(n, n, dtype=torch.bool).tril()))
+            torch.equal(value[0, 0] != 0, torch.ones(n, n, dtype=torch.bool).tril()))
     if not ok:
-        raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}) is not the GPT-2 causal-mask buffer it "
-                         f"is expected to be; the file is not a Tortoise autoregressive checkpoint")
+        raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}, {value.dtype}) is not the GPT-2 "
+                         f"{'constant -1e4' if key.endswith('masked_bias') else 'causal-mask buffer'} it is expected "
+                         f"to be; the file is not a Tortoise autoregressive checkpoint")
+
+
+def legacy_attention_buffers(n_layers, n_positions):
+    """The buffers HF GPT-2 saved per layer before transformers 4.31 (what the released autoregressive.pth holds):
+    {`gpt.h.N.attn.bias`: uint8 causal mask (1, 1, n, n), `gpt.h.N.attn.masked_bias`: -1e4}."""
+    mask = torch.ones(n_positions, n_positions, dtype=torch.uint8).tril().view(1, 1, n_positions, n_positions)
+    out = {}
+    for i in range(n_layers):
+        out[f"gpt.h.{i}.attn.bias"] = mask.clone()
+        out[f"gpt.h.{i}.attn.masked_bias"] = torch.tensor(LEGACY_MASKED_BIAS)
+    return out
 
 
 def _compute_dtype(device, param_dtype):
@@ -226,6 +243,35 @@ class UnifiedVoice(nn.Module):
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Loads our own or a released-format state dict (see `released_to_ours` for what is dropped and why)."""
         return super().load_state_dict(released_to_ours(state_dict), strict=strict, assign=assign)
+
+    @classmethod
+    def convert_checkpoint(cls, state_dict):
+        return released_to_ours(state_dict)
+
+    @classmethod
+    def config_for_checkpoint(cls, config, state_dict):
+        """The text vocabulary is the checkpoint's: a fine-tune trained with its own tokenizer has another number of
+        `text_embedding` rows (number_text_tokens + 1, the last being the start token, as in the released file:
+        255 tokens, start token 255)."""
+        weight = state_dict.get("text_embedding.weight")
+        types = config.get("types", 1)
+        if weight is None or types != 1 or weight.shape[0] == config.get("number_text_tokens", 256) + 1:
+            return config
+        rows = weight.shape[0]
+        return dict(config, number_text_tokens=rows - 1, start_text_token=rows - 1)
+
+    def released_state_dict(self):
+        """Our weights laid out as the released `autoregressive.pth`: the state dict plus, in HF's order (after each
+        layer's `ln_1`), the legacy uint8 causal mask and -1e4 buffers that file carries."""
+        legacy = legacy_attention_buffers(len(self.gpt.h), self.gpt.config.n_positions)
+        out = {}
+        for key, value in self.state_dict().items():
+            out[key] = value
+            if key.startswith("gpt.h.") and key.endswith(".ln_1.bias"):
+                layer = key[:-len("ln_1.bias")]
+                out[layer + "attn.bias"] = legacy[layer + "attn.bias"]
+                out[layer + "attn.masked_bias"] = legacy[layer + "attn.masked_bias"]
+        return out
 
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=False, half=False, *, position_mode="original",
                               compile=False, prepack=True, int8=False):
