@@ -56,7 +56,7 @@ def test_generate_shows_player_and_history_survives_rerun_and_restart(app_env):
     status = at.get("status")[0] if at.get("status") else None
     assert status is not None and "1 clip(s), 0 failure(s)" in status.label  # progress ends with the summary
     stage = [c.value for c in status.children.values() if c.type == "caption"]
-    assert stage and "diffusion" in stage[0], stage  # the pipeline's last stage line was shown
+    assert stage and "Vocoding" in stage[0], stage  # the pipeline's last stage (the vocoder) was shown
     runs = [p for p in app_env["out"].iterdir() if p.is_dir()]
     assert len(runs) == 1
     wav, rate = sf.read(str(runs[0] / "random_00_00.wav"))

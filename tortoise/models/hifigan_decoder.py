@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tortoise.models.vocoder import WeightNormFolding, conv_transpose1d, fold_weight_norm
+from tortoise.models.conv import WeightNormFolding, conv_transpose1d, fold_weight_norm
 
 LRELU_SLOPE = 0.1
 LATENT_UPSAMPLE = 1024 / 256          # GPT latents (one per code, 1024 samples at 22.05 kHz) -> frames of hop 256

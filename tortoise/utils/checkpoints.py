@@ -91,6 +91,10 @@ CHECKPOINTS = {c.name: c for c in (
 
 CONFIG_FILE = "config.json"
 
+# NVIDIA's BigVGAN checkpoints (the fast fork's vocoders): a directory in NVIDIA's layout (config.json +
+# bigvgan_generator.pt), looked for as MODELS_DIR/<repository name>, else downloaded from the hub.
+BIGVGAN_REPOS = {"bigvgan_base": "nvidia/bigvgan_base_24khz_100band", "bigvgan": "nvidia/bigvgan_24khz_100band"}
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be found or loaded; the message is one line that says how to fix it."""
@@ -156,6 +160,24 @@ def resolve_checkpoint(name, models_dir=None, path=None, download=True, revision
 def _hub_download(repo, filename, models_dir, revision):
     from huggingface_hub import hf_hub_download
     return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=str(models_dir), revision=revision))
+
+
+def bigvgan_dir(name, models_dir=None, download=True):
+    """The directory of BigVGAN checkpoint ``name``: ``models_dir/<repository name>`` when present, else downloaded
+    from the hub into the models dir's cache (one line with the fix when that fails)."""
+    repo = BIGVGAN_REPOS[name]
+    models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    local = models_dir / repo.split("/")[-1]
+    if local.is_dir() or not download:
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=repo, cache_dir=str(models_dir)))
+    except Exception as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CheckpointError(
+            f"the {name} vocoder is not in {local} and could not be downloaded from {repo} ({reason}); download it "
+            f"there (config.json + bigvgan_generator.pt) or use --vocoder univnet") from None
 
 
 def model_config(name, models_dir=None):
