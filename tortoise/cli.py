@@ -1,16 +1,20 @@
 """The ``tortoise-tts`` command: text (argument or stdin) -> 24 kHz wav files, clip by clip, in one or more voices.
 
-A thin shell over :mod:`tortoise.api`: it parses arguments, loads voices, splits long text into sentences, calls
-``TextToSpeech`` per clip and writes every file atomically. Clips are ``{voice}_{idx:02d}_{cand:02d}.wav`` in the
-output directory, then ``{voice}_combined.wav`` (the first candidate of every clip, in order). ``--skip_existing``
-resumes an interrupted run; ``--regenerate 3,7`` redoes only those clips. Bad input exits non-zero with one line.
+A thin shell over :mod:`tortoise.render` (the render loop the web UI, the speech server and the Ray reader share):
+it parses arguments, loads voices, splits long text into sentences and hands the run over. Clips are
+``{voice}_{idx:02d}_{cand:02d}.wav`` in the output directory, then ``{voice}_combined.wav`` (the first candidate of
+every clip, in order). ``--skip_existing`` resumes an interrupted run (keeping only clips made from the same text,
+voice and settings); ``--regenerate 3,7`` redoes those clips. Bad input exits 2 with one line, a failure at run time 1.
 """
 import argparse
+import dataclasses
 import os
 import random
 import sys
 import time
 from pathlib import Path
+
+from tortoise.progress import TqdmProgress
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -77,7 +81,8 @@ def build_parser():
     o = p.add_argument_group("output")
     o.add_argument("-l", *_flag("list_voices"), action="store_true", help="list the available voices and exit")
     o.add_argument("-o", *_flag("output"), default=None, help="also write the combined audio to this file")
-    o.add_argument("-O", *_flag("output_dir"), default="results", help="directory for the clips (default: results)")
+    o.add_argument("-O", *_flag("output_dir"), default=None,
+                   help="directory for the clips (default: results, or results/NAME with -o NAME.wav)")
     m = p.add_argument_group("multiple outputs")
     m.add_argument(*_flag("candidates"), type=int, default=1, help="candidates per clip (best first)")
     m.add_argument(*_flag("regenerate"), default=None, help="comma-separated clip numbers to render again, e.g. 3,7")
@@ -115,7 +120,10 @@ def build_parser():
                    help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
     s = p.add_argument_group("speed")
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
-    s.add_argument(*_flag("half"), action="store_true", help="half precision where the device does it well")
+    s.add_argument(*_flag("half"), action="store_true",
+                   help="half precision where the device does it well (python -m xpu shows which dtype)")
+    s.add_argument(*_flag("dtype"), default=None, choices=("float32", "bfloat16", "float16"),
+                   help="force the dtype of the half-tolerant networks (e.g. bfloat16 on a CPU without native bf16)")
     s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
     s.add_argument(*_flag("compile"), action="store_true", help="torch.compile the autoregressive decode step")
     s.add_argument(*_flag("int8"), action="store_true",
@@ -183,8 +191,6 @@ def generation_options(args):
     for name in ("sampler", "latent_averaging_mode"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.half:
-        overrides["half"] = True
     if args.exact_ranking:
         overrides["exact_ranking"] = True
     try:
@@ -222,116 +228,69 @@ def check_args(args, opts, n_clips):
         raise UsageError("--skip_existing and --regenerate contradict each other: use one")
 
 
-def prepare_output_dir(path):
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output directory {str(path)!r} ({e.strerror}): choose another with -O")
-    if not os.access(path, os.W_OK):
+def output_dir(args):
+    """-O, else ``results``; with -o NAME.wav and no -O, ``results/NAME`` (so two -o runs never share clips). Nothing
+    is created here: the directory appears with its first file, so a run that fails first leaves none behind."""
+    if args.output_dir:
+        path = Path(args.output_dir).expanduser()
+    elif args.output:
+        path = Path("results") / (Path(args.output).stem or "output")
+    else:
+        path = Path("results")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output directory {str(path)!r} is a file: choose another with -O")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
         raise UsageError(f"output directory {str(path)!r} is not writable: choose another with -O")
     return path
 
 
+def check_output_file(args):
+    if not args.output:
+        return None
+    path = Path(args.output).expanduser()
+    if path.is_dir():
+        raise UsageError(f"-o {args.output} is a directory: give a file name such as {path / 'speech.wav'}")
+    return path
+
+
 def load_voice_groups(args):
-    """[(label, clips, latents)] for every voice group of --voice, loaded now so bad clips fail before any model."""
-    from tortoise.utils.voices import get_voices, load_voices, parse_voice_selection
+    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips fail before any model."""
+    from tortoise.render import load_voice_group
+    from tortoise.utils.voices import get_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
-    groups = parse_voice_selection(args.voice, get_voices(dirs))
-    return [("-".join(g), *load_voices(g, dirs)) for g in groups]
+    return [load_voice_group(group, dirs) for group in parse_voice_selection(args.voice, get_voices(dirs))]
 
 
-# ---------------------------------------------------------------- files
-
-def write_wav(path, audio):
-    """Write 24 kHz audio (any shape holding one channel) atomically: a temporary file then a rename."""
-    from tortoise.utils.audio import save_wav
-    save_wav(str(path), audio.detach().float().cpu().reshape(1, -1), OUTPUT_SAMPLE_RATE)
-
-
-def read_wav(path):
-    from tortoise.utils.audio import load_audio
-    return load_audio(str(path), OUTPUT_SAMPLE_RATE, allow_silent=True).reshape(1, -1)
+def run_mode(args):
+    if args.overwrite:
+        return "overwrite"
+    if args.skip_existing:
+        return "skip_existing"
+    return "regenerate" if args.regenerate else "new"
 
 
-# ---------------------------------------------------------------- rendering
-
-class Renderer:
-    """Renders the clips of one run; every finished clip is on disk before the next one starts."""
-
-    def __init__(self, tts, args, opts, texts, out_dir, seed, say):
-        self.tts, self.args, self.opts, self.texts = tts, args, opts, texts
-        self.out_dir, self.seed, self.say = out_dir, seed, say
-        self.regenerate = parse_regenerate(args.regenerate, len(texts))
-        self.written = []
-
-    def clip_path(self, label, idx, cand=0):
-        return self.out_dir / f"{label}_{idx:02d}_{cand:02d}.wav"
-
-    def planned_overwrites(self, labels):
-        """Existing files this run would replace that the user did not ask to replace (--regenerate and
-        --skip_existing ask for it; the combined file is derived from the clips and is always rewritten then)."""
-        if self.args.overwrite or self.args.skip_existing or self.regenerate is not None:
-            return []
-        paths = [self.clip_path(label, idx, cand) for label in labels for idx in range(len(self.texts))
-                 for cand in range(self.args.candidates)]
-        paths += [self.out_dir / f"{label}_combined.wav" for label in labels]
-        paths += [Path(self.args.output)] if self.args.output else []
-        return [p for p in paths if p.exists()]
-
-    def keep_existing(self, label, idx):
-        if not (self.args.skip_existing or (self.regenerate is not None and idx not in self.regenerate)):
-            return False
-        return self.clip_path(label, idx).is_file()
-
-    def render_voice(self, label, clips, latents, n_done, total):
-        parts = []
-        for idx, text in enumerate(self.texts):
-            if self.keep_existing(label, idx):
-                self.say(f"Keeping {self.clip_path(label, idx).name}")
-                parts.append(read_wav(self.clip_path(label, idx)))
-                continue
-            self.say(f"Rendering {label}_{idx:02d} ({n_done + idx + 1} of {total}): {text}")
-            parts.append(self.render_clip(label, idx, text, clips, latents))
-        combined = self.out_dir / f"{label}_combined.wav"
-        audio = _cat(parts)
-        write_wav(combined, audio)
-        self.written.append(combined)
-        return audio
-
-    def render_clip(self, label, idx, text, clips, latents):
-        verbose = not self.args.quiet
-        if self.args.stream:
-            candidates = [self.stream_clip(text, clips, latents, verbose)]
-        else:
-            gen = self.tts.tts(text, voice_samples=clips, conditioning_latents=latents, k=self.args.candidates,
-                               verbose=verbose, use_deterministic_seed=self.seed, options=self.opts)
-            candidates = gen if isinstance(gen, list) else [gen]
-        for cand, audio in enumerate(candidates):
-            path = self.clip_path(label, idx, cand)
-            write_wav(path, audio)
-            self.written.append(path)
-        return candidates[0].reshape(1, -1).float().cpu()
-
-    def stream_clip(self, text, clips, latents, verbose):
-        """Collect the streamed chunks of one clip, reporting when the first audio arrived."""
-        t0, chunks = time.time(), []
-        for chunk in self.tts.tts_stream(text, voice_samples=clips, conditioning_latents=latents,
-                                         use_deterministic_seed=self.seed, verbose=verbose, **self._stream_kwargs()):
-            if not chunks:
-                self.say(f"  first audio after {time.time() - t0:.1f} s")
-            chunks.append(chunk.reshape(1, -1).float().cpu())
-        return _cat(chunks)
-
-    def _stream_kwargs(self):
-        o = self.opts
-        return dict(temperature=o.temperature, length_penalty=o.length_penalty,
-                    repetition_penalty=o.repetition_penalty, top_p=o.top_p, max_mel_tokens=o.max_mel_tokens)
+def model_identity(args, vocoder):
+    from tortoise.render import model_identity as identity
+    return identity(args.models_dir, vocoder, args.half, args.dtype, args.ar_checkpoint, args.clvp_checkpoint,
+                    args.diff_checkpoint, args.tokenizer, args.int8,
+                    "original" if args.original_kv_positions else "contiguous", not args.no_cache)
 
 
-def _cat(parts):
-    import torch
-    return torch.cat([p.reshape(1, -1).float().cpu() for p in parts], dim=-1)
+def make_job(args, texts, opts, voices, vocoder):
+    """The run as a :class:`tortoise.render.RenderJob`. Resuming without --seed reuses the earlier run's seed."""
+    from tortoise import render
+    out_dir, output = output_dir(args), check_output_file(args)
+    regenerate = frozenset(parse_regenerate(args.regenerate, len(texts)) or ())
+    mode = run_mode(args)
+    settings = render.RenderSettings(opts, 0, args.candidates, args.stream, model_identity(args, vocoder))
+    job = render.RenderJob(tuple(texts), tuple(voices), settings, out_dir, mode, regenerate, output)
+    seed = args.seed
+    if seed is None and mode in ("skip_existing", "regenerate"):
+        seed = render.earlier_run_seed(job)
+    if seed is None:
+        seed = random.randint(0, 2 ** 32 - 1)
+    return dataclasses.replace(job, settings=dataclasses.replace(settings, seed=seed))
 
 
 def list_voices(args):
@@ -342,6 +301,7 @@ def list_voices(args):
 
 
 def run(args, say):
+    from tortoise import render
     if args.list_voices:
         list_voices(args)
         return 0
@@ -349,43 +309,58 @@ def run(args, say):
     texts = split_text(text, args.text_split)
     opts = generation_options(args)
     check_args(args, opts, len(texts))
-    vocoder = choose_vocoder(args.vocoder, args.models_dir)
+    vocoder = "hifigan" if args.stream else choose_vocoder(args.vocoder, args.models_dir)
     voices = load_voice_groups(args)
     if args.output and len(voices) > 1:
         raise UsageError("-o takes one voice; with several voices use -O DIR (each gets DIR/{voice}_combined.wav)")
-    out_dir = prepare_output_dir(args.output_dir)
-    seed = args.seed if args.seed is not None else random.randint(0, 2 ** 32 - 1)
-    say(f"Seed {seed} (pass --seed {seed} to reproduce this run)")
-    renderer = Renderer(None, args, opts, texts, out_dir, seed, say)
-    clash = renderer.planned_overwrites([label for label, _, _ in voices])
-    if clash:
-        raise UsageError(f"{clash[0]} exists (from an earlier run) and would be replaced: pass --skip_existing to "
-                         "resume, --regenerate N to redo clips, --overwrite to replace, or choose another -O / -o")
-    renderer.tts = make_tts(args, vocoder, say)
+    job = make_job(args, texts, opts, voices, vocoder)
+    tasks = render.plan(job)  # refuses to replace an earlier run's files before any model loads
+    say(f"Seed {job.settings.seed} (pass --seed {job.settings.seed} to reproduce this run)")
+    tts = make_tts(args, vocoder, say) if any(t.action == "render" for t in tasks) else None
+    bar = TqdmProgress(not args.quiet)
+    written = []
     try:
-        for v, (label, clips, latents) in enumerate(voices):
-            audio = renderer.render_voice(label, clips, latents, v * len(texts), len(voices) * len(texts))
-            if args.output:
-                write_wav(args.output, audio)
-                renderer.written.append(Path(args.output))
+        result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
+                               say, tasks=tasks, on_clip=lambda task, paths, error: written.extend(paths))
     except BaseException:
-        if renderer.written:
-            print(f"tortoise-tts: {len(renderer.written)} finished file(s) kept in {out_dir}; "
+        bar.close()
+        if written:
+            print(f"tortoise-tts: {len(written)} finished file(s) kept in {job.out_dir}; "
                   "rerun with --skip_existing to resume", file=sys.stderr)
         raise
-    say(f"Wrote {len(renderer.written)} file(s) to {out_dir}" + (f" and {args.output}" if args.output else ""))
+    bar.close()
+    say(summary(job, result))
     return 0
+
+
+def summary(job, result):
+    """The closing line: which files were written (clips by range, then the combined files), kept and removed."""
+    combined = [p for p in result.written if p.name.endswith("_combined.wav") or p == job.output]
+    clips = [p for p in result.written if p not in combined]
+    parts = []
+    if clips:
+        names = clips[0].name if len(clips) == 1 else f"{clips[0].name} ... {clips[-1].name}"
+        parts.append(f"{len(clips)} clip file(s) to {job.out_dir} ({names})")
+    if combined:
+        parts.append(", ".join(str(p) for p in combined))
+    line = "Wrote " + " and ".join(parts) if parts else "Wrote nothing new"
+    if result.kept:
+        line += f"; kept {len(result.kept)} earlier clip(s)"
+    if result.removed:
+        line += f"; removed {len(result.removed)} clip file(s) of an earlier, longer run"
+    return line
 
 
 def make_tts(args, vocoder, say):
     from tortoise.api import TextToSpeech
-    say(f"Loading models ({vocoder} vocoder)...")
+    say("Loading models (HiFi-GAN decoder, streaming)..." if args.stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
     tts = TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
                        enable_redaction=not args.disable_redaction, device=args.device,
-                       high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half,
+                       high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half, dtype=args.dtype,
                        ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder=vocoder, preload=not args.stream,
+                       diff_checkpoint=args.diff_checkpoint, vocoder="univnet" if args.stream else vocoder,
+                       preload=not args.stream,
                        compile=args.compile, int8=args.int8, tokenizer_vocab_file=args.tokenizer,
                        hub_revision=args.hub_revision,
                        kv_cache_positions="original" if args.original_kv_positions else "contiguous")
@@ -430,6 +405,10 @@ def _is_input_error(e):
         from xpu.device import DeviceUnavailable
     except ImportError:  # pragma: no cover - the device layer is part of this package
         DeviceUnavailable = ()
+    from tortoise.pipeline import NonFiniteError
+    from tortoise.render import OutputError
+    if isinstance(e, (NonFiniteError, OutputError)):
+        return False
     return isinstance(e, (UsageError, VoiceError, CheckpointError, DeviceUnavailable, ValueError))
 
 

@@ -115,12 +115,16 @@ def _soxr_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     return np.pad(y, (0, max(0, n - y.shape[-1])))[:n].astype(np.float32)
 
 
-def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT") -> str:
+def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT", comment: str | None = None) -> str:
     """Write ``audio`` ([N], [1, N] or [1, 1, N] mono; [C, N] multi-channel) atomically; returns the path.
 
-    The file appears complete or not at all: it is written to a temporary file beside ``path`` and renamed.
-    ``subtype`` is a soundfile subtype ("FLOAT" = 32-bit float, as the original's torchaudio.save wrote; "PCM_16").
+    The file appears complete or not at all: the WAV is encoded in memory, written to a temporary file beside ``path``
+    and renamed. A failing write (a full disk, a file-size limit) raises the operating system's ``OSError`` and
+    leaves nothing behind. ``subtype`` is a soundfile subtype ("FLOAT" = 32-bit float, as the original's
+    torchaudio.save wrote; "PCM_16"); ``comment`` goes into the WAV's comment field.
     """
+    import io
+
     import soundfile as sf
 
     path = os.fspath(path)
@@ -130,13 +134,19 @@ def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT"
     if data.dim() not in (1, 2):
         raise ValueError(f"save_wav wants audio shaped [N] or [channels, N], got {tuple(audio.shape)}")
     data = data.numpy().T if data.dim() == 2 else data.numpy()  # soundfile wants [frames, channels]
+    buf = io.BytesIO()
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    with sf.SoundFile(buf, "w", sample_rate, channels, subtype=subtype, format="WAV") as f:
+        if comment:
+            f.comment = comment
+        f.write(data)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # A fresh hidden name beside the target (same file system, so the rename is atomic); open() applies the umask.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "xb") as f:
-            sf.write(f, data, sample_rate, subtype=subtype, format="WAV")
+            f.write(buf.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
