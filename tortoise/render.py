@@ -15,7 +15,6 @@ Layers, from the inside out:
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
