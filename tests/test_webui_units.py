@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 
 import tortoise.webui as webui
-from tortoise.webui import generation, settings as wsettings, voice_upload
+from tortoise.utils import voice_upload
+from tortoise.webui import generation, settings as wsettings
 from tortoise.webui.settings import Settings, load_settings, save_settings
-from tortoise.webui.voice_upload import UploadError, create_voice, sanitize_voice_name
+from tortoise.utils.voice_upload import UploadError, create_voice, sanitize_voice_name
 
 
 def tone(seconds=2.0, rate=22050, fmt="WAV", freq=220.0, amplitude=0.3):

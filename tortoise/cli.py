@@ -91,9 +91,28 @@ def build_parser():
                    help="replace files of an earlier run in the output directory (refused otherwise)")
     a = p.add_argument_group("advanced")
     a.add_argument(*_flag("seed"), type=int, default=None, help="random seed, to reproduce a run on the same device")
+    a.add_argument(*_flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
+    t = p.add_argument_group("tuning (overrides the preset)")
+    for name, typ, text in TUNING:
+        t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
+                       type=_bool if typ == "bool" else typ, default=None, help=text)
+    t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
+                   help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
+    t.add_argument(*_flag("exact_ranking"), action="store_true",
+                   help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
+    s = p.add_argument_group("speed")
+    add_model_arguments(a, s)
+    s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
+    s.add_argument(*_flag("stream"), action="store_true",
+                   help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
+    return p
+
+
+def add_model_arguments(a, s):
+    """The options that choose, load and place the networks, added to the argument groups ``a`` (models and device)
+    and ``s`` (speed). Shared by ``tortoise-tts`` and ``tortoise-server``; :func:`make_tts` reads them."""
     a.add_argument(*_flag("models_dir"), default=None,
                    help="checkpoint directory (default $TORTOISE_MODELS_DIR or ~/.cache/tortoise/models)")
-    a.add_argument(*_flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
     a.add_argument(*_flag("disable_redaction"), action="store_true",
                    help="speak [bracketed] text instead of cutting it from the audio")
     a.add_argument(*_flag("device"), default=None, help="xpu, xpu:1, cuda, mps or cpu (default: automatic)")
@@ -110,15 +129,6 @@ def build_parser():
     a.add_argument(*_flag("hub_revision"), default=None,
                    help="hub revision (branch, tag or commit) to download checkpoints from "
                         "(default $TORTOISE_HUB_REVISION, else main)")
-    t = p.add_argument_group("tuning (overrides the preset)")
-    for name, typ, text in TUNING:
-        t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
-                       type=_bool if typ == "bool" else typ, default=None, help=text)
-    t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
-                   help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
-    t.add_argument(*_flag("exact_ranking"), action="store_true",
-                   help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
-    s = p.add_argument_group("speed")
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
     s.add_argument(*_flag("half"), action="store_true",
                    help="half precision where the device does it well (python -m xpu shows which dtype)")
@@ -130,10 +140,6 @@ def build_parser():
                    help="CPU: int8 dynamic quantization of the autoregressive model (faster, slightly different)")
     s.add_argument(*_flag("original_kv_positions"), action="store_true",
                    help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
-    s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
-    s.add_argument(*_flag("stream"), action="store_true",
-                   help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
-    return p
 
 
 # ---------------------------------------------------------------- input checks (all before any model loads)
@@ -219,13 +225,18 @@ def check_args(args, opts, n_clips):
                          "autoregressive samples of this preset: raise --num_autoregressive_samples")
     if args.stream and args.candidates > 1:
         raise UsageError("--stream renders one candidate: drop --candidates or --stream")
+    check_model_args(args)
+    if args.skip_existing and args.regenerate:
+        raise UsageError("--skip_existing and --regenerate contradict each other: use one")
+
+
+def check_model_args(args):
+    """The checks of :func:`add_model_arguments`' options that need no model (before anything loads)."""
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
     if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file; pass the tokenizer.json the model was trained "
                          "with")
-    if args.skip_existing and args.regenerate:
-        raise UsageError("--skip_existing and --regenerate contradict each other: use one")
 
 
 def output_dir(args):
@@ -351,20 +362,23 @@ def summary(job, result):
     return line
 
 
-def make_tts(args, vocoder, say):
+def make_tts(args, vocoder, say, stream=None):
+    """The :class:`TextToSpeech` of :func:`add_model_arguments`' options; ``stream`` (default ``args.stream``): load
+    only what the streaming fast path needs."""
     from tortoise.api import TextToSpeech
-    say("Loading models (HiFi-GAN decoder, streaming)..." if args.stream else f"Loading models ({vocoder} vocoder)...")
+    stream = args.stream if stream is None else stream
+    say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
     tts = TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
                        enable_redaction=not args.disable_redaction, device=args.device,
                        high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half, dtype=args.dtype,
                        ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder="univnet" if args.stream else vocoder,
-                       preload=not args.stream,
+                       diff_checkpoint=args.diff_checkpoint, vocoder="univnet" if stream else vocoder,
+                       preload=not stream,
                        compile=args.compile, int8=args.int8, tokenizer_vocab_file=args.tokenizer,
                        hub_revision=args.hub_revision,
                        kv_cache_positions="original" if args.original_kv_positions else "contiguous")
-    if args.stream:
+    if stream:
         tts.preload(("autoregressive", "hifidecoder"))
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
     return tts

@@ -4,7 +4,8 @@ Ray reader. None of them re-implements a step of it.
 Layers, from the inside out:
 - :func:`render_clip`: one clip of text in one voice -> its candidates' audio, in memory (finite, float32, 24 kHz).
   The clip's seed is the run's seed plus its index (:func:`clip_seed`), so a clip's audio does not depend on which
-  process renders it or in what order.
+  process renders it or in what order. :func:`clip_chunks` / :func:`text_chunks`: the same audio as it is produced
+  (chunk by chunk on the streaming path), for front ends that send audio before a text is done (the speech server).
 - Files: ``{voice}_{idx:02d}_{cand:02d}.wav`` and ``{voice}_combined.wav``. Every clip carries a record of what made
   it (:class:`ClipRecord`, in the WAV's comment field: text, voice, settings, models, seed), so a resumed run keeps
   a clip only when it was made from the same text, voice and settings, and renders a stale one again.
@@ -117,22 +118,59 @@ def clip_seed(run_seed, index):
 
 # ---------------------------------------------------------------- one clip, in memory
 
+def _streamed(tts, voice, text, settings, index, progress):
+    """The streaming fast path's chunks of one clip (``tts_stream`` with the clip's seed and the options' sampling
+    settings), as ``[S_i]`` float32 CPU tensors."""
+    o = settings.options
+    chunks = tts.tts_stream(text, voice_samples=voice.samples, conditioning_latents=voice.latents,
+                            use_deterministic_seed=clip_seed(settings.seed, index), verbose=False,
+                            temperature=o.temperature, length_penalty=o.length_penalty,
+                            repetition_penalty=o.repetition_penalty, top_p=o.top_p, max_mel_tokens=o.max_mel_tokens,
+                            progress=progress)
+    for chunk in chunks:
+        yield chunk.reshape(-1).float().cpu()
+
+
 def render_clip(tts, voice, text, settings, index=0, progress=silent):
     """Candidates of one clip: a list of ``[S]`` float32 CPU tensors at 24 kHz, best first, all finite."""
     from tortoise.pipeline import ensure_finite
     seed = clip_seed(settings.seed, index)
     o = settings.options
     if settings.stream:
-        chunks = tts.tts_stream(text, voice_samples=voice.samples, conditioning_latents=voice.latents,
-                                use_deterministic_seed=seed, verbose=False, temperature=o.temperature,
-                                length_penalty=o.length_penalty, repetition_penalty=o.repetition_penalty,
-                                top_p=o.top_p, max_mel_tokens=o.max_mel_tokens, progress=progress)
-        audio = [torch.cat([c.reshape(-1).float().cpu() for c in chunks])]
+        audio = [torch.cat(list(_streamed(tts, voice, text, settings, index, progress)))]
     else:
         out = tts.tts(text, voice_samples=voice.samples, conditioning_latents=voice.latents, k=settings.candidates,
                       verbose=False, use_deterministic_seed=seed, options=o, progress=progress)
         audio = [a.reshape(-1).float().cpu() for a in (out if isinstance(out, list) else [out])]
     return [ensure_finite(a, "clip's audio") for a in audio]
+
+
+def clip_chunks(tts, voice, text, settings, index=0, progress=silent, candidate=0):
+    """One clip's audio as it is produced: ``[S_i]`` float32 CPU tensors at 24 kHz, each finite. The streaming fast
+    path (``settings.stream``) yields the decoder's chunks as they come; the full pipeline yields candidate
+    ``candidate`` of the clip (0: the best of ``settings.candidates``) once, when it is done. Joined, the chunks are
+    :func:`render_clip`'s audio of that candidate."""
+    from tortoise.pipeline import ensure_finite
+    if not 0 <= candidate < settings.candidates:
+        raise ValueError(f"candidate {candidate} does not exist: a clip has candidates 0..{settings.candidates - 1}")
+    if settings.stream:
+        for chunk in _streamed(tts, voice, text, settings, index, progress):
+            yield ensure_finite(chunk, "streamed audio")
+    else:
+        yield render_clip(tts, voice, text, settings, index, progress)[candidate]
+
+
+def text_chunks(tts, voice, texts, settings, progress=silent, candidate=0):
+    """Every clip of ``texts`` (a text split into clips) in order, in memory, as ``(clip index, chunk)`` pairs as they
+    are produced (see :func:`clip_chunks`); ``progress`` also gets ``("clips", done, total)`` between clips. Clip
+    ``i`` is made with the seed :func:`clip_seed` gives it, so the audio equals the files :func:`render` writes for
+    the same texts, voice and settings."""
+    total = len(texts)
+    for index, text in enumerate(texts):
+        progress("clips", index, total)
+        for chunk in clip_chunks(tts, voice, text, settings, index, progress, candidate):
+            yield index, chunk
+    progress("clips", total, total)
 
 
 # ---------------------------------------------------------------- files and their records

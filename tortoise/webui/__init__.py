@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tortoise.webui.settings import SETTINGS_ENV
-from tortoise.webui.voice_upload import MAX_CLIP_BYTES
+from tortoise.utils.voice_upload import MAX_CLIP_BYTES
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8501

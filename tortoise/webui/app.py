@@ -16,7 +16,7 @@ from tortoise.webui import device_info
 from tortoise.webui.generation import (Job, load_history, readable_error, run_job, save_history, StageCapture)
 from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
                                      load_settings, save_settings)
-from tortoise.webui.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
+from tortoise.utils.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
 
 PRESET_DEFAULT = "preset default"
 HISTORY_SHOWN = 10

@@ -1,7 +1,9 @@
 """Creating a voice from uploaded clips: validate every clip, sanitise the name, write without overwriting.
 
-A voice is a directory of clips inside a voices directory (see `tortoise.utils.voices`). Nothing is written unless
-every clip passes; a new voice appears in one rename, so a half-created voice is never visible.
+Shared by the front ends that accept uploads (the web UI and the speech server). A voice is a directory of clips
+inside a voices directory (see `tortoise.utils.voices`). Nothing is written unless every clip passes; a new voice
+appears in one rename, so a half-created voice is never visible. Each front end words its own way of asking to add
+clips to an existing voice (`add_hint`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ RESERVED_NAMES = ("random", "all")  # words the voice syntax gives a meaning
 _NAME_OK = re.compile(r"[A-Za-z0-9_.-]")
 
 
+WEBUI_ADD_HINT = "tick 'add the clips to an existing voice'"
+
+
 class UploadError(ValueError):
     """A refused upload; the message is one or more readable lines, each saying what to change."""
+
+
+class VoiceExistsError(UploadError):
+    """The voice name is taken (here or in another voices directory) and adding to it was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +152,13 @@ def _unique_names(infos: list[ClipInfo], taken: set[str]) -> list[str]:
 
 
 def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple[str, bytes]],
-                 known_voices: list[str] | tuple[str, ...] = (), add_to_existing: bool = False) -> CreatedVoice:
+                 known_voices: list[str] | tuple[str, ...] = (), add_to_existing: bool = False,
+                 add_hint: str = WEBUI_ADD_HINT) -> CreatedVoice:
     """Write the clips as voice `raw_name` (sanitised) under `voices_dir`.
 
     An existing voice (in this directory or any other voices directory: `known_voices`) is never changed unless
-    `add_to_existing`, and even then no existing file is overwritten.
+    `add_to_existing`, and even then no existing file is overwritten. `add_hint` says how the caller's user asks to
+    add clips to an existing voice.
     """
     if not str(voices_dir).strip():
         raise UploadError("Set the voices directory (in the sidebar) before uploading a voice.")
@@ -160,10 +171,9 @@ def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple
     if exists_here and not target.is_dir():
         raise UploadError(f"{target} exists and is not a voice directory; choose another name.")
     if (exists_here or known_elsewhere) and not add_to_existing:
-        raise UploadError(f"A voice named '{name}' already exists; choose another name, or tick "
-                          f"'add the clips to an existing voice'.")
+        raise VoiceExistsError(f"A voice named '{name}' already exists; choose another name, or {add_hint}.")
     if known_elsewhere:
-        raise UploadError(f"The voice '{name}' lives in another voices directory, not in {voices_dir}; "
+        raise VoiceExistsError(f"The voice '{name}' lives in another voices directory, not in {voices_dir}; "
                           f"choose another name.")
     data = [d for _, d in clips]
     if exists_here:
@@ -182,7 +192,7 @@ def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple
         try:
             os.rename(staging, target)  # atomic; fails if the name appeared meanwhile (never merges or overwrites)
         except OSError:
-            raise UploadError(f"A voice named '{name}' appeared while uploading; choose another name.") from None
+            raise VoiceExistsError(f"A voice named '{name}' appeared while uploading; choose another name.") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
