@@ -98,6 +98,18 @@ def voices_dirs(args, say):
     return dirs
 
 
+def load_models(args, vocoder, say):
+    """The :class:`TextToSpeech` of the options, its text and audio front ends used once: the number cleaner imports
+    inflect and the filter banks librosa and scipy, seconds that belong to start-up, not to the first request."""
+    from tortoise.cli import make_tts
+    from tortoise.utils.audio import TorchMelSpectrogram, univnet_stft
+    tts = make_tts(args, vocoder, say, stream=False)
+    tts.tokenizer.encode("Warming up 1 text cleaner.")
+    TorchMelSpectrogram()
+    univnet_stft()
+    return tts
+
+
 def _missing_server_packages():
     return [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
 
@@ -105,7 +117,6 @@ def _missing_server_packages():
 def serve(args, say):
     import uvicorn
 
-    from tortoise.cli import make_tts
     from tortoise.server.app import ServerConfig, create_app
     from tortoise.server.engine import Engine
 
@@ -124,7 +135,7 @@ def serve(args, say):
               file=sys.stderr, flush=True)
         server.should_exit = True
 
-    engine = Engine(lambda: make_tts(args, vocoder, say, stream=False), args.queue_size, on_fatal=fatal)
+    engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=fatal)
     config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
                           api_key=api_key, timeout=args.timeout or None)
     app = create_app(config, engine)

@@ -203,7 +203,8 @@ def generation_options(body, preset):
     try:
         return preset_options(preset, **overrides)
     except (ValueError, TypeError) as e:
-        raise bad_request(str(e), param=next(iter(overrides), None)) from None
+        named = [name for name in overrides if name in str(e)]  # the option the message is about
+        raise bad_request(str(e), param=min(named, key=str(e).index) if named else None) from None
 
 
 def split_text(text, text_split):
