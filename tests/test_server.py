@@ -168,6 +168,25 @@ def test_voice_mixes_and_candidates(client):
     assert speak(client, seed=2, candidate=1) == second  # candidate 1 alone renders candidates 0 and 1
 
 
+def test_the_server_makes_the_command_lines_audio(client, tiny_models_dir, voices_dir, tmp_path):
+    """Same text, voice, settings and seed: every candidate of every clip equals the file tortoise-tts writes."""
+    from tortoise import cli
+    text = "Hello there, my friend. This is the second sentence of this text."
+    out = tmp_path / "cli"
+    assert cli.main(["--models_dir", str(tiny_models_dir), "-V", str(voices_dir), "-v", "alice", "-O", str(out),
+                     "-p", "fast", "--vocoder", "univnet", "--num_autoregressive_samples", "4", "--steps", "2",
+                     "--max_mel_tokens", "20", "--candidates", "3", "--seed", "5", "--text_split", "20,40", "-q",
+                     text]) == 0
+    n_clips = len(list(out.glob("alice_[0-9][0-9]_00.wav")))
+    assert n_clips >= 2
+    for cand in range(3):
+        got = client.audio.speech.create(model="tts-1", voice="alice", input=text, response_format="pcm",
+                                         extra_body={**QUICK, "num_autoregressive_samples": 4, "seed": 5,
+                                                     "candidates": 3, "candidate": cand, "text_split": "20,40"})
+        clips = [sf.read(out / f"alice_{i:02d}_{cand:02d}.wav", dtype="float32")[0] for i in range(n_clips)]
+        assert np.array_equal(pcm(got.content), audio.to_int16(np.concatenate(clips))), cand
+
+
 def test_streamed_audio_equals_the_whole_file(client):
     extra = {**QUICK, "seed": 4, "text_split": "20,40"}
     text = "The first sentence is here. The second one follows. And a third."

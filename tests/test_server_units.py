@@ -374,3 +374,16 @@ def test_bad_options_exit_2_with_one_line(argv, words, capsys):
 def test_a_second_voices_dir_must_exist(tmp_path, capsys):
     assert server_cli.main(["--voices_dir", f"{tmp_path / 'new'},{tmp_path / 'missing'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry():
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["tortoise-server"] == "tortoise.server:main"
+    assert {"fastapi", "uvicorn", "python-multipart"} <= set(project["optional-dependencies"]["server"])
+    out = subprocess.run([sys.executable, "-m", "tortoise.server", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--queue_size" in out.stdout and "--models_dir" in out.stdout
