@@ -15,7 +15,6 @@ networks: they measure the server's overhead and behaviour under load, not Torto
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading

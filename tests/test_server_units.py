@@ -387,3 +387,12 @@ def test_console_script_and_module_entry():
     out = subprocess.run([sys.executable, "-m", "tortoise.server", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "--queue_size" in out.stdout and "--models_dir" in out.stdout
+
+
+def test_openapi_page_describes_the_speech_body_without_dangling_references():
+    from tortoise.server.app import ServerConfig, create_app
+    app = create_app(ServerConfig(), Engine(FakeTTS))
+    spec = json.dumps(app.openapi())
+    body = app.openapi()["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "input", "voice", "seed", "candidates", "diffusion_iterations"} <= set(body["properties"])
+    assert '"#/$defs/' not in spec and "#/components/schemas/VoiceId" not in spec

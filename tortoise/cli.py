@@ -125,7 +125,8 @@ def add_model_arguments(a, s):
     a.add_argument(*_flag("clvp_checkpoint"), default=None, help="CLVP checkpoint file")
     a.add_argument(*_flag("diff_checkpoint"), default=None, help="diffusion checkpoint file")
     a.add_argument(*_flag("tokenizer"), default=None,
-                   help="tokenizer.json a fine-tuned autoregressive checkpoint was trained with (default: the released)")
+                   help="tokenizer.json a fine-tuned autoregressive checkpoint was trained with "
+                        "(default: the released)")
     a.add_argument(*_flag("hub_revision"), default=None,
                    help="hub revision (branch, tag or commit) to download checkpoints from "
                         "(default $TORTOISE_HUB_REVISION, else main)")

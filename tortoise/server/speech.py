@@ -270,5 +270,17 @@ def speech_request(raw: bytes, model_identity=None) -> SpeechRequest:
 
 
 def request_schema():
-    """The JSON schema of the body, for the OpenAPI page (``/docs``)."""
-    return SpeechBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    """The JSON schema of the body, for the OpenAPI page (``/docs``), its definitions inlined (self-contained)."""
+    schema = SpeechBody.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref[len("#/$defs/"):]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+    return inline(schema)
