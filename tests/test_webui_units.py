@@ -255,28 +255,26 @@ def test_history_survives_and_drops_missing_runs(tmp_path):
     assert generation.load_history(tmp_path) == []
 
 
-def test_write_wav_is_16_bit_24k(tmp_path):
-    wave = np.linspace(-2, 2, 2400, dtype=np.float32)  # out of range on purpose: clipped, not wrapped
-    generation.write_wav(tmp_path / "x.wav", wave)
-    data, rate = sf.read(str(tmp_path / "x.wav"))
-    assert rate == 24000 and sf.info(str(tmp_path / "x.wav")).subtype == "PCM_16"
-    assert data.min() == -1.0 and data.max() > 0.999
-    assert [p.name for p in tmp_path.iterdir()] == ["x.wav"]
-
-
-def test_stage_capture_passes_lines_through(capsys):
-    seen = []
-    with generation.StageCapture(seen.append, min_interval=0.0):
-        print("Generating autoregressive samples..")
-        sys.stderr.write("\r 50%|#####     | 1/2 [00:01<00:01]")
-    assert seen == ["Generating autoregressive samples..", "50%|#####     | 1/2 [00:01<00:01]"]
-    out = capsys.readouterr()
-    assert "Generating autoregressive" in out.out and "1/2" in out.err
-    seen.clear()
-    with generation.StageCapture(seen.append, min_interval=3600):  # throttled: first and last line still shown
-        for i in range(5):
-            print(f"step {i}")
-    assert seen == ["step 0", "step 4"]
+def test_run_job_renders_through_the_render_loop_with_stage_progress(tmp_path, tiny_models_dir):
+    """A split text in one voice: 16-bit clips (they play in every browser) carrying the render loop's records, a
+    joined file, clip progress and the pipeline's stage progress, all through callbacks (no stdout capture)."""
+    from tortoise.api import TextToSpeech
+    from tortoise.render import read_record
+    tts = TextToSpeech(models_dir=str(tiny_models_dir), device="cpu")
+    job = generation.Job(text="First sentence here. Second one here.", groups=[["random"]], preset="ultra_fast",
+                         seed=5, min_chars_to_split=20,
+                         overrides={"num_autoregressive_samples": 2, "diffusion_iterations": 2, "max_mel_tokens": 20})
+    clips, stages = [], []
+    record = generation.run_job(tts, job, tmp_path, lambda m, d, t: clips.append((m, d, t)),
+                                on_stage=lambda s, d, t: stages.append(s))
+    run_dir = tmp_path / record.run_id
+    assert [c["file"] for c in record.clips] == ["random_00_00.wav", "random_01_00.wav"] and record.finished
+    assert record.combined == [{"voice": "random", "candidate": 0, "file": "random_combined.wav"}]
+    for name in ("random_00_00.wav", "random_01_00.wav", "random_combined.wav"):
+        assert sf.info(str(run_dir / name)).subtype == "PCM_16" and sf.info(str(run_dir / name)).samplerate == 24000
+    assert read_record(run_dir / "random_01_00.wav").seed == 6  # the run seed + the clip index
+    assert ("Voice random: clip 2 of 2", 1, 2) in clips and clips[-1] == ("Done", 2, 2)
+    assert {"autoregressive", "ranking", "latents", "diffusion", "vocoder"} <= set(stages)
 
 
 # ---- device layer: start-up check, device list, doctor report ---------------------------------------------------

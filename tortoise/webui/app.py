@@ -12,8 +12,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from tortoise.progress import STAGE_LABELS
 from tortoise.webui import device_info
-from tortoise.webui.generation import (Job, load_history, readable_error, run_job, save_history, StageCapture)
+from tortoise.webui.generation import Job, load_history, readable_error, run_job, save_history
 from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
                                      load_settings, save_settings)
 from tortoise.webui.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
@@ -280,15 +281,18 @@ def load_and_run(s: Settings, status):
         st.error(f"Could not load the models: {readable_error(e)}")
         return None
     bar = status.progress(0.0, text="Starting")
-    stage = status.empty()  # the pipeline's own stage lines (its messages and progress bars)
+    stage = status.empty()  # the pipeline's current stage (its progress callback)
 
     def on_progress(message: str, done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"{message} ({done}/{total} clips done)")
         status.update(label=message)
 
+    def on_stage(name: str, done: int, total: int) -> None:
+        stage.caption(f"{STAGE_LABELS.get(name, name)}: {done}/{total}")
+
     try:
-        with StageCapture(lambda line: stage.caption(line)):
-            return run_job(tts, build_job(s), s.output_dir, on_progress, lambda r: keep_in_history(s, r.to_dict()))
+        return run_job(tts, build_job(s), s.output_dir, on_progress, lambda r: keep_in_history(s, r.to_dict()),
+                       on_stage)
     except Exception as e:  # nothing was rendered (bad text, unwritable output directory, ...)
         status.update(label="Generation failed", state="error")
         st.error(f"Generation failed: {readable_error(e)}")
