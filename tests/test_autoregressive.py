@@ -1,7 +1,6 @@
 """UnifiedVoice: checkpoint layout, parity with the original (fixtures from tests/parity/make_autoregressive_fixtures.py),
 the decode loop (cache vs recompute, stop handling, chunking, OOM retry) and the sampling filters."""
 import json
-import warnings
 
 import pytest
 import torch
