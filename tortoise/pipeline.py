@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import xpu
+from tortoise.models.hifigan_decoder import STREAM_FIRST_CODES, ChunkCrossfader
 from tortoise.progress import silent
 from tortoise.utils.audio import TorchMelSpectrogram, resample, wav_to_univnet_mel
 from tortoise.utils.diffusion import do_spectrogram_diffusion, make_diffuser
@@ -33,7 +34,6 @@ CALM_TOKEN = 83                # the code for silence; codes after the stop toke
 MAX_TEXT_TOKENS = 400          # text (plus one pad) must tokenize to fewer tokens than this
 CALM_RUN_TRIM = 8              # latents are cut where a run of more than this many calm tokens ends
 CODE_PAD_MARGIN = CALM_RUN_TRIM + 4  # padding past the longest sample so every stopped sample gets its calm run
-STREAM_FIRST_CHUNK = 60        # codes before the first streamed chunk (the original's first buffer)
 
 
 class NonFiniteError(RuntimeError):
@@ -396,33 +396,6 @@ def decode_candidates(models, best, latents, cond, opts, progress=silent):
 
 # ---------------------------------------------------------------- streaming
 
-class ChunkCrossfader:
-    """Turns successive decodes of a growing latent sequence into non-overlapping chunks: each push gives the new
-    samples, minus the last ``overlap`` (kept back), with their first ``overlap`` samples cross-faded (linear)
-    against the previous decode's held-back tail; :meth:`finish` returns the held-back tail."""
-
-    def __init__(self, overlap):
-        self.overlap = overlap
-        self.emitted = 0  # samples of the full signal already yielded
-        self.tail = None  # the previous decode's last `overlap` samples (not yet yielded)
-
-    def push(self, wav):  # wav: [S] the decode of every latent so far
-        ov = min(self.overlap, max(wav.shape[0] - self.emitted, 0))
-        chunk = wav[self.emitted:wav.shape[0] - ov].clone()
-        if self.tail is not None and chunk.numel():
-            n = min(self.tail.shape[0], chunk.shape[0])
-            ramp = torch.linspace(0.0, 1.0, n, dtype=chunk.dtype)
-            chunk[:n] = self.tail[:n] * (1 - ramp) + chunk[:n] * ramp
-        self.emitted += chunk.shape[0]
-        self.tail = wav[wav.shape[0] - ov:].clone()
-        return chunk
-
-    def finish(self):
-        tail, self.tail = (self.tail if self.tail is not None else torch.zeros(0)), None
-        self.emitted += tail.shape[0]
-        return tail
-
-
 @torch.no_grad()
 def _hifi(decoder, latents, auto_latent):
     """All latents so far ``[T, C]`` -> the HiFi-GAN decoder's waveform for them ``[S]`` (float32, on the CPU)."""
@@ -439,7 +412,7 @@ def stream(ar, decoder, cond, text_tokens, sampling, max_mel_tokens, chunk_size,
     ``ar`` and ``decoder`` must already be on the device. Only plain computations run between yields (each decoder
     call in its own no-grad scope): the caller's code never runs inside a mode or context of this generator."""
     fader = ChunkCrossfader(overlap)
-    latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CHUNK)
+    latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CODES)
     state = ar.prefill(cond.auto_latent, text_tokens, 1, max_mel_tokens)
     progress("streaming", 0, max_mel_tokens)
     for token, latent in ar.tokens(state, sampling):
