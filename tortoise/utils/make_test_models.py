@@ -40,9 +40,12 @@ def _save_atomic(obj, path):
         raise
 
 
-def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
-    """Write the checkpoints (and for ``tiny`` the config.json) into ``out_dir``; returns the paths written."""
-    configs = SIZES[size]
+def write_models(out_dir, size="tiny", seed=0, only=None, force=False, configs=None):
+    """Write the checkpoints (and for ``tiny`` the config.json) into ``out_dir``; returns the paths written.
+
+    ``configs`` (name -> config) replaces the size's configurations, e.g. tiny networks at the released widths."""
+    custom = configs is not None
+    configs = configs if custom else SIZES[size]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(only) if only else list(CHECKPOINTS)
@@ -62,10 +65,10 @@ def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
         _save_atomic({spec.state_key: sd} if spec.state_key else sd, path)
         written.append(path)
         del model, sd
-    if size == "tiny":
+    if size == "tiny" or custom:
         cfg_path = out_dir / CONFIG_FILE
         tmp = cfg_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({k: TINY_CONFIGS[k] for k in CHECKPOINTS}, indent=1))
+        tmp.write_text(json.dumps({k: configs[k] for k in CHECKPOINTS}, indent=1))
         os.replace(tmp, cfg_path)
         written.append(cfg_path)
     return written

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tortoise.webui import device_info
+from tortoise.webui import device_info, original_voices
 from tortoise.webui.generation import (Job, load_history, readable_error, run_job, save_history, StageCapture)
 from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
                                      load_settings, save_settings)
@@ -386,6 +386,7 @@ def render() -> None:
     main_controls(choices, voices)
     if note:
         st.caption(note)
+    original_voices.section()
     settings = current_settings()
     upload_section(settings, voices)
     remember_settings(settings)
