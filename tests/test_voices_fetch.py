@@ -360,7 +360,7 @@ def test_catalog_for_a_server_lists_every_voice_with_its_source(original_voices,
 # ---------------------------------------------------------------- the command and the repository
 
 def test_bad_command_lines_exit_2_with_one_line():
-    for args in ([], ["fetch", "--bogus"], ["remove"]):
+    for args in ([], ["fetch", "--bogus"], ["remove"], ["list", "-V", "/no/such/voices/dir"]):
         code, _, err = voices_command(*args)
         assert code == 2, args
         one_error_line(err)

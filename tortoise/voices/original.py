@@ -147,7 +147,8 @@ def check_archive(path, bad_input):
     got = sha256_of(path) if size == rel.size else None
     if got == rel.sha256:
         return
-    what = f"{size} bytes instead of {rel.size}" if got is None else f"sha256 {got[:12]}... instead of {rel.sha256[:12]}..."
+    what = (f"{size} bytes instead of {rel.size}" if got is None
+            else f"sha256 {got[:12]}... instead of {rel.sha256[:12]}...")
     if bad_input:
         raise FetchError(f"{path} is not the published {rel.filename} ({what}; damaged or another file): download it "
                          f"again (python -m pip download {rel.requirement} --no-deps --no-binary :all:) or run "
