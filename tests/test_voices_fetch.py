@@ -106,11 +106,15 @@ def test_fetch_again_does_nothing_and_asks_the_index_nothing(original_voices):
     assert (original_voices.originals / original.MARKER).stat().st_mtime_ns == before
 
 
-def test_force_refreshes_from_a_local_archive(original_voices, tmp_path):
+def test_force_refreshes_from_a_local_archive(original_voices, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(original_voices.cache, cache)
     shutil.rmtree(cache / "original" / "tom")
     (cache / "original" / "emma" / "1.wav").write_bytes(b"damaged")
+    monkeypatch.setenv("TORTOISE_VOICES_DIR", str(cache))
+    with pytest.raises(V.VoiceError, match="missing from the fetched ones: restore them with tortoise-voices fetch "
+                                           "--force"):
+        V.load_voice("tom")
     code, out, _ = voices_command("fetch", "--cache-dir", str(cache), "--archive", str(original_voices.archive))
     assert code == 0 and "already in" in out and "1 of them are missing (tom)" in out
     code, out, err = voices_command("fetch", "--cache-dir", str(cache), "--force", "--from-file",
@@ -169,10 +173,12 @@ def test_an_index_serving_another_archive_is_refused_by_pip(tmp_path):
     assert leftovers(tmp_path / "cache") == []
 
 
-def _free_port():
+@pytest.fixture
+def refused_port():
+    """A port bound but not listening: connections are refused, and no other process can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 class _Refuse(http.server.BaseHTTPRequestHandler):
@@ -193,9 +199,9 @@ def refusing_index():
     server.server_close()
 
 
-def test_offline_or_refused_gives_one_line_with_the_reason_and_the_fix(tmp_path, refusing_index):
+def test_offline_or_refused_gives_one_line_with_the_reason_and_the_fix(tmp_path, refusing_index, refused_port):
     cases = [
-        (dict(PIP_INDEX_URL=f"http://127.0.0.1:{_free_port()}/simple"), "cannot reach the package index",
+        (dict(PIP_INDEX_URL=f"http://127.0.0.1:{refused_port}/simple"), "cannot reach the package index",
          "connection refused"),
         (dict(PIP_INDEX_URL=refusing_index), "the package index refused the request", "HTTP 403"),
         (dict(PIP_NO_INDEX="1"), "pip found no tortoise-tts==3.0.0", "PIP_INDEX_URL"),
@@ -204,7 +210,7 @@ def test_offline_or_refused_gives_one_line_with_the_reason_and_the_fix(tmp_path,
         code, out, err = voices_command("fetch", "--cache-dir", str(tmp_path / "cache"), env=pip_env(**settings))
         line = one_error_line(err)
         assert code == 1, (settings, line)
-        assert reason in line and detail in line, line
+        assert reason in line and detail in line, (settings, line)
         assert "--archive" in line  # the way out without network
         assert leftovers(tmp_path / "cache") == []
 
