@@ -3,7 +3,8 @@
 A voice is a directory named after it, holding reference clips (wav / mp3 / flac / ogg) or exactly one ``.pth`` file
 with the tuple (autoregressive latent, diffusion latent) written by ``tortoise-get-conditioning-latents``.
 Voices are searched in the caller's directories first, then in the package's own ``tortoise/voices`` directory
-(which ships no recordings). ``random`` means the random latent generators; ``a&b`` averages voices.
+(which ships no recordings), then among the original Tortoise voices once ``tortoise-voices fetch`` has fetched them
+(:mod:`tortoise.voices.original`). ``random`` means the random latent generators; ``a&b`` averages voices.
 
 Names and semantics follow the original ``tortoise.utils.audio`` (``get_voices``, ``load_voice``, ``load_voices``);
 differences: a voice name can never leave its directory, bad input raises :class:`VoiceError` with the fix in its
@@ -45,32 +46,53 @@ def _voice_files(voice_dir):
     return sorted(f for f in files if os.path.isfile(f))
 
 
-def _search_dirs(extra_voice_dirs):
+def search_dirs(extra_voice_dirs=(), cache_dir=None):
+    """[(directory, source)] in search order: the caller's ("user"), the package's ("package"), then the fetched
+    original voices ("original", only when complete; ``cache_dir`` defaults to ``$TORTOISE_VOICES_DIR``)."""
+    from tortoise.voices.original import fetched_marker, originals_dir
     extra = [extra_voice_dirs] if isinstance(extra_voice_dirs, str) else list(extra_voice_dirs or [])
     extra = [os.path.expanduser(str(d)) for d in extra]
     for d in extra:
         if not os.path.isdir(d):
             raise VoiceError(f"Voices directory {d!r} does not exist: create it (one subdirectory per voice) or fix "
                              "--voices_dir.")
-    dirs = extra
+    dirs = [(d, "user") for d in extra]
     if os.path.isdir(BUILTIN_VOICES_DIR):
-        dirs.append(BUILTIN_VOICES_DIR)
+        dirs.append((BUILTIN_VOICES_DIR, "package"))
+    if fetched_marker(cache_dir) is not None:
+        dirs.append((str(originals_dir(cache_dir)), "original"))
     return dirs
 
 
+def _search_dirs(extra_voice_dirs):
+    return [d for d, _ in search_dirs(extra_voice_dirs)]
+
+
+def voice_dir_names(directory):
+    """The voice names (subdirectories) of one voices directory, sorted; hidden ones and __pycache__ skipped."""
+    return [sub for sub in sorted(os.listdir(directory))
+            if not sub.startswith(".") and sub != "__pycache__" and os.path.isdir(os.path.join(directory, sub))]
+
+
 def get_voices(extra_voice_dirs=()):
-    """Map each voice name to its files. The caller's directories come first and win over the package's own."""
+    """Map each voice name to its files. The caller's directories come first and win over the package's own, which
+    win over the fetched original voices."""
     voices = {}
     for d in _search_dirs(extra_voice_dirs):
-        for sub in sorted(os.listdir(d)):
-            path = os.path.join(d, sub)
-            if sub.startswith(".") or not os.path.isdir(path) or sub in voices:
-                continue
-            voices[sub] = _voice_files(path)
+        for sub in voice_dir_names(d):
+            if sub not in voices:
+                voices[sub] = _voice_files(os.path.join(d, sub))
     return voices
 
 
 def unknown_voice_error(voice, known):
+    from tortoise.voices.original import fetch_hint, is_fetched, original_voice_names
+    if voice in original_voice_names():
+        if not is_fetched():
+            return VoiceError(f"Voice {voice!r} is one of the original Tortoise voices, which are not downloaded: "
+                              f"{fetch_hint()}.")
+        return VoiceError(f"Voice {voice!r} is one of the original Tortoise voices but is missing from the fetched "
+                          "ones: restore them with tortoise-voices fetch --force.")
     shown = ", ".join(sorted(known)[:40]) or "(none)"
     more = f" and {len(known) - 40} more" if len(known) > 40 else ""
     return VoiceError(f"Unknown voice {voice!r}. Known voices: random, {shown}{more}. Add one as a directory of clips "
@@ -164,7 +186,8 @@ def parse_voice_selection(voice_str, known_voices):
         raise VoiceError("Empty --voice: pass a voice name, 'random', 'all', 'a&b' or 'a,b'.")
     if voice_str.strip() == "all":
         if not known_voices:
-            raise VoiceError("--voice all found no voices: add voice directories with --voices_dir.")
+            raise VoiceError("--voice all found no voices: add voice directories with --voices_dir, or fetch the "
+                             "original Tortoise voices with tortoise-voices fetch.")
         return [[v] for v in sorted(known_voices)]
     groups = []
     for part in voice_str.split(","):

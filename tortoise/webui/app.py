@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from tortoise.progress import STAGE_LABELS
-from tortoise.webui import device_info
+from tortoise.webui import device_info, original_voices
 from tortoise.webui.generation import Job, load_history, readable_error, run_job, save_history
 from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
                                      load_settings, save_settings)
@@ -390,6 +390,7 @@ def render() -> None:
     main_controls(choices, voices)
     if note:
         st.caption(note)
+    original_voices.section()
     settings = current_settings()
     upload_section(settings, voices)
     remember_settings(settings)
