@@ -351,3 +351,13 @@ def test_ar_speed_options_reach_the_model(models_dir):
     assert quirk.autoregressive.position_mode == "original" and quirk.autoregressive.kv_cache
     with pytest.raises(ValueError, match="kv_cache_positions"):
         api.TextToSpeech(models_dir=models_dir, device="cpu", kv_cache_positions="sideways", preload=False)
+
+
+def test_samples_without_a_stop_token_are_reported(tts):
+    text = tts._text_tokens(TEXT)
+    codes = torch.randint(0, 8000, (3, 12), generator=torch.Generator().manual_seed(2))
+    codes[0, 8:] = 8193  # one stopped, two never did
+    opts = api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=12)
+    cond = Conditioning(torch.zeros(1, tts.autoregressive.model_dim))
+    with pytest.warns(UserWarning, match="2 of 3 samples have no stop token"):
+        pipeline.rank(tts.models, text, codes, cond, opts, 1, batch_size=4)

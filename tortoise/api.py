@@ -286,11 +286,10 @@ class TextToSpeech:
         text_tokens = self._text_tokens(text)
         bar = TqdmProgress(verbose)
         report = combine(progress, bar)
-        say = print if verbose else None
         try:
             cond = self._conditioning(voice_samples, conditioning_latents, opts, original_tortoise, report)
             codes = pipeline.sample_codes(self.models, cond, text_tokens, opts, self._batch, report, kwargs)
-            best = pipeline.rank(self.models, text_tokens, codes, cond, opts, k, self._batch.value, report, say)
+            best = pipeline.rank(self.models, text_tokens, codes, cond, opts, k, self._batch.value, report)
             del codes
             latents = pipeline.ar_latents(self.models, cond, text_tokens, best, report)
             wavs = pipeline.decode_candidates(self.models, best, latents, cond, opts, report)

@@ -289,21 +289,21 @@ def fix_autoregressive_output(codes, stop_token, complain=True):
 
 # ---------------------------------------------------------------- ranking
 
-def rank(models, text_tokens, codes, cond, opts, k, batch_size, progress=silent, say=None):
+def rank(models, text_tokens, codes, cond, opts, k, batch_size, progress=silent):
     """Fix each sample's tail and return the ``k`` best ``[k, L]`` by CLVP (+ CVVP) score, best first.
 
     ``opts.exact_ranking`` pads the codes to ``max_mel_tokens`` first (the original's padding, over which CLVP
-    averages: its exact ranking)."""
+    averages: its exact ranking). Samples that never drew the stop token are reported with a warning."""
     stop = models.get("autoregressive").stop_mel_token
     if opts.exact_ranking and codes.shape[1] < opts.max_mel_tokens:
         codes = F.pad(codes, (0, opts.max_mel_tokens - codes.shape[1]), value=stop)
     unstopped = int((~(codes == stop).any(dim=1)).sum())
     for row in codes:
         fix_autoregressive_output(row, stop, complain=False)
-    if unstopped and say is not None:
-        say(f"{unstopped} of {codes.shape[0]} samples have no stop token: the speech may be cut short. If words are "
-            "missing, split the text into shorter pieces or raise max_mel_tokens. (With random test weights this "
-            "is expected.)")
+    if unstopped:
+        warnings.warn(f"{unstopped} of {codes.shape[0]} samples have no stop token: the speech may be cut short. If "
+                      "words are missing, split the text into shorter pieces or raise max_mel_tokens (with the "
+                      "random-weight test models this is expected)", UserWarning, stacklevel=2)
     use_cvvp = opts.cvvp_amount > 0 and cond.auto_mels is not None
     names = (["clvp"] if opts.cvvp_amount < 1 or not use_cvvp else []) + (["cvvp"] if use_cvvp else [])
     batches = list(torch.split(codes, max(1, batch_size)))
