@@ -281,13 +281,54 @@ def test_stage_capture_passes_lines_through(capsys):
 
 # ---- device layer: start-up check, device list, doctor report ---------------------------------------------------
 
-def test_environment_check_on_cpu_skips_oneapi(monkeypatch):
+class NoIntelSystem:
+    """The oneAPI checker's view of a machine without any Intel GPU stack."""
+
+    def glob(self, pattern):
+        return []
+
+    def access(self, path, mode):
+        return False
+
+    def find_library(self, name):
+        return None
+
+    def can_load(self, name):
+        return False
+
+    def distribution_version(self, name):
+        return None
+
+    def platform(self):
+        return "linux"
+
+    def torch_has_xpu(self):
+        return False
+
+    def intel_gpus(self):
+        return []
+
+
+def test_environment_check_on_cpu_says_oneapi_is_not_applicable(monkeypatch):
     from xpu.testing import no_accelerators
     from tortoise.webui import device_info
     no_accelerators(monkeypatch)
-    monkeypatch.setattr(device_info, "xpu_relevant", lambda env=None: False)
-    lines = device_info.environment_check(env={})
-    assert lines[0].startswith("device cpu") and "oneAPI checks skipped" in lines[1] and len(lines) == 2
+    lines = device_info.environment_check(env={}, fs=NoIntelSystem())
+    assert lines[0].startswith("device cpu") and len(lines) == 2
+    assert lines[1].startswith("oneAPI checks not applicable: no Intel GPU")
+
+
+def test_device_panel_says_oneapi_is_not_applicable(monkeypatch):
+    """The page's device panel (the doctor report) on a machine without an Intel GPU: no [error] lines."""
+    from xpu import oneapi
+    from xpu.testing import no_accelerators
+    from tortoise.webui import device_info
+    no_accelerators(monkeypatch)
+    monkeypatch.setattr(oneapi, "System", NoIntelSystem)
+    for var in ("ONEAPI_ROOT", "SETVARS_COMPLETED", "ONEAPI_DEVICE_SELECTOR", "ZE_AFFINITY_MASK", "TORTOISE_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    report = device_info.doctor_report("cpu")
+    assert "oneAPI     not applicable" in report and "[error]" not in report
 
 
 def test_environment_check_on_arc_shows_findings_with_fixes(monkeypatch):

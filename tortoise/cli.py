@@ -227,10 +227,11 @@ def prepare_output_dir(path):
 
 def load_voice_groups(args):
     """[(label, clips, latents)] for every voice group of --voice, loaded now so bad clips fail before any model."""
-    from tortoise.utils.voices import get_voices, load_voices, parse_voice_selection
+    from tortoise.utils.voices import expected_latent_widths, get_voices, load_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
     groups = parse_voice_selection(args.voice, get_voices(dirs))
-    return [("-".join(g), *load_voices(g, dirs)) for g in groups]
+    widths = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    return [("-".join(g), *load_voices(g, dirs, latent_widths=widths)) for g in groups]
 
 
 # ---------------------------------------------------------------- files

@@ -187,9 +187,11 @@ class StageCapture:
         return False
 
 
-def _load_group(group: list[str], job: Job):
-    from tortoise.utils.voices import load_voices
-    return load_voices(group, job.extra_voices_dirs)
+def _load_group(group: list[str], job: Job, tts=None):
+    from tortoise.utils.voices import expected_latent_widths, load_voices
+    models_dir = getattr(tts, "models_dir", None)  # a .pth voice must fit the loaded models
+    widths = expected_latent_widths(models_dir) if models_dir else None
+    return load_voices(group, job.extra_voices_dirs, latent_widths=widths)
 
 
 def _render_chunk(tts, chunk: str, samples, latents, job: Job, seed: int) -> list[np.ndarray]:
@@ -231,7 +233,7 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
         label = safe_label(group)
         try:
             progress(f"Loading voice {'&'.join(group)}", done, total)
-            samples, latents = _load_group(group, job)
+            samples, latents = _load_group(group, job, tts)
         except Exception as e:
             record.errors.append(f"Voice {'&'.join(group)}: {readable_error(e)}")
             done += len(chunks)
