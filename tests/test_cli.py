@@ -378,3 +378,35 @@ def test_conditioning_latents_exit_codes(models_dir, voices, tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:
         gcl.main(["-V", str(voices)])  # --voice missing
     assert e.value.code == 2
+
+
+# ---------------------------------------------------------------- text that is not UTF-8
+
+def test_non_utf8_stdin_is_refused_not_dropped(models_dir, tmp_path):
+    """Was: under the C/POSIX locale Python reads stdin with surrogateescape, and the cleaners silently dropped the
+    undecodable 'é' of a cp1252 file (exit 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(LC_ALL="C", LANG="C", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    code = "import sys; from tortoise.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "--models_dir", str(models_dir), "-O", str(out), *QUICK],
+                          input="Caf\u00e9 au lait, s'il vous pla\u00eet.\n".encode("cp1252"), env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "not valid utf-8" in err[0] and "e9" in err[0] and "--encoding" in err[0], err
+    assert not out.exists()
+
+
+def test_encoding_option_decodes_stdin():
+    args = cli.build_parser().parse_args(["--encoding", "cp1252"])
+    stdin = io.TextIOWrapper(io.BytesIO("Caf\u00e9 au lait.".encode("cp1252")))
+    assert cli.read_text(args, stdin=stdin) == "Caf\u00e9 au lait."
+    args = cli.build_parser().parse_args([])
+    bom = io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfHello \xe2\x80\x94 there."))  # UTF-8 with a byte-order mark
+    assert cli.read_text(args, stdin=bom) == "Hello \u2014 there."
+    with pytest.raises(cli.UsageError, match="not an encoding"):
+        cli.read_text(cli.build_parser().parse_args(["--encoding", "klingon"]),
+                      stdin=io.TextIOWrapper(io.BytesIO(b"Hi.")))
+    with pytest.raises(cli.UsageError, match="not valid in this system's encoding"):  # argv decoded by the locale
+        cli.read_text(cli.build_parser().parse_args(["Caf\udce9."]))
