@@ -74,8 +74,10 @@ class RunRecord:
 
 
 def readable_error(exc: BaseException) -> str:
-    """One or two lines for the page: the exception's own message (ours carry the fix), never a traceback."""
-    msg = str(exc).strip()
+    """One or two lines for the page: the exception's own message (ours carry the fix), never a traceback; the
+    command line's flags in it are replaced by the page's controls."""
+    from tortoise.webui.wording import page_wording
+    msg = page_wording(str(exc).strip())
     if isinstance(exc, KeyError) and msg.startswith("'"):
         msg = f"missing key {msg}"
     if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
