@@ -195,3 +195,15 @@ def test_cli_redacts_with_a_local_aligner(models_dir, tmp_path, monkeypatch):
             "2", "--max_mel_tokens", "30", "--steps", "2", "--vocoder", "univnet", "--seed", "5"]
     assert cli.main(argv + ["[I am really sad,] please feed me."]) == 0
     assert (out / "random_00_00.wav").is_file()
+
+
+def test_stream_needs_no_aligner(tmp_path, monkeypatch):
+    """--stream does not redact (its audio leaves before the text ends), so it never asks for the aligner."""
+    from tortoise import cli
+    _offline_without_aligner(monkeypatch, tmp_path)
+    d = tmp_path / "models"
+    write_models(d, size="tiny", seed=0)
+    out = tmp_path / "out"
+    assert cli.main(["--models_dir", str(d), "-O", str(out), "-q", "--stream", "--max_mel_tokens", "20", "--seed", "1",
+                     "[softly] hello."]) == 0
+    assert (out / "random_00_00.wav").is_file()

@@ -369,7 +369,7 @@ def run(args, say):
     text = read_text(args)
     texts = split_text(text, args.text_split)
     from tortoise.utils.wav2vec_alignment import check_redaction  # [brackets]: fail now, not after a clip
-    check_redaction(texts, args.models_dir, enabled=not args.disable_redaction)
+    check_redaction(texts, args.models_dir, enabled=not (args.disable_redaction or args.stream))
     opts = generation_options(args)
     check_args(args, opts, len(texts))
     vocoder = choose_vocoder(args.vocoder, args.models_dir)
