@@ -131,8 +131,9 @@ def remember_settings(settings: Settings) -> None:
 
 # ---- controls --------------------------------------------------------------------------------------------------
 
-SERVER_SET = ("Set by the server (turtle --models-dir, --voices-dir, --output-dir, --ar-checkpoint, "
-              "--diff-checkpoint); read-only because the page is served beyond localhost.")
+SERVER_SET = ("Set by the server when it starts (turtle --models-dir, --voices-dir, --output-dir, --ar-checkpoint, "
+              "--diff-checkpoint); read-only here because the page is reachable from other machines (or turtle "
+              "--lock-paths).")
 
 
 def path_input(label: str, name: str, help: str, locked: bool, **kw) -> None:
@@ -144,7 +145,7 @@ def sidebar(choices: dict) -> None:
     with st.sidebar:
         st.header("Model")
         if locked:
-            st.caption("Paths on the server are set when it starts and shown read-only: this page is reachable "
+            st.caption("Paths on the server are set when it starts and shown read-only: this page may be reached "
                        "from other machines and has no login.")
         path_input("Models directory", "models_dir", "Where the checkpoints are (downloaded there when missing).",
                    locked)
