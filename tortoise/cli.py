@@ -78,6 +78,9 @@ def build_parser():
                    help="directory of voices (one subdirectory per voice); a comma separates several")
     g.add_argument("-p", *_flag("preset"), default="fast", choices=list(PRESETS), help="quality/speed preset")
     g.add_argument("-q", *_flag("quiet"), action="store_true", help="print nothing but errors")
+    g.add_argument(*_flag("encoding"), default="utf-8",
+                   help="encoding of text piped on stdin (default utf-8; e.g. cp1252, latin-1); undecodable input "
+                        "is refused, never dropped")
     o = p.add_argument_group("output")
     o.add_argument("-l", *_flag("list_voices"), action="store_true", help="list the available voices and exit")
     o.add_argument("-o", *_flag("output"), default=None, help="also write the combined audio to this file")
@@ -147,13 +150,38 @@ def read_text(args, stdin=None):
     elif args.text:
         text = " ".join(args.text)
     elif stdin is not None and not stdin.isatty():
-        text = stdin.read()
+        text = read_stdin(stdin, getattr(args, "encoding", None) or "utf-8")
     else:
         raise UsageError("no text given: pass it as an argument (tortoise-tts \"Hello.\") or pipe it on stdin")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # bytes the locale could not decode (surrogateescape)
+        raise UsageError("the text holds bytes that are not valid in this system's encoding and would be lost: give "
+                         "UTF-8 text, or pipe it on stdin with --encoding (e.g. --encoding cp1252)")
     text = text.strip()
     if not text:
         raise UsageError("the text is empty: give something to say")
     return text
+
+
+def read_stdin(stdin, encoding="utf-8"):
+    """All of stdin decoded with ``encoding`` (strictly: a byte that does not decode is an error naming it, never a
+    silently dropped character); a UTF-8 byte-order mark is removed."""
+    import codecs
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise UsageError(f"--encoding {encoding!r} is not an encoding Python knows: use e.g. utf-8, cp1252 or "
+                         "latin-1") from None
+    raw = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (an embedding application, tests)
+        return stdin.read()
+    data = raw.read()
+    try:
+        return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"the text on stdin is not valid {encoding}: byte(s) {data[e.start:e.end][:4].hex(' ')} on "
+                         f"line {line} (offset {e.start}) do not decode; pass the file's encoding (e.g. --encoding "
+                         f"cp1252) or convert it to UTF-8 (iconv -f cp1252 -t utf-8)") from None
 
 
 def split_text(text, text_split):
@@ -255,11 +283,14 @@ def check_output_file(args):
 
 
 def load_voice_groups(args):
-    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips fail before any model."""
+    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips (and latents that do
+    not fit the models) fail before any model loads."""
     from tortoise.render import load_voice_group
-    from tortoise.utils.voices import get_voices, parse_voice_selection
+    from tortoise.utils.voices import expected_latent_widths, get_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
-    return [load_voice_group(group, dirs) for group in parse_voice_selection(args.voice, get_voices(dirs))]
+    widths = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    return [load_voice_group(group, dirs, latent_widths=widths)
+            for group in parse_voice_selection(args.voice, get_voices(dirs))]
 
 
 def run_mode(args):
@@ -307,6 +338,8 @@ def run(args, say):
         return 0
     text = read_text(args)
     texts = split_text(text, args.text_split)
+    from tortoise.utils.wav2vec_alignment import check_redaction  # [brackets]: fail now, not after a clip
+    check_redaction(texts, args.models_dir, enabled=not (args.disable_redaction or args.stream))
     opts = generation_options(args)
     check_args(args, opts, len(texts))
     vocoder = "hifigan" if args.stream else choose_vocoder(args.vocoder, args.models_dir)

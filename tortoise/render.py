@@ -65,10 +65,12 @@ def voice_label(names):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(names)).strip(".") or "voice"
 
 
-def load_voice_group(names, voices_dirs=()):
-    """Load one voice group (``["alice", "bob"]`` for ``alice&bob``) into a :class:`Voice`."""
+def load_voice_group(names, voices_dirs=(), latent_widths=None):
+    """Load one voice group (``["alice", "bob"]`` for ``alice&bob``) into a :class:`Voice`. ``latent_widths`` (the
+    models' AR and diffusion latent widths, :func:`tortoise.utils.voices.expected_latent_widths`) checks a ``.pth``
+    voice against the models that will use it."""
     from tortoise.utils.voices import load_voices
-    samples, latents = load_voices(names, voices_dirs)
+    samples, latents = load_voices(names, voices_dirs, latent_widths=latent_widths)
     return Voice(voice_label(names), samples, latents, voice_identity(names, samples, latents))
 
 

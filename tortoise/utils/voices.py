@@ -99,8 +99,42 @@ def unknown_voice_error(voice, known):
                       "under a --voices_dir, or pick one with --list_voices.")
 
 
-def load_latents(path):
-    """Read a saved (autoregressive latent, diffusion latent) pair without running any pickled code."""
+def expected_latent_widths(models_dir=None):
+    """(autoregressive latent width, diffusion latent width) of the models in ``models_dir``: the AR model's
+    ``model_dim`` and twice the diffusion model's ``model_channels``, from the released configs or the directory's
+    ``config.json`` (1024 and 2048 for the released models)."""
+    from tortoise.utils.checkpoints import model_config
+    return (int(model_config("autoregressive", models_dir)["model_dim"]),
+            2 * int(model_config("diffusion", models_dir)["model_channels"]))
+
+
+def _latent_shape_ok(t, width):
+    if t.dim() == 1:
+        return width is None or t.shape[0] == width
+    return t.dim() == 2 and t.shape[0] == 1 and (width is None or t.shape[1] == width)
+
+
+def check_latents(latents, path, widths=None):
+    """Refuse a latent pair that the models cannot use: not two float tensors shaped ``[1, W]`` (or ``[W]``), widths
+    other than ``widths`` (see :func:`expected_latent_widths`) when given, or NaN / infinite values.
+    Returns the pair as ``[1, W]`` float tensors."""
+    auto, diffusion = latents
+    aw, dw = widths if widths is not None else (None, None)
+    if not all(t.is_floating_point() and _latent_shape_ok(t, w) for t, w in ((auto, aw), (diffusion, dw))):
+        want = (f"an autoregressive latent [1, {aw}] (or [{aw}]) and a diffusion latent [1, {dw}]" if widths else
+                "an autoregressive latent [1, W] and a diffusion latent [1, W'] (floats)")
+        raise VoiceError(f"Voice latents {path!r} hold shapes {list(auto.shape)} and {list(diffusion.shape)} "
+                         f"({auto.dtype}, {diffusion.dtype}); these models expect {want}: regenerate the file with "
+                         "tortoise-get-conditioning-latents for these models.")
+    if not (torch.isfinite(auto).all() and torch.isfinite(diffusion).all()):
+        raise VoiceError(f"Voice latents {path!r} hold NaN or infinite values: regenerate the file with "
+                         "tortoise-get-conditioning-latents from clean clips.")
+    return tuple(t.reshape(1, -1) for t in (auto, diffusion))
+
+
+def load_latents(path, widths=None):
+    """Read a saved (autoregressive, diffusion) latent pair without running any pickled code, and check it
+    (:func:`check_latents`; ``widths`` from :func:`expected_latent_widths` when the models are known)."""
     try:
         latents = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or code-carrying pickle: refuse, naming the file
@@ -111,7 +145,7 @@ def load_latents(path):
     if not ok:
         raise VoiceError(f"{path!r} does not hold an (autoregressive, diffusion) latent pair: regenerate it with "
                          "tortoise-get-conditioning-latents.")
-    return tuple(latents)
+    return check_latents(latents, path, widths)
 
 
 def _load_clip(path, sampling_rate):
@@ -123,10 +157,12 @@ def _load_clip(path, sampling_rate):
         raise VoiceError(f"Cannot read voice clip {path!r}: {msg}. Replace or remove the file.") from None
 
 
-def load_voice(voice, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
+def load_voice(voice, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE, latent_widths=None):
     """Return (clips, None) for a voice of clips, (None, latents) for a voice of one .pth, (None, None) for random.
 
-    Clips are ``[1, N]`` float tensors at ``sampling_rate`` (22.05 kHz, what ``TextToSpeech`` expects).
+    Clips are ``[1, N]`` float tensors at ``sampling_rate`` (22.05 kHz, what ``TextToSpeech`` expects); a clip with
+    NaN or infinite samples is refused. Latents are ``[1, W]`` pairs, checked against ``latent_widths``
+    (``expected_latent_widths(models_dir)``) when given.
     """
     if voice == RANDOM_VOICE:
         return None, None
@@ -138,7 +174,7 @@ def load_voice(voice, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
     latents = [p for p in paths if p.endswith(LATENT_EXTENSION)]
     clips = [p for p in paths if not p.endswith(LATENT_EXTENSION)]
     if latents and not clips and len(latents) == 1:
-        return None, load_latents(latents[0])
+        return None, load_latents(latents[0], latent_widths)
     if latents:
         raise VoiceError(f"Voice {voice!r} mixes clips and .pth latents (or holds several .pth files): keep either "
                          "clips or a single .pth in its directory.")
@@ -155,8 +191,9 @@ def average_latents(latents):
     return auto, diffusion
 
 
-def load_voices(voices, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
-    """Combine several voices (the parts of ``a&b``): clips are pooled, latents averaged; returns (clips, latents)."""
+def load_voices(voices, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE, latent_widths=None):
+    """Combine several voices (the parts of ``a&b``): clips are pooled, latents averaged; returns (clips, latents).
+    ``latent_widths``: see :func:`load_voice`."""
     voices = list(voices)
     if RANDOM_VOICE in voices:
         if len(voices) > 1:
@@ -164,7 +201,7 @@ def load_voices(voices, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
         return None, None
     clips, latents = [], []
     for voice in voices:
-        clip, latent = load_voice(voice, extra_voice_dirs, sampling_rate)
+        clip, latent = load_voice(voice, extra_voice_dirs, sampling_rate, latent_widths)
         if clip is not None:
             clips.extend(clip)
         else:
@@ -173,6 +210,11 @@ def load_voices(voices, extra_voice_dirs=(), sampling_rate=AR_SAMPLE_RATE):
         raise VoiceError(f"Cannot combine voices of clips with voices of .pth latents ({'&'.join(voices)}): compute "
                          "latents for every part with tortoise-get-conditioning-latents, or use clips for all.")
     if latents:
+        shapes = {tuple(t.shape for t in pair) for pair in latents}
+        if len(shapes) > 1:
+            raise VoiceError(f"Cannot average the latents of {'&'.join(voices)}: their shapes differ "
+                             f"({', '.join(str([list(s) for s in pair]) for pair in sorted(shapes))}), so they were "
+                             "made for different models; regenerate them with tortoise-get-conditioning-latents.")
         return None, average_latents(latents)
     return clips, None
 

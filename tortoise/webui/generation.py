@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-
 from tortoise.webui.settings import atomic_write_text
 
 SAMPLE_RATE = 24000  # every output of TextToSpeech is 24 kHz
@@ -69,8 +68,10 @@ class RunRecord:
 
 
 def readable_error(exc: BaseException) -> str:
-    """One or two lines for the page: the exception's own message (ours carry the fix), never a traceback."""
-    msg = str(exc).strip()
+    """One or two lines for the page: the exception's own message (ours carry the fix), never a traceback; the
+    command line's flags in it are replaced by the page's controls."""
+    from tortoise.webui.wording import page_wording
+    msg = page_wording(str(exc).strip())
     if isinstance(exc, KeyError) and msg.startswith("'"):
         msg = f"missing key {msg}"
     if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
@@ -100,9 +101,12 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def _load_group(group: list[str], job: Job):
+def _load_group(group: list[str], job: Job, tts=None):
     from tortoise.render import load_voice_group
-    return load_voice_group(group, job.extra_voices_dirs)
+    from tortoise.utils.voices import expected_latent_widths
+    models_dir = getattr(tts, "models_dir", None)  # a .pth voice must fit the loaded models
+    widths = expected_latent_widths(models_dir) if models_dir else None
+    return load_voice_group(group, job.extra_voices_dirs, latent_widths=widths)
 
 
 def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | None = None,
@@ -132,7 +136,7 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
     for group in job.groups:
         try:
             progress(f"Loading voice {'&'.join(group)}", 0, total)
-            voices.append(_load_group(group, job))
+            voices.append(_load_group(group, job, tts))
             names[voices[-1].label] = "&".join(group)
         except Exception as e:
             record.errors.append(f"Voice {'&'.join(group)}: {readable_error(e)}")
