@@ -361,3 +361,13 @@ def test_samples_without_a_stop_token_are_reported(tts):
     cond = Conditioning(torch.zeros(1, tts.autoregressive.model_dim))
     with pytest.warns(UserWarning, match="2 of 3 samples have no stop token"):
         pipeline.rank(tts.models, text, codes, cond, opts, 1, batch_size=4)
+
+
+def test_conditioning_latents_of_other_models_are_one_clear_error(tts):
+    wide = (torch.zeros(1, 1024), torch.zeros(1, 2048))  # the released widths; these tiny models want others
+    with pytest.raises(ValueError, match="regenerate the file") as e:
+        tts.tts(TEXT, conditioning_latents=wide, verbose=False, **FAST)
+    assert "\n" not in str(e.value)
+    nan = (torch.full((1, tts.autoregressive.model_dim), float("nan")), torch.zeros(1, 128))
+    with pytest.raises(ValueError, match="NaN"):
+        tts.tts(TEXT, conditioning_latents=nan, verbose=False, **FAST)

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("tortoise", "xpu")
 FRONT_ENDS = ("tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.ray_reader", "tortoise.distributed",
               "tortoise.get_conditioning_latents", "tortoise.is_this_from_tortoise", "tortoise.export",
-              "tortoise.voices")
+              "tortoise.voices.cli", "tortoise.voices.__main__")
 CORE = ("tortoise.api", "tortoise.api_fast", "tortoise.pipeline", "tortoise.loading", "tortoise.render",
         "tortoise.options", "tortoise.progress")
 

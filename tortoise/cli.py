@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 from tortoise.progress import TqdmProgress
+from tortoise.utils import errors
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 OUTPUT_SAMPLE_RATE = 24000
 VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
 TUNING = (  # (flag, type, help): each overrides the preset's value when given
@@ -288,7 +287,8 @@ def load_voice_groups(args):
     from tortoise.render import load_voice_group
     from tortoise.utils.voices import expected_latent_widths, get_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
-    widths = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    ar_width, diffusion_width = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    widths = (ar_width, None if args.stream else diffusion_width)  # streaming uses the AR latent only
     return [load_voice_group(group, dirs, latent_widths=widths)
             for group in parse_voice_selection(args.voice, get_voices(dirs))]
 
@@ -403,46 +403,17 @@ def make_tts(args, vocoder, say):
     return tts
 
 
-def _one_line(e):
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 600 else text[:597] + "..."
-
-
 def main(argv=None):
-    """Console entry point ``tortoise-tts``; returns the exit status."""
+    """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(f"tortoise-tts: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
     try:
         return run(args, say)
-    except KeyboardInterrupt:
-        print("tortoise-tts: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
-        if os.environ.get("TORTOISE_DEBUG"):
-            raise
-        code = EXIT_BAD_INPUT if _is_input_error(e) else EXIT_FAILED
-        prefix = "" if _is_input_error(e) else f"{type(e).__name__}: "
-        hint = "" if _is_input_error(e) else " (set TORTOISE_DEBUG=1 for the traceback)"
-        print(f"tortoise-tts: error: {prefix}{_one_line(e)}{hint}", file=sys.stderr)
-        return code
-
-
-def _is_input_error(e):
-    from tortoise.utils.checkpoints import CheckpointError
-    from tortoise.utils.voices import VoiceError
-    try:
-        from xpu.device import DeviceUnavailable
-    except ImportError:  # pragma: no cover - the device layer is part of this package
-        DeviceUnavailable = ()
-    from tortoise.pipeline import NonFiniteError
-    from tortoise.render import OutputError
-    if isinstance(e, (NonFiniteError, OutputError)):
-        return False
-    return isinstance(e, (UsageError, VoiceError, CheckpointError, DeviceUnavailable, ValueError))
+    except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
 
 
 if __name__ == "__main__":

@@ -170,14 +170,16 @@ def random_conditioning(models, ar_only=False):
         return Conditioning(_as_row(auto), _as_row(diff(zero.to(next(diff.parameters()).device)).to(models.device)))
 
 
-def given_conditioning(models, latents):
-    """The (AR latent, diffusion latent) pair a caller passed (or a saved voice), on the device, checked."""
-    auto = _as_row(latents[0].to(models.device).float())
-    diff = _as_row(latents[1].to(models.device).float()) if len(latents) > 1 and latents[1] is not None else None
-    ensure_finite(auto, "voice's autoregressive latents", "the latents file is damaged: make it again")
-    if diff is not None:
-        ensure_finite(diff, "voice's diffusion latents", "the latents file is damaged: make it again")
-    return Conditioning(auto, diff)
+def given_conditioning(models, latents, ar_only=False):
+    """The (AR latent, diffusion latent) pair a caller passed (or a saved voice), checked against the models'
+    latent widths (the diffusion one only when it is used) and for finite values, on the device."""
+    from tortoise.utils.voices import check_latents, expected_latent_widths
+    ar_width, diffusion_width = expected_latent_widths(models.models_dir)
+    ar_width = models.get("autoregressive").model_dim if models.loaded("autoregressive") else ar_width
+    pair = (latents[0], latents[1] if len(latents) > 1 and latents[1] is not None else latents[0])
+    auto, diff = check_latents(pair, "conditioning_latents", (ar_width, None if ar_only else diffusion_width))
+    diff = None if ar_only and (len(latents) < 2 or latents[1] is None) else diff
+    return Conditioning(auto.to(models.device).float(), None if diff is None else diff.to(models.device).float())
 
 
 def _as_row(t):

@@ -121,8 +121,8 @@ def check_latents(latents, path, widths=None):
     auto, diffusion = latents
     aw, dw = widths if widths is not None else (None, None)
     if not all(t.is_floating_point() and _latent_shape_ok(t, w) for t, w in ((auto, aw), (diffusion, dw))):
-        want = (f"an autoregressive latent [1, {aw}] (or [{aw}]) and a diffusion latent [1, {dw}]" if widths else
-                "an autoregressive latent [1, W] and a diffusion latent [1, W'] (floats)")
+        aw, dw = aw or "W", dw or "W'"
+        want = f"an autoregressive latent [1, {aw}] (or [{aw}]) and a diffusion latent [1, {dw}] (floats)"
         raise VoiceError(f"Voice latents {path!r} hold shapes {list(auto.shape)} and {list(diffusion.shape)} "
                          f"({auto.dtype}, {diffusion.dtype}); these models expect {want}: regenerate the file with "
                          "tortoise-get-conditioning-latents for these models.")
