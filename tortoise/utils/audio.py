@@ -74,13 +74,6 @@ def _libsndfile_version() -> tuple:
     return tuple(int(p) for p in sf.__libsndfile_version__.split(".")[:2] if p.isdigit())
 
 
-def load_wav_to_torch(full_path):
-    """Read a file at its own rate: (FloatTensor [N] or [N, channels] scaled to [-1, 1], sample rate)."""
-    data, sr, _ = _read(os.fspath(full_path))
-    audio = torch.from_numpy(data)
-    return (audio[:, 0] if audio.shape[1] == 1 else audio), sr
-
-
 def load_audio(audiopath, sampling_rate: int, *, allow_silent: bool = False) -> torch.Tensor:
     """Read an audio file as mono float32 ``[1, N]`` at ``sampling_rate``, clipped to [-1, 1].
 
