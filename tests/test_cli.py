@@ -410,3 +410,19 @@ def test_encoding_option_decodes_stdin():
                       stdin=io.TextIOWrapper(io.BytesIO(b"Hi.")))
     with pytest.raises(cli.UsageError, match="not valid in this system's encoding"):  # argv decoded by the locale
         cli.read_text(cli.build_parser().parse_args(["Caf\udce9."]))
+
+
+def test_half_on_a_cpu_without_native_bf16_says_so_in_one_line(models_dir, tmp_path):
+    """A real subprocess on this CPU (AVX2 build machines have no native bf16; where one has, --half takes bf16 and
+    the line is absent, which the test accepts only if the device layer says bf16 is native)."""
+    import xpu
+    proc = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(models_dir), *QUICK, "--half",
+                           "-O", str(tmp_path / "o"), "Hi."], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    half_lines = [line for line in proc.stderr.splitlines() if "--half" in line]
+    if xpu.half_dtype("cpu") is None:
+        assert half_lines == ["tortoise-tts: warning: --half: none (float32): CPU without native bf16: half precision "
+                              "would be emulated and slower; running float32"]
+    else:
+        assert half_lines == []

@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tortoise.progress import TqdmProgress
@@ -403,6 +404,10 @@ def make_tts(args, vocoder, say):
     return tts
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"tortoise-tts: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None):
     """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`)."""
     try:
@@ -410,6 +415,7 @@ def main(argv=None):
     except UsageError as e:
         return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    warnings.formatwarning = _one_line_warning  # "tortoise-tts: warning: ..." instead of a source excerpt
     try:
         return run(args, say)
     except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
