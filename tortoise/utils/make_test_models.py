@@ -46,6 +46,9 @@ def _save_atomic(obj, path, cuda_tags=False):
     try:
         with _storages_tagged_cuda(cuda_tags):
             torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a models directory is readable like any download
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
