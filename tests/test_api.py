@@ -351,3 +351,23 @@ def test_ar_speed_options_reach_the_model(models_dir):
     assert quirk.autoregressive.position_mode == "original" and quirk.autoregressive.kv_cache
     with pytest.raises(ValueError, match="kv_cache_positions"):
         api.TextToSpeech(models_dir=models_dir, device="cpu", kv_cache_positions="sideways", preload=False)
+
+
+def test_samples_without_a_stop_token_are_reported(tts):
+    text = tts._text_tokens(TEXT)
+    codes = torch.randint(0, 8000, (3, 12), generator=torch.Generator().manual_seed(2))
+    codes[0, 8:] = 8193  # one stopped, two never did
+    opts = api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=12)
+    cond = Conditioning(torch.zeros(1, tts.autoregressive.model_dim))
+    with pytest.warns(UserWarning, match="2 of 3 samples have no stop token"):
+        pipeline.rank(tts.models, text, codes, cond, opts, 1, batch_size=4)
+
+
+def test_conditioning_latents_of_other_models_are_one_clear_error(tts):
+    wide = (torch.zeros(1, 1024), torch.zeros(1, 2048))  # the released widths; these tiny models want others
+    with pytest.raises(ValueError, match="regenerate the file") as e:
+        tts.tts(TEXT, conditioning_latents=wide, verbose=False, **FAST)
+    assert "\n" not in str(e.value)
+    nan = (torch.full((1, tts.autoregressive.model_dim), float("nan")), torch.zeros(1, 128))
+    with pytest.raises(ValueError, match="NaN"):
+        tts.tts(TEXT, conditioning_latents=nan, verbose=False, **FAST)

@@ -247,7 +247,7 @@ class TextToSpeech:
             return self._voice_conditioning(voice_samples, opts.latent_averaging_mode, original_tortoise, ar_only,
                                             progress)
         if conditioning_latents is not None:
-            return pipeline.given_conditioning(self.models, conditioning_latents)
+            return pipeline.given_conditioning(self.models, conditioning_latents, ar_only)
         return pipeline.random_conditioning(self.models, ar_only)
 
     def get_random_conditioning_latents(self):
@@ -284,13 +284,14 @@ class TextToSpeech:
               f"k={k} candidates asked for but only {opts.num_autoregressive_samples} autoregressive samples drawn")
         seed = self.deterministic_state(seed=use_deterministic_seed)
         text_tokens = self._text_tokens(text)
+        from tortoise.utils.wav2vec_alignment import check_redaction
+        check_redaction([text], self.models_dir, self.enable_redaction)  # [brackets]: now, not after the audio
         bar = TqdmProgress(verbose)
         report = combine(progress, bar)
-        say = print if verbose else None
         try:
             cond = self._conditioning(voice_samples, conditioning_latents, opts, original_tortoise, report)
             codes = pipeline.sample_codes(self.models, cond, text_tokens, opts, self._batch, report, kwargs)
-            best = pipeline.rank(self.models, text_tokens, codes, cond, opts, k, self._batch.value, report, say)
+            best = pipeline.rank(self.models, text_tokens, codes, cond, opts, k, self._batch.value, report)
             del codes
             latents = pipeline.ar_latents(self.models, cond, text_tokens, best, report)
             wavs = pipeline.decode_candidates(self.models, best, latents, cond, opts, report)

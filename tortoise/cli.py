@@ -12,13 +12,13 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tortoise.progress import TqdmProgress
+from tortoise.utils import errors
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 OUTPUT_SAMPLE_RATE = 24000
 VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
 TUNING = (  # (flag, type, help): each overrides the preset's value when given
@@ -78,6 +78,9 @@ def build_parser():
                    help="directory of voices (one subdirectory per voice); a comma separates several")
     g.add_argument("-p", *_flag("preset"), default="fast", choices=list(PRESETS), help="quality/speed preset")
     g.add_argument("-q", *_flag("quiet"), action="store_true", help="print nothing but errors")
+    g.add_argument(*_flag("encoding"), default="utf-8",
+                   help="encoding of text piped on stdin (default utf-8; e.g. cp1252, latin-1); undecodable input "
+                        "is refused, never dropped")
     o = p.add_argument_group("output")
     o.add_argument("-l", *_flag("list_voices"), action="store_true", help="list the available voices and exit")
     o.add_argument("-o", *_flag("output"), default=None, help="also write the combined audio to this file")
@@ -154,13 +157,38 @@ def read_text(args, stdin=None):
     elif args.text:
         text = " ".join(args.text)
     elif stdin is not None and not stdin.isatty():
-        text = stdin.read()
+        text = read_stdin(stdin, getattr(args, "encoding", None) or "utf-8")
     else:
         raise UsageError("no text given: pass it as an argument (tortoise-tts \"Hello.\") or pipe it on stdin")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # bytes the locale could not decode (surrogateescape)
+        raise UsageError("the text holds bytes that are not valid in this system's encoding and would be lost: give "
+                         "UTF-8 text, or pipe it on stdin with --encoding (e.g. --encoding cp1252)")
     text = text.strip()
     if not text:
         raise UsageError("the text is empty: give something to say")
     return text
+
+
+def read_stdin(stdin, encoding="utf-8"):
+    """All of stdin decoded with ``encoding`` (strictly: a byte that does not decode is an error naming it, never a
+    silently dropped character); a UTF-8 byte-order mark is removed."""
+    import codecs
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise UsageError(f"--encoding {encoding!r} is not an encoding Python knows: use e.g. utf-8, cp1252 or "
+                         "latin-1") from None
+    raw = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (an embedding application, tests)
+        return stdin.read()
+    data = raw.read()
+    try:
+        return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"the text on stdin is not valid {encoding}: byte(s) {data[e.start:e.end][:4].hex(' ')} on "
+                         f"line {line} (offset {e.start}) do not decode; pass the file's encoding (e.g. --encoding "
+                         f"cp1252) or convert it to UTF-8 (iconv -f cp1252 -t utf-8)") from None
 
 
 def split_text(text, text_split):
@@ -267,11 +295,15 @@ def check_output_file(args):
 
 
 def load_voice_groups(args):
-    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips fail before any model."""
+    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips (and latents that do
+    not fit the models) fail before any model loads."""
     from tortoise.render import load_voice_group
-    from tortoise.utils.voices import get_voices, parse_voice_selection
+    from tortoise.utils.voices import expected_latent_widths, get_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
-    return [load_voice_group(group, dirs) for group in parse_voice_selection(args.voice, get_voices(dirs))]
+    ar_width, diffusion_width = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    widths = (ar_width, None if args.stream else diffusion_width)  # streaming uses the AR latent only
+    return [load_voice_group(group, dirs, latent_widths=widths)
+            for group in parse_voice_selection(args.voice, get_voices(dirs))]
 
 
 def run_mode(args):
@@ -319,6 +351,8 @@ def run(args, say):
         return 0
     text = read_text(args)
     texts = split_text(text, args.text_split)
+    from tortoise.utils.wav2vec_alignment import check_redaction  # [brackets]: fail now, not after a clip
+    check_redaction(texts, args.models_dir, enabled=not (args.disable_redaction or args.stream))
     opts = generation_options(args)
     check_args(args, opts, len(texts))
     vocoder = "hifigan" if args.stream else choose_vocoder(args.vocoder, args.models_dir)
@@ -385,46 +419,22 @@ def make_tts(args, vocoder, say, stream=None):
     return tts
 
 
-def _one_line(e):
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 600 else text[:597] + "..."
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"tortoise-tts: warning: {' '.join(str(message).split())}\n"
 
 
 def main(argv=None):
-    """Console entry point ``tortoise-tts``; returns the exit status."""
+    """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(f"tortoise-tts: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    warnings.formatwarning = _one_line_warning  # "tortoise-tts: warning: ..." instead of a source excerpt
     try:
         return run(args, say)
-    except KeyboardInterrupt:
-        print("tortoise-tts: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
-        if os.environ.get("TORTOISE_DEBUG"):
-            raise
-        code = EXIT_BAD_INPUT if _is_input_error(e) else EXIT_FAILED
-        prefix = "" if _is_input_error(e) else f"{type(e).__name__}: "
-        hint = "" if _is_input_error(e) else " (set TORTOISE_DEBUG=1 for the traceback)"
-        print(f"tortoise-tts: error: {prefix}{_one_line(e)}{hint}", file=sys.stderr)
-        return code
-
-
-def _is_input_error(e):
-    from tortoise.utils.checkpoints import CheckpointError
-    from tortoise.utils.voices import VoiceError
-    try:
-        from xpu.device import DeviceUnavailable
-    except ImportError:  # pragma: no cover - the device layer is part of this package
-        DeviceUnavailable = ()
-    from tortoise.pipeline import NonFiniteError
-    from tortoise.render import OutputError
-    if isinstance(e, (NonFiniteError, OutputError)):
-        return False
-    return isinstance(e, (UsageError, VoiceError, CheckpointError, DeviceUnavailable, ValueError))
+    except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import xpu
+from tortoise.models.hifigan_decoder import STREAM_FIRST_CODES, ChunkCrossfader
 from tortoise.progress import silent
 from tortoise.utils.audio import TorchMelSpectrogram, resample, wav_to_univnet_mel
 from tortoise.utils.diffusion import do_spectrogram_diffusion, make_diffuser
@@ -33,7 +34,6 @@ CALM_TOKEN = 83                # the code for silence; codes after the stop toke
 MAX_TEXT_TOKENS = 400          # text (plus one pad) must tokenize to fewer tokens than this
 CALM_RUN_TRIM = 8              # latents are cut where a run of more than this many calm tokens ends
 CODE_PAD_MARGIN = CALM_RUN_TRIM + 4  # padding past the longest sample so every stopped sample gets its calm run
-STREAM_FIRST_CHUNK = 60        # codes before the first streamed chunk (the original's first buffer)
 
 
 class NonFiniteError(RuntimeError):
@@ -170,14 +170,16 @@ def random_conditioning(models, ar_only=False):
         return Conditioning(_as_row(auto), _as_row(diff(zero.to(next(diff.parameters()).device)).to(models.device)))
 
 
-def given_conditioning(models, latents):
-    """The (AR latent, diffusion latent) pair a caller passed (or a saved voice), on the device, checked."""
-    auto = _as_row(latents[0].to(models.device).float())
-    diff = _as_row(latents[1].to(models.device).float()) if len(latents) > 1 and latents[1] is not None else None
-    ensure_finite(auto, "voice's autoregressive latents", "the latents file is damaged: make it again")
-    if diff is not None:
-        ensure_finite(diff, "voice's diffusion latents", "the latents file is damaged: make it again")
-    return Conditioning(auto, diff)
+def given_conditioning(models, latents, ar_only=False):
+    """The (AR latent, diffusion latent) pair a caller passed (or a saved voice), checked against the models'
+    latent widths (the diffusion one only when it is used) and for finite values, on the device."""
+    from tortoise.utils.voices import check_latents, expected_latent_widths
+    ar_width, diffusion_width = expected_latent_widths(models.models_dir)
+    ar_width = models.get("autoregressive").model_dim if models.loaded("autoregressive") else ar_width
+    pair = (latents[0], latents[1] if len(latents) > 1 and latents[1] is not None else latents[0])
+    auto, diff = check_latents(pair, "conditioning_latents", (ar_width, None if ar_only else diffusion_width))
+    diff = None if ar_only and (len(latents) < 2 or latents[1] is None) else diff
+    return Conditioning(auto.to(models.device).float(), None if diff is None else diff.to(models.device).float())
 
 
 def _as_row(t):
@@ -289,21 +291,21 @@ def fix_autoregressive_output(codes, stop_token, complain=True):
 
 # ---------------------------------------------------------------- ranking
 
-def rank(models, text_tokens, codes, cond, opts, k, batch_size, progress=silent, say=None):
+def rank(models, text_tokens, codes, cond, opts, k, batch_size, progress=silent):
     """Fix each sample's tail and return the ``k`` best ``[k, L]`` by CLVP (+ CVVP) score, best first.
 
     ``opts.exact_ranking`` pads the codes to ``max_mel_tokens`` first (the original's padding, over which CLVP
-    averages: its exact ranking)."""
+    averages: its exact ranking). Samples that never drew the stop token are reported with a warning."""
     stop = models.get("autoregressive").stop_mel_token
     if opts.exact_ranking and codes.shape[1] < opts.max_mel_tokens:
         codes = F.pad(codes, (0, opts.max_mel_tokens - codes.shape[1]), value=stop)
     unstopped = int((~(codes == stop).any(dim=1)).sum())
     for row in codes:
         fix_autoregressive_output(row, stop, complain=False)
-    if unstopped and say is not None:
-        say(f"{unstopped} of {codes.shape[0]} samples have no stop token: the speech may be cut short. If words are "
-            "missing, split the text into shorter pieces or raise max_mel_tokens. (With random test weights this "
-            "is expected.)")
+    if unstopped:
+        warnings.warn(f"{unstopped} of {codes.shape[0]} samples have no stop token: the speech may be cut short. If "
+                      "words are missing, split the text into shorter pieces or raise max_mel_tokens (with the "
+                      "random-weight test models this is expected)", UserWarning, stacklevel=2)
     use_cvvp = opts.cvvp_amount > 0 and cond.auto_mels is not None
     names = (["clvp"] if opts.cvvp_amount < 1 or not use_cvvp else []) + (["cvvp"] if use_cvvp else [])
     batches = list(torch.split(codes, max(1, batch_size)))
@@ -396,33 +398,6 @@ def decode_candidates(models, best, latents, cond, opts, progress=silent):
 
 # ---------------------------------------------------------------- streaming
 
-class ChunkCrossfader:
-    """Turns successive decodes of a growing latent sequence into non-overlapping chunks: each push gives the new
-    samples, minus the last ``overlap`` (kept back), with their first ``overlap`` samples cross-faded (linear)
-    against the previous decode's held-back tail; :meth:`finish` returns the held-back tail."""
-
-    def __init__(self, overlap):
-        self.overlap = overlap
-        self.emitted = 0  # samples of the full signal already yielded
-        self.tail = None  # the previous decode's last `overlap` samples (not yet yielded)
-
-    def push(self, wav):  # wav: [S] the decode of every latent so far
-        ov = min(self.overlap, max(wav.shape[0] - self.emitted, 0))
-        chunk = wav[self.emitted:wav.shape[0] - ov].clone()
-        if self.tail is not None and chunk.numel():
-            n = min(self.tail.shape[0], chunk.shape[0])
-            ramp = torch.linspace(0.0, 1.0, n, dtype=chunk.dtype)
-            chunk[:n] = self.tail[:n] * (1 - ramp) + chunk[:n] * ramp
-        self.emitted += chunk.shape[0]
-        self.tail = wav[wav.shape[0] - ov:].clone()
-        return chunk
-
-    def finish(self):
-        tail, self.tail = (self.tail if self.tail is not None else torch.zeros(0)), None
-        self.emitted += tail.shape[0]
-        return tail
-
-
 @torch.no_grad()
 def _hifi(decoder, latents, auto_latent):
     """All latents so far ``[T, C]`` -> the HiFi-GAN decoder's waveform for them ``[S]`` (float32, on the CPU)."""
@@ -439,7 +414,7 @@ def stream(ar, decoder, cond, text_tokens, sampling, max_mel_tokens, chunk_size,
     ``ar`` and ``decoder`` must already be on the device. Only plain computations run between yields (each decoder
     call in its own no-grad scope): the caller's code never runs inside a mode or context of this generator."""
     fader = ChunkCrossfader(overlap)
-    latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CHUNK)
+    latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CODES)
     state = ar.prefill(cond.auto_latent, text_tokens, 1, max_mel_tokens)
     progress("streaming", 0, max_mel_tokens)
     for token, latent in ar.tokens(state, sampling):

@@ -66,10 +66,12 @@ def voice_label(names):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(names)).strip(".") or "voice"
 
 
-def load_voice_group(names, voices_dirs=()):
-    """Load one voice group (``["alice", "bob"]`` for ``alice&bob``) into a :class:`Voice`."""
+def load_voice_group(names, voices_dirs=(), latent_widths=None):
+    """Load one voice group (``["alice", "bob"]`` for ``alice&bob``) into a :class:`Voice`. ``latent_widths`` (the
+    models' AR and diffusion latent widths, :func:`tortoise.utils.voices.expected_latent_widths`) checks a ``.pth``
+    voice against the models that will use it."""
     from tortoise.utils.voices import load_voices
-    samples, latents = load_voices(names, voices_dirs)
+    samples, latents = load_voices(names, voices_dirs, latent_widths=latent_widths)
     return Voice(voice_label(names), samples, latents, voice_identity(names, samples, latents))
 
 
@@ -211,12 +213,13 @@ def read_record(path):
         return None
 
 
-def write_audio(path, audio, record=None):
+def write_audio(path, audio, record=None, subtype="FLOAT"):
     """Write ``audio`` ([S] float32, 24 kHz) to ``path`` atomically, with ``record`` in its comment field. An OS
     error (disk full, no permission) is one line naming the path; nothing half-written is left."""
     from tortoise.utils.audio import save_wav
     try:
-        save_wav(path, audio.reshape(1, -1), SAMPLE_RATE, comment=record.to_comment() if record else None)
+        save_wav(path, audio.reshape(1, -1), SAMPLE_RATE, subtype=subtype,
+                 comment=record.to_comment() if record else None)
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise OutputError(f"cannot write {path}: {reason}; free some space or choose another output directory") \
@@ -241,7 +244,9 @@ class RenderJob:
     voice and settings (renders stale and missing ones); ``regenerate`` renders the clips in ``regenerate`` and,
     like skip_existing, keeps the others when they are current; ``overwrite`` renders everything and removes the
     clips of an earlier, longer run. ``output`` also receives the combined audio (one voice only).
-    ``keep_going``: a failing clip is reported and the others still rendered (the web UI), instead of stopping."""
+    ``keep_going``: a failing clip is reported and the others still rendered (the web UI), instead of stopping.
+    ``combine``: write ``{voice}_combined.wav`` (the web UI skips it for a one-clip text); ``wav_subtype``: the
+    files' sample format."""
     texts: tuple
     voices: tuple
     settings: RenderSettings
@@ -250,6 +255,8 @@ class RenderJob:
     regenerate: frozenset = frozenset()
     output: Path = None
     keep_going: bool = False
+    combine: bool = True          # write each voice's combined file
+    wav_subtype: str = "FLOAT"    # 32-bit float as the original wrote; "PCM_16" for browsers
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -340,7 +347,7 @@ def write_clip(job, task, audio):
     paths = []
     for cand, wav in enumerate(audio):
         path = job.clip_path(task.voice.label, task.index, cand)
-        write_audio(path, wav, record)
+        write_audio(path, wav, record, job.wav_subtype)
         paths.append(path)
     return paths
 
@@ -349,11 +356,11 @@ def combine(job, label, parts, result):
     """Write ``{label}_combined.wav`` (and the -o file) from the first candidates of the clips, in text order."""
     audio = torch.cat([p.reshape(-1) for p in parts])
     path = job.combined_path(label)
-    write_audio(path, audio)
+    write_audio(path, audio, subtype=job.wav_subtype)
     result.written.append(path)
     result.combined[label] = audio
     if job.output is not None:
-        write_audio(job.output, audio)
+        write_audio(job.output, audio, subtype=job.wav_subtype)
         result.written.append(Path(job.output))
 
 
@@ -412,7 +419,7 @@ def render(tts, job, progress=silent, say=None, on_clip=None, tasks=None):
             on_clip(task, paths, error)
     progress("clips", total, total)
     for label, parts in by_voice.items():
-        if parts and all(p is not None for p in parts):
+        if job.combine and parts and all(p is not None for p in parts):
             combine(job, label, parts, result)
     if job.mode == "overwrite":
         remove_leftovers(job, result)

@@ -386,25 +386,6 @@ class UnifiedVoice(nn.Module):
         loss_mel = F.cross_entropy(mel_logits, mel_targets.long())
         return loss_text.mean(), loss_mel.mean(), mel_logits
 
-    def latents_for_codes(self, speech_conditioning_latent, text_inputs, codes, code_lengths=None, batch_size=None):
-        """The latent pass for many code sequences: (1, d) latent, (1, t) text, (N, W) codes -> (N, L, d) with
-        L = max(code_lengths) (W when not given). Rows are padded only to the longest sample; since the model is
-        causal, row i's first code_lengths[i] latents equal the original's `forward(..., return_latent=True,
-        clip_inputs=False)` on the same codes padded to any width."""
-        n = codes.shape[0]
-        width = int(code_lengths.max()) if code_lengths is not None else codes.shape[1]
-        codes = codes[:, :width]
-        batch_size = batch_size or n
-        out = []
-        for start in range(0, n, batch_size):
-            chunk = codes[start:start + batch_size]
-            b = chunk.shape[0]
-            out.append(self(speech_conditioning_latent.expand(b, -1), text_inputs.expand(b, -1),
-                            torch.tensor([text_inputs.shape[-1]], device=codes.device), chunk,
-                            torch.tensor([width * self.mel_length_compression], device=codes.device),
-                            return_latent=True, clip_inputs=False))
-        return torch.cat(out, dim=0)
-
     # -- decoding ---------------------------------------------------------------------------------------------------
     def compute_embeddings(self, cond_latents, text_inputs):
         """(b, d), (b, t) -> (b, 1 + t + 2, d): conditioning latent, then [start, text..., stop] with positions."""

@@ -61,6 +61,10 @@ def _read(path: str):
         raise AudioError(f"cannot read audio file {path}: {e}; {hint}") from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} holds no samples; record or export the clip again")
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:  # only float files can hold these; a NaN clip would make every later tensor NaN
+        raise AudioError(f"audio file {path} holds {bad} NaN or infinite sample(s) of {data.size}: the file is "
+                         f"damaged; export the clip again, e.g. `ffmpeg -i IN -ar 24000 -ac 1 -c:a pcm_s16le OUT.wav`")
     return data, sr, fmt
 
 
@@ -70,18 +74,11 @@ def _libsndfile_version() -> tuple:
     return tuple(int(p) for p in sf.__libsndfile_version__.split(".")[:2] if p.isdigit())
 
 
-def load_wav_to_torch(full_path):
-    """Read a file at its own rate: (FloatTensor [N] or [N, channels] scaled to [-1, 1], sample rate)."""
-    data, sr, _ = _read(os.fspath(full_path))
-    audio = torch.from_numpy(data)
-    return (audio[:, 0] if audio.shape[1] == 1 else audio), sr
-
-
 def load_audio(audiopath, sampling_rate: int, *, allow_silent: bool = False) -> torch.Tensor:
     """Read an audio file as mono float32 ``[1, N]`` at ``sampling_rate``, clipped to [-1, 1].
 
     Multi-channel files are averaged to mono. A silent file is an error (a voice clip must hold speech) unless
-    ``allow_silent`` (e.g. reading back generated output).
+    ``allow_silent`` (e.g. reading back generated output); a file holding NaN or infinite samples always is.
     """
     path = os.fspath(audiopath)
     data, sr, fmt = _read(path)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from xpu.memory import RELEASED_AR_CONFIG
+
 HUB_REPO = "Manmay/tortoise-tts"
 HUB_REVISION_ENV = "TORTOISE_HUB_REVISION"  # pins a branch, tag or commit of the hub repositories (default: main)
 DEFAULT_HUB_REVISION = "main"
@@ -20,9 +22,7 @@ WRAPPER_PREFIXES = ("module.",)
 
 # Constructor keyword arguments of each released network (those the original implementation passes).
 RELEASED_CONFIGS = {
-    "autoregressive": dict(max_mel_tokens=604, max_text_tokens=402, max_conditioning_inputs=2, layers=30,
-                           model_dim=1024, heads=16, number_text_tokens=255, start_text_token=255,
-                           checkpointing=False, train_solo_embeddings=False),
+    "autoregressive": dict(RELEASED_AR_CONFIG),  # kept in the device layer, which sizes batches for it
     "diffusion": dict(model_channels=1024, num_layers=10, in_channels=100, out_channels=200, in_latent_channels=1024,
                       in_tokens=8193, dropout=0, use_fp16=False, num_heads=16, layer_drop=0,
                       unconditioned_percentage=0),

@@ -46,6 +46,9 @@ def _save_atomic(obj, path, cuda_tags=False):
     try:
         with _storages_tagged_cuda(cuda_tags):
             torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a models directory is readable like any download
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -102,11 +105,13 @@ def _univnet_container(generator_sd, seed):
 CUDA_SAVED = ("vocoder", "hifidecoder")
 
 
-def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
+def write_models(out_dir, size="tiny", seed=0, only=None, force=False, configs=None):
     """Write the checkpoints (and for ``tiny`` the config.json) into ``out_dir``; returns the paths written.
 
-    An existing file is kept unless ``force``; that includes ``config.json``."""
-    configs = SIZES[size]
+    An existing file is kept unless ``force``; that includes ``config.json``. ``configs`` (name -> config) replaces
+    the size's configurations, e.g. tiny networks at the released widths."""
+    custom = configs is not None
+    configs = configs if custom else SIZES[size]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(only) if only else list(CHECKPOINTS)
@@ -129,9 +134,9 @@ def write_models(out_dir, size="tiny", seed=0, only=None, force=False):
         written.append(path)
         del model, sd, obj
     cfg_path = out_dir / CONFIG_FILE
-    if size == "tiny" and (force or not cfg_path.exists()):
+    if (size == "tiny" or custom) and (force or not cfg_path.exists()):
         tmp = cfg_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({k: TINY_CONFIGS[k] for k in CHECKPOINTS}, indent=1))
+        tmp.write_text(json.dumps({k: configs[k] for k in CHECKPOINTS}, indent=1))
         os.replace(tmp, cfg_path)
         written.append(cfg_path)
     return written

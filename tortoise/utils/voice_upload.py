@@ -96,8 +96,7 @@ def inspect_clip(filename: str, data: bytes) -> ClipInfo:
         info = sf.info(io.BytesIO(data))
         audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad data
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UploadError(f"{label}: cannot be read as audio ({reason}); export it again as wav or flac.") from None
+        raise UploadError(_unreadable(label, e)) from None
     detected = FORMAT_EXTENSION.get(info.format)
     if detected is None:
         raise UploadError(f"{label}: {info.format} audio is not accepted; convert it to wav or flac.")
@@ -111,6 +110,17 @@ def inspect_clip(filename: str, data: bytes) -> ClipInfo:
         raise UploadError(f"{label}: the clip is silent or damaged; record it again.")
     return ClipInfo(filename=label, extension=detected, seconds=seconds, sample_rate=int(rate),
                     channels=int(audio.shape[1]))
+
+
+def _unreadable(label: str, exc: Exception) -> str:
+    """Words for a file libsndfile cannot decode. Its own message starts with the repr of the in-memory buffer
+    ("Error opening <_io.BytesIO object at 0x...>: ..."), which means nothing to the user: only the reason is kept."""
+    reason = getattr(exc, "error_string", None) or (str(exc).splitlines() or [""])[0]
+    reason = re.sub(r"^Error opening <[^>]*>:\s*", "", reason).strip().rstrip(".")
+    if not reason or re.search(r"not recogni[sz]ed|unknown format", reason, re.I):
+        return (f"{label}: this is not an audio file (its contents are not wav, flac, ogg or mp3, whatever its name "
+                f"says); upload a recording in one of those formats.")
+    return f"{label}: a damaged or unsupported audio file ({reason}); export it again as wav or flac."
 
 
 def validate_clips(clips: list[tuple[str, bytes]]) -> list[ClipInfo]:
