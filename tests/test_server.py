@@ -343,6 +343,10 @@ def test_models_and_voices_listings(client, server):
     r = httpx.get(server.url + "/v1/audio/voices", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
     assert [v["id"] for v in r["data"]][:3] == ["random", "alice", "bob"]
     assert {v["type"] for v in r["data"]} == {"random", "audio_sample", "latents"}
+    assert {v["source"] for v in r["data"]} == {"random", "user"}  # the original voices are not fetched here
+    with pytest.raises(openai.BadRequestError) as e:
+        client.audio.speech.create(model="tts-1", voice="tom", input="Hello.")
+    assert "original Tortoise voices" in e.value.body["message"] and "tortoise-voices fetch" in e.value.body["message"]
 
 
 # ---------------------------------------------------------------- concurrency, disconnects
@@ -497,7 +501,8 @@ def test_voice_upload_with_the_web_uis_checks(server, client, voices_dir):
                                   ("doc.pdf", tone(2.0, 200.0))])
     error = bad.json()["error"]["message"]
     assert bad.status_code == 400 and "\n" not in error
-    assert "notes.wav: cannot be read" in error and "short.wav" in error and "doc.pdf: not an audio clip" in error
+    assert "notes.wav: this is not an audio file" in error and "short.wav" in error
+    assert "doc.pdf: not an audio clip" in error
     assert not (voices_dir / "dave").exists()
     assert upload(server, "random", [("a.wav", tone(2.0, 200.0))]).status_code == 400  # reserved by the syntax
     assert upload(server, "...", [("a.wav", tone(2.0, 200.0))]).status_code == 400  # no safe name left

@@ -48,6 +48,7 @@ class ServerConfig:
     api_key: Optional[str] = None
     timeout: Optional[float] = None       # seconds from arrival to the last byte; None: no limit
     model_identity: dict = field(default_factory=dict)
+    latent_widths: Optional[tuple] = None  # (AR, diffusion) widths a .pth voice must have for these models
 
 
 # ---------------------------------------------------------------- errors
@@ -264,7 +265,10 @@ async def speech_route(request, config, engine, voices):
     if not engine.ready:
         raise _not_ready(engine)
     req = speech.speech_request(await request.body(), config.model_identity)
-    voice = await anyio.to_thread.run_sync(voices.load, req.names)
+    widths = config.latent_widths
+    if widths is not None and req.settings.stream:
+        widths = (widths[0], None)  # the streaming path uses the autoregressive latent only
+    voice = await anyio.to_thread.run_sync(voices.load, req.names, widths)
     try:
         job = engine.submit(_work(voice, req), asyncio.get_running_loop(), config.timeout)
     except QueueFull as e:

@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from tortoise.cli import UsageError, _flag, _one_line, add_model_arguments, check_model_args, choose_vocoder
+from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, one_line
 
 API_KEY_ENV = "TORTOISE_API_KEY"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,13 +131,15 @@ def serve(args, say):
 
     def fatal(error):
         failure.append(error)
-        print(f"tortoise-server: error: the models could not be loaded: {type(error).__name__}: {_one_line(error)}",
+        print(f"tortoise-server: error: the models could not be loaded: {type(error).__name__}: {one_line(error)}",
               file=sys.stderr, flush=True)
         server.should_exit = True
 
     engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=fatal)
+    from tortoise.utils.voices import expected_latent_widths
     config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
-                          api_key=api_key, timeout=args.timeout or None)
+                          api_key=api_key, timeout=args.timeout or None,
+                          latent_widths=expected_latent_widths(args.models_dir))
     app = create_app(config, engine)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
@@ -159,7 +161,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         return serve(args, lambda message: print(message, flush=True))
     except UsageError as e:
-        print(f"tortoise-server: error: {_one_line(e)}", file=sys.stderr)
+        print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

@@ -6,15 +6,7 @@ machine-readable reason or None.
 """
 from __future__ import annotations
 
-MAX_MESSAGE = 600
-
-
-def one_line(text) -> str:
-    """``text`` (or an exception) as one line of at most :data:`MAX_MESSAGE` characters."""
-    if isinstance(text, BaseException):
-        text = str(text) or type(text).__name__
-    line = " ".join(str(text).split())
-    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
+from tortoise.utils.errors import one_line  # noqa: F401 (one line of at most 600 characters; also for the app)
 
 
 def error_body(message, type="invalid_request_error", param=None, code=None) -> dict:

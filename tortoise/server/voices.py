@@ -12,7 +12,8 @@ import os
 import threading
 
 from tortoise.server.errors import APIError, bad_request
-from tortoise.utils.voices import LATENT_EXTENSION, RANDOM_VOICE, check_voice_name, get_voices
+from tortoise.utils.voices import (LATENT_EXTENSION, RANDOM_VOICE, check_voice_name, get_voices, search_dirs,
+                                   unknown_voice_error, voice_dir_names)
 
 UPLOAD_FIELDS = ("audio_sample", "audio_samples", "files", "file")  # OpenAI's name first
 MAX_UPLOAD_BYTES = 128 * 1024 * 1024  # one request; every clip is also held to the web UI's per-clip limit
@@ -20,24 +21,35 @@ VOICE_CACHE_SIZE = 8
 ADD_HINT = "send add_to_existing=true to add the clips to it"
 
 
-def voice_object(name, files):
-    """A voice as OpenAI's ``audio.voice`` object: id, name, created_at (newest file time), type."""
+def voice_object(name, files, source="user"):
+    """A voice as OpenAI's ``audio.voice`` object (id, name, created_at: its newest file's time, type) plus where it
+    comes from (``source``: ``user`` for the voices directories, ``package``, ``original`` for the fetched original
+    Tortoise voices, ``random``)."""
     if name == RANDOM_VOICE:
-        kind, created = "random", 0
+        kind, created, source = "random", 0, "random"
     else:
         kind = "latents" if files and all(f.endswith(LATENT_EXTENSION) for f in files) else "audio_sample"
         created = int(max((os.path.getmtime(f) for f in files), default=0))
-    return {"id": name, "object": "audio.voice", "name": name, "type": kind, "created_at": created}
+    return {"id": name, "object": "audio.voice", "name": name, "type": kind, "created_at": created, "source": source}
 
 
 def list_voices(voices_dirs):
-    """Every voice a request may name, ``random`` first, then the voices of the voices directories by name (the
-    server's one voice listing)."""
+    """Every voice a request may name, ``random`` first, then by name the voices of the voices directories, the
+    package's and the fetched original voices (where two share a name the first in that order wins, as
+    :func:`tortoise.utils.voices.get_voices` decides). The server's one voice listing."""
     found = get_voices(voices_dirs)
-    return [voice_object(RANDOM_VOICE, [])] + [voice_object(name, found[name]) for name in sorted(found)]
+    sources = {}
+    for directory, source in search_dirs(voices_dirs):
+        for name in voice_dir_names(directory):
+            sources.setdefault(name, source)
+    return [voice_object(RANDOM_VOICE, [])] + [voice_object(name, found[name], sources.get(name, "user"))
+                                               for name in sorted(found)]
 
 
 def unknown_voice(name, known):
+    from tortoise.voices.original import original_voice_names
+    if name in original_voice_names():  # not fetched (or damaged): the shared message says how to fetch them
+        return bad_request(str(unknown_voice_error(name, known)), param="voice", code="voice_not_found")
     shown = ", ".join(sorted(known)[:40])
     more = f" and {len(known) - 40} more" if len(known) > 40 else ""
     return bad_request(f"unknown voice {name!r}: known voices are random{', ' if shown else ''}{shown}{more} "
@@ -55,8 +67,9 @@ class VoiceLoader:
         self._cache = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def load(self, names):
-        """The :class:`~tortoise.render.Voice` of ``names`` (400 for an unknown or unusable voice)."""
+    def load(self, names, latent_widths=None):
+        """The :class:`~tortoise.render.Voice` of ``names`` (400 for an unknown or unusable voice; a ``.pth`` voice
+        must hold latents of ``latent_widths``, see :func:`tortoise.utils.voices.expected_latent_widths`)."""
         from tortoise.render import load_voice_group
         from tortoise.utils.voices import VoiceError
         known = get_voices(self.voices_dirs)
@@ -70,14 +83,14 @@ class VoiceLoader:
                                   "leading dot)", param="voice") from None
             if name not in known:
                 raise unknown_voice(name, known)
-        key = (tuple(names), tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                                   for n in names if n != RANDOM_VOICE for f in known[n]))
+        key = (tuple(names), latent_widths, tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                                                  for n in names if n != RANDOM_VOICE for f in known[n]))
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            voice = load_voice_group(list(names), self.voices_dirs)
+            voice = load_voice_group(list(names), self.voices_dirs, latent_widths=latent_widths)
         except (VoiceError, ValueError) as e:
             raise bad_request(str(e), param="voice") from None
         with self._lock:
