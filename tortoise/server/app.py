@@ -237,10 +237,8 @@ def _sse(payload):
 async def _sse_events(chunks, encoder, usage):
     """OpenAI's speech events: ``speech.audio.delta`` with base64 audio, then ``speech.audio.done`` with usage; a
     failure after the start is one ``error`` event (OpenAI's error object) ending the stream."""
-    samples = 0
     try:
         async for chunk in chunks:
-            samples += chunk.numel()
             data = await anyio.to_thread.run_sync(encoder.write, chunk.numpy())
             if data:
                 yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})

@@ -10,6 +10,7 @@ import importlib.util
 import ipaddress
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
@@ -150,6 +151,10 @@ def serve(args, say):
     return 0 if server.started else EXIT_FAILED
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"tortoise-server: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None):
     """Console entry point ``tortoise-server``; returns the exit status."""
     missing = _missing_server_packages()
@@ -159,6 +164,7 @@ def main(argv=None):
         return EXIT_BAD_INPUT
     try:
         args = build_parser().parse_args(argv)
+        warnings.formatwarning = _one_line_warning  # "tortoise-server: warning: ..." instead of a source excerpt
         return serve(args, lambda message: print(message, flush=True))
     except UsageError as e:
         print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
