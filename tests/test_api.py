@@ -371,3 +371,10 @@ def test_conditioning_latents_of_other_models_are_one_clear_error(tts):
     nan = (torch.full((1, tts.autoregressive.model_dim), float("nan")), torch.zeros(1, 128))
     with pytest.raises(ValueError, match="NaN"):
         tts.tts(TEXT, conditioning_latents=nan, verbose=False, **FAST)
+
+
+def test_latents_that_overflow_the_model_stop_with_the_stage_named(tts):
+    """Finite but absurd latents (1e30) overflow the AR model: the first logits are not finite."""
+    huge = (torch.full((1, tts.autoregressive.model_dim), 1e30), torch.zeros(1, 128))
+    with pytest.raises(pipeline.NonFiniteError, match="first logits"):
+        tts.tts(TEXT, conditioning_latents=huge, verbose=False, **FAST)

@@ -250,9 +250,8 @@ def sample_codes(models, cond, text_tokens, opts, batch, progress=silent, genera
 
             def run(n=n, base=base, span=span):
                 state = ar.prefill(cond.auto_latent, text_tokens, n, opts.max_mel_tokens)
-                codes = ar.decode(state, sampling, lambda step, _: progress("autoregressive",
-                                                                            base + step * n, span))
-                return codes
+                ensure_finite(state.logits, "autoregressive model's first logits", "check the voice's latents")
+                return ar.decode(state, sampling, lambda step, _: progress("autoregressive", base + step * n, span))
             progress("autoregressive", base, span)
             codes = batch.attempt(run, n)
             if codes is None:
@@ -416,6 +415,7 @@ def stream(ar, decoder, cond, text_tokens, sampling, max_mel_tokens, chunk_size,
     fader = ChunkCrossfader(overlap)
     latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CODES)
     state = ar.prefill(cond.auto_latent, text_tokens, 1, max_mel_tokens)
+    ensure_finite(state.logits, "autoregressive model's first logits", "check the voice's latents")
     progress("streaming", 0, max_mel_tokens)
     for token, latent in ar.tokens(state, sampling):
         latents.append(latent[0])
