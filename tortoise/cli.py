@@ -133,6 +133,12 @@ def build_parser():
     s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
     s.add_argument(*_flag("stream"), action="store_true",
                    help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
+    r = p.add_argument_group("Ray cluster (pip install 'tortoise-tts-xpu[ray]')")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="read on a Ray cluster, clips spread over its GPUs (or CPUs): a new local cluster, or the "
+                        "one at ADDRESS (HOST:PORT, ray://HOST:PORT, auto); give the text before --ray or by --text")
+    r.add_argument(*_flag("ray_actors"), type=int, default=None, metavar="N",
+                   help="Ray actors, each holding the models (default: one per GPU, else one per CPU)")
     return p
 
 
@@ -226,6 +232,13 @@ def check_args(args, opts, n_clips):
                          "with")
     if args.skip_existing and args.regenerate:
         raise UsageError("--skip_existing and --regenerate contradict each other: use one")
+    if args.ray_actors is not None and args.ray is None:
+        raise UsageError("--ray_actors needs --ray (read on a Ray cluster)")
+    if args.ray is not None:
+        from tortoise.distributed import require_ray
+        from tortoise.distributed.reader import RayOptions, check_address
+        require_ray()
+        RayOptions(check_address(args.ray), args.ray_actors)
 
 
 def output_dir(args):
@@ -316,12 +329,17 @@ def run(args, say):
     job = make_job(args, texts, opts, voices, vocoder)
     tasks = render.plan(job)  # refuses to replace an earlier run's files before any model loads
     say(f"Seed {job.settings.seed} (pass --seed {job.settings.seed} to reproduce this run)")
-    tts = make_tts(args, vocoder, say) if any(t.action == "render" for t in tasks) else None
+    to_render = any(t.action == "render" for t in tasks)
     bar = TqdmProgress(not args.quiet)
     written = []
+    on_clip = lambda task, paths, error: written.extend(paths)  # noqa: E731
     try:
-        result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
-                               say, tasks=tasks, on_clip=lambda task, paths, error: written.extend(paths))
+        if args.ray is not None and to_render:
+            result = read_on_ray(args, job, tasks, vocoder, bar, say, on_clip)
+        else:
+            tts = make_tts(args, vocoder, say) if to_render else None
+            result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
+                                   say, tasks=tasks, on_clip=on_clip)
     except BaseException:
         bar.close()
         if written:
@@ -330,7 +348,21 @@ def run(args, say):
         raise
     bar.close()
     say(summary(job, result))
+    if result.failed:
+        failed = ", ".join(f"{label}_{idx:02d} ({why})" for label, idx, why in result.failed)
+        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {_one_line(failed)}; the "
+              f"finished clips are in {job.out_dir}: rerun with --skip_existing to render the missing ones",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
+    """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); the bar counts clips."""
+    from tortoise.distributed.reader import RayOptions, read
+    options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, log_to_driver=not args.quiet)
+    return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,
+                lambda stage, done, total: stage == "clips" and bar(stage, done, total), say, on_clip)
 
 
 def summary(job, result):
@@ -351,21 +383,30 @@ def summary(job, result):
     return line
 
 
-def make_tts(args, vocoder, say):
+def tts_arguments(args, vocoder):
+    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too)."""
+    return dict(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
+                enable_redaction=not args.disable_redaction, device=args.device, high_vram=not args.low_vram,
+                kv_cache=not args.no_cache, half=args.half, dtype=args.dtype, ar_checkpoint=args.ar_checkpoint,
+                clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
+                vocoder="univnet" if args.stream else vocoder, preload=not args.stream, compile=args.compile,
+                int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
+                kv_cache_positions="original" if args.original_kv_positions else "contiguous")
+
+
+def new_tts(kwargs, stream=False):
+    """A loaded :class:`tortoise.api.TextToSpeech` (the streaming path loads only the AR model and HiFi-GAN)."""
     from tortoise.api import TextToSpeech
+    tts = TextToSpeech(**kwargs)
+    if stream:
+        tts.preload(("autoregressive", "hifidecoder"))
+    return tts
+
+
+def make_tts(args, vocoder, say):
     say("Loading models (HiFi-GAN decoder, streaming)..." if args.stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
-    tts = TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
-                       enable_redaction=not args.disable_redaction, device=args.device,
-                       high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half, dtype=args.dtype,
-                       ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder="univnet" if args.stream else vocoder,
-                       preload=not args.stream,
-                       compile=args.compile, int8=args.int8, tokenizer_vocab_file=args.tokenizer,
-                       hub_revision=args.hub_revision,
-                       kv_cache_positions="original" if args.original_kv_positions else "contiguous")
-    if args.stream:
-        tts.preload(("autoregressive", "hifidecoder"))
+    tts = new_tts(tts_arguments(args, vocoder), args.stream)
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
     return tts
 
@@ -407,6 +448,9 @@ def _is_input_error(e):
         DeviceUnavailable = ()
     from tortoise.pipeline import NonFiniteError
     from tortoise.render import OutputError
+    from tortoise.distributed import RayUnavailable
+    if isinstance(e, RayUnavailable):
+        return True
     if isinstance(e, (NonFiniteError, OutputError)):
         return False
     return isinstance(e, (UsageError, VoiceError, CheckpointError, DeviceUnavailable, ValueError))

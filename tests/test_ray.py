@@ -1,0 +1,222 @@
+"""Reading a book on Ray (tortoise.distributed.reader, ``tortoise-tts --ray``) on a real local Ray cluster started
+here (``ray.init(num_cpus=2)``, stopped at the end), with tiny random-weight models and 2 actors: a whole read, the
+same audio with 1 actor and with 2 (and as the single-process loop renders it), an actor killed mid-run, and a run
+resumed after its driver was killed mid-run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+import soundfile as sf
+import torch
+
+from tortoise import cli, render
+from tortoise.api import preset_options
+from tortoise.distributed import reader
+
+SENTENCES = ("The first sentence is short.", "Here comes the second one.", "A third sentence follows it.",
+             "Then there is a fourth.", "The fifth is nearly the last.", "And this is the end.")
+TEXT = " ".join(SENTENCES)
+QUICK = ["--num_autoregressive_samples", "2", "--max_mel_tokens", "20", "--steps", "2", "--vocoder", "univnet",
+         "-p", "ultra_fast", "--seed", "3", "--text_split", "20,40"]
+ENV = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def tone(path, seconds, f0, sr=22050):
+    t = np.arange(int(sr * seconds)) / sr
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t) * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32),
+             sr)
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voices")
+    (root / "alice").mkdir()
+    tone(root / "alice" / "a.wav", 2.0, 220.0)
+    tone(root / "alice" / "b.wav", 1.5, 290.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs for this module; its GCS address (for drivers in other processes)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in ENV.items():
+            mp.setenv(name, value)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.delenv("TORTOISE_DEVICE", raising=False)
+        info = ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        try:
+            yield info.address_info["gcs_address"]
+        finally:
+            ray.shutdown()
+
+
+def argv(models_dir, voices, out, *extra):
+    return ["--models_dir", str(models_dir), "-V", str(voices), "-v", "alice", "-O", str(out), *QUICK, *extra,
+            "--text", TEXT]
+
+
+def job_for(models_dir, voices, out, mode="new"):
+    """The job the command line makes of :func:`argv` (same texts, voice, settings and seed)."""
+    args = cli.build_parser().parse_args(argv(models_dir, voices, out))
+    texts = cli.split_text(args.text_option, args.text_split)
+    job = cli.make_job(args, texts, cli.generation_options(args), cli.load_voice_groups(args), "univnet")
+    return render.RenderJob(job.texts, job.voices, job.settings, out, mode)
+
+
+def tts_kwargs(models_dir):
+    args = cli.build_parser().parse_args([*argv(models_dir, ".", "."), "--device", "cpu"])
+    return cli.tts_arguments(args, "univnet")
+
+
+@pytest.fixture(scope="module")
+def reference(models_dir, voices, tmp_path_factory):
+    """Every clip as the single-process loop renders it (one torch thread, as each test actor has)."""
+    out = tmp_path_factory.mktemp("local")
+    job = job_for(models_dir, voices, out)
+    assert len(job.texts) == len(SENTENCES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = render.render(cli.new_tts(tts_kwargs(models_dir)), job)
+    finally:
+        torch.set_num_threads(threads)
+    assert not result.failed
+    return {i: render.read_audio(job.clip_path("alice", i)) for i in range(len(job.texts))}
+
+
+def clips(out, n=len(SENTENCES)):
+    return {i: render.read_audio(out / f"alice_{i:02d}_00.wav") for i in range(n)}
+
+
+def same_audio(a, b):
+    assert a.keys() == b.keys()
+    for i in a:
+        assert torch.equal(a[i], b[i]), f"clip {i} differs"
+
+
+def check_finished(out, reference):
+    """Every clip is there with its record, the combined file is the clips in text order, nothing half-written."""
+    same_audio(clips(out), reference)
+    combined = render.read_audio(out / "alice_combined.wav")
+    assert torch.equal(combined, torch.cat([reference[i] for i in sorted(reference)]))
+    for i in reference:
+        record = render.read_record(out / f"alice_{i:02d}_00.wav")
+        assert record.seed == 3 + i and record.text == SENTENCES[i] and record.voice == "alice"
+
+
+def test_whole_read_same_audio_with_one_and_two_actors(cluster, models_dir, voices, reference, tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    events = []
+    with reader.ClipPool(ray, tts_kwargs(models_dir), options=reader.RayOptions(actors=2)) as pool:
+        assert len(pool.wait_ready()) == 2
+        result = pool.read(job_for(models_dir, voices, two), progress=lambda *e: events.append(e))
+        assert min(a.clips for a in pool.actors) >= 1 and sum(a.clips for a in pool.actors) == 6
+        assert pool.stats.started == 2 and not pool.stats.died
+    assert not result.failed and len(result.written) == 7 and not result.kept
+    assert [e for e in events if e[0] == "clips"] == [("clips", n, 6) for n in range(7)]  # the bar counts clips
+    check_finished(two, reference)
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".")]  # no temporary files left
+    with reader.ClipPool(ray, tts_kwargs(models_dir), options=reader.RayOptions(actors=1, threads=1)) as pool:
+        assert pool.read(job_for(models_dir, voices, one)).failed == []
+    check_finished(one, reference)
+
+
+def test_actor_killed_mid_run(cluster, models_dir, voices, reference, tmp_path):
+    killed = []
+
+    def kill_the_actor_of_clip_2(actor, task):
+        if task.index == 2 and not killed:
+            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(actor.number)
+
+    with reader.ClipPool(ray, tts_kwargs(models_dir), options=reader.RayOptions(actors=2),
+                         on_dispatch=kill_the_actor_of_clip_2) as pool:
+        pool.wait_ready()
+        result = pool.read(job_for(models_dir, voices, tmp_path))
+        assert [number for number, _ in pool.stats.died] == killed
+        assert pool.stats.retried == [("alice", 2, 1)]
+        assert pool.stats.started == 3 and len(pool.actors) == 2  # a new actor took the dead one's place
+    assert not result.failed
+    check_finished(tmp_path, reference)
+
+
+def test_failed_clips_are_reported_and_finished_ones_kept(cluster, models_dir, voices, reference, tmp_path):
+    """Retries are bounded: a clip whose actor dies every time fails after 1 + retries attempts; the others finish
+    and are written, and the voice gets no combined file."""
+    def kill_every_actor_of_clip_1(actor, task):
+        if task.index == 1:
+            os.kill(actor.pid, signal.SIGKILL)
+
+    options = reader.RayOptions(actors=2, retries=1)
+    with reader.ClipPool(ray, tts_kwargs(models_dir), options=options, on_dispatch=kill_every_actor_of_clip_1) as pool:
+        result = pool.read(job_for(models_dir, voices, tmp_path))
+        assert len(pool.stats.died) == 2 and pool.stats.retried == [("alice", 1, 1)]
+    assert [(label, idx) for label, idx, _ in result.failed] == [("alice", 1)]
+    assert "died 2 time(s)" in result.failed[0][2]
+    assert not (tmp_path / "alice_01_00.wav").exists() and not (tmp_path / "alice_combined.wav").exists()
+    finished = {i: a for i, a in reference.items() if i != 1}
+    same_audio({i: render.read_audio(tmp_path / f"alice_{i:02d}_00.wav") for i in finished}, finished)
+
+
+def test_driver_killed_mid_run_then_resumed(cluster, models_dir, voices, reference, tmp_path, capsys):
+    """The command line as a user runs it: ``--ray ADDRESS`` in its own process, killed (SIGKILL) once its first clip
+    is on disk; the same command with --skip_existing keeps what was finished and renders only the rest."""
+    out = tmp_path / "out"
+    env = dict(os.environ, **ENV)
+    driver = subprocess.Popen([sys.executable, "-m", "tortoise.cli", *argv(models_dir, voices, out, "-q"),
+                               "--ray", cluster, "--ray_actors", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    finished = []
+    while not finished and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        finished = sorted(out.glob("alice_0[0-9]_00.wav")) if out.is_dir() else []
+    driver.kill()
+    _, err = driver.communicate(timeout=60)
+    assert finished and driver.returncode == -signal.SIGKILL, err[-2000:]
+    kept = {p: p.stat().st_mtime_ns for p in sorted(out.glob("alice_0[0-9]_00.wav"))}
+    assert 0 < len(kept) < len(SENTENCES) and not (out / "alice_combined.wav").exists()
+
+    capsys.readouterr()
+    assert cli.main([*argv(models_dir, voices, out, "--skip_existing"), "--ray", cluster, "--ray_actors", "2"]) == 0
+    said = capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished clips were not rendered again
+    assert said.count("Keeping ") == len(kept) and f"kept {len(kept)} earlier clip(s)" in said
+    assert said.count("Rendering ") == len(SENTENCES) - len(kept)
+    check_finished(out, reference)
+
+
+def test_ray_flags_are_checked_before_anything_runs(models_dir, voices, tmp_path, capsys):
+    for extra, fragment in ((["--ray_actors", "2"], "--ray_actors needs --ray"),
+                            (["--ray", "Some words to read."], "is not a cluster address"),
+                            (["--ray", "--ray_actors", "0"], "--ray_actors must be at least 1")):
+        assert cli.main([*argv(models_dir, voices, tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_ray_installed_one_line_says_what_to_install(models_dir, voices, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    assert cli.main([*argv(models_dir, voices, tmp_path / "out"), "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tortoise-tts: error: Ray is not installed (no module ray): pip install 'tortoise-tts-xpu[ray]'"]
+
+
+def test_actor_layout():
+    assert reader.actor_layout({"CPU": 8.0}) == (8, {"num_cpus": 1}, 1)
+    assert reader.actor_layout({"CPU": 8.0}, actors=2) == (2, {"num_cpus": 4}, 4)
+    assert reader.actor_layout({"CPU": 8.0}, actors=2, threads=1) == (2, {"num_cpus": 1}, 1)
+    assert reader.actor_layout({"CPU": 16.0, "GPU": 4.0}) == (4, {"num_gpus": 1, "num_cpus": 1}, None)
+    assert reader.actor_layout({"CPU": 16.0, "GPU": 2.0}, actors=4) == (4, {"num_gpus": 0.5, "num_cpus": 1}, None)
+    assert reader.actor_layout({"CPU": 16.0, "GPU": 2.0}, gpus=False) == (16, {"num_cpus": 1}, 1)
+    with pytest.raises(ValueError, match="no GPUs"):
+        reader.actor_layout({"CPU": 4.0}, gpus=True)
+    assert reader.check_address(None) is None and reader.check_address("auto") == "auto"
+    assert reader.check_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    assert reader.check_address("ray://head:10001") == "ray://head:10001"
