@@ -128,39 +128,27 @@ def test_whole_read_same_audio_with_one_and_two_actors(cluster, models_dir, voic
 
 
 def test_actor_killed_mid_run(cluster, models_dir, voices, reference, tmp_path):
+    """The actor rendering clip 2 is killed once: the clip is rendered again on another actor, with the same audio.
+    Every actor that takes clip 4 is killed: after 1 + retries attempts it is reported as failed, and every other
+    clip is finished and written (the voice gets no combined file: a resumed run renders clip 4 and combines)."""
     killed = []
 
-    def kill_the_actor_of_clip_2(actor, task):
-        if task.index == 2 and not killed:
+    def kill(actor, task):
+        if task.index == 4 or (task.index == 2 and 2 not in killed):
             os.kill(actor.pid, signal.SIGKILL)
-            killed.append(actor.number)
-
-    with reader.ClipPool(ray, tts_kwargs(models_dir), options=reader.RayOptions(actors=2),
-                         on_dispatch=kill_the_actor_of_clip_2) as pool:
-        pool.wait_ready()
-        result = pool.read(job_for(models_dir, voices, tmp_path))
-        assert [number for number, _ in pool.stats.died] == killed
-        assert pool.stats.retried == [("alice", 2, 1)]
-        assert pool.stats.started == 3 and len(pool.actors) == 2  # a new actor took the dead one's place
-    assert not result.failed
-    check_finished(tmp_path, reference)
-
-
-def test_failed_clips_are_reported_and_finished_ones_kept(cluster, models_dir, voices, reference, tmp_path):
-    """Retries are bounded: a clip whose actor dies every time fails after 1 + retries attempts; the others finish
-    and are written, and the voice gets no combined file."""
-    def kill_every_actor_of_clip_1(actor, task):
-        if task.index == 1:
-            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(task.index)
 
     options = reader.RayOptions(actors=2, retries=1)
-    with reader.ClipPool(ray, tts_kwargs(models_dir), options=options, on_dispatch=kill_every_actor_of_clip_1) as pool:
+    with reader.ClipPool(ray, tts_kwargs(models_dir), options=options, on_dispatch=kill) as pool:
+        pool.wait_ready()
         result = pool.read(job_for(models_dir, voices, tmp_path))
-        assert len(pool.stats.died) == 2 and pool.stats.retried == [("alice", 1, 1)]
-    assert [(label, idx) for label, idx, _ in result.failed] == [("alice", 1)]
+        assert sorted(killed) == [2, 4, 4] and len(pool.stats.died) == 3
+        assert sorted(pool.stats.retried) == [("alice", 2, 1), ("alice", 4, 1)]
+        assert pool.stats.started >= 4  # a new actor took a dead one's place while work remained
+    assert [(label, idx) for label, idx, _ in result.failed] == [("alice", 4)]
     assert "died 2 time(s)" in result.failed[0][2]
-    assert not (tmp_path / "alice_01_00.wav").exists() and not (tmp_path / "alice_combined.wav").exists()
-    finished = {i: a for i, a in reference.items() if i != 1}
+    assert not (tmp_path / "alice_04_00.wav").exists() and not (tmp_path / "alice_combined.wav").exists()
+    finished = {i: a for i, a in reference.items() if i != 4}
     same_audio({i: render.read_audio(tmp_path / f"alice_{i:02d}_00.wav") for i in finished}, finished)
 
 

@@ -368,7 +368,7 @@ def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
 def summary(job, result):
     """The closing line: which files were written (clips by range, then the combined files), kept and removed."""
     combined = [p for p in result.written if p.name.endswith("_combined.wav") or p == job.output]
-    clips = [p for p in result.written if p not in combined]
+    clips = sorted(p for p in result.written if p not in combined)  # a Ray read writes them as they finish
     parts = []
     if clips:
         names = clips[0].name if len(clips) == 1 else f"{clips[0].name} ... {clips[-1].name}"
@@ -383,19 +383,22 @@ def summary(job, result):
     return line
 
 
-def tts_arguments(args, vocoder):
-    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too)."""
+def tts_arguments(args, vocoder, stream=None):
+    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too);
+    ``stream`` (default ``args.stream``): load only what the streaming fast path needs."""
+    stream = args.stream if stream is None else stream
     return dict(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
                 enable_redaction=not args.disable_redaction, device=args.device, high_vram=not args.low_vram,
                 kv_cache=not args.no_cache, half=args.half, dtype=args.dtype, ar_checkpoint=args.ar_checkpoint,
                 clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
-                vocoder="univnet" if args.stream else vocoder, preload=not args.stream, compile=args.compile,
+                vocoder="univnet" if stream else vocoder, preload=not stream, compile=args.compile,
                 int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
                 kv_cache_positions="original" if args.original_kv_positions else "contiguous")
 
 
 def new_tts(kwargs, stream=False):
-    """A loaded :class:`tortoise.api.TextToSpeech` (the streaming path loads only the AR model and HiFi-GAN)."""
+    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (the streaming path loads only the AR
+    model and the HiFi-GAN decoder)."""
     from tortoise.api import TextToSpeech
     tts = TextToSpeech(**kwargs)
     if stream:
@@ -403,10 +406,13 @@ def new_tts(kwargs, stream=False):
     return tts
 
 
-def make_tts(args, vocoder, say):
-    say("Loading models (HiFi-GAN decoder, streaming)..." if args.stream else f"Loading models ({vocoder} vocoder)...")
+def make_tts(args, vocoder, say, stream=None):
+    """The :class:`TextToSpeech` of the model options; ``stream`` (default ``args.stream``): load only what the
+    streaming fast path needs."""
+    stream = args.stream if stream is None else stream
+    say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
-    tts = new_tts(tts_arguments(args, vocoder), args.stream)
+    tts = new_tts(tts_arguments(args, vocoder, stream), stream)
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
     return tts
 
