@@ -208,3 +208,93 @@ def test_actor_layout():
     assert reader.check_address(None) is None and reader.check_address("auto") == "auto"
     assert reader.check_address("10.0.0.5:6379") == "10.0.0.5:6379"
     assert reader.check_address("ray://head:10001") == "ray://head:10001"
+
+
+# ---------------------------------------------------------------- serving on Ray
+
+def speech_app(job, models_dir):
+    """A minimal speech application, built on a Serve replica (the interface the speech server's app factory fills):
+    it loads the tiny models there and renders clip ``index`` of ``job`` on ``POST /speak``, as float32 samples."""
+    import threading
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    tts = cli.new_tts(dict(models_dir=models_dir, vocoder="univnet"))  # device: TORTOISE_DEVICE=cpu from Serve
+    app, lock, load = FastAPI(), threading.Lock(), {"now": 0, "most": 0}
+
+    @app.get("/whoami")
+    def whoami():
+        return {"pid": os.getpid(), "device": str(tts.device), "threads": torch.get_num_threads(), **load}
+
+    @app.post("/speak")
+    async def speak(request: Request):
+        index = (await request.json())["index"]
+        with lock:
+            load["now"] += 1
+            load["most"] = max(load["most"], load["now"])
+        try:
+            from starlette.concurrency import run_in_threadpool
+            audio = await run_in_threadpool(render.render_clip, tts, job.voices[0], job.texts[index], job.settings,
+                                            index)
+        finally:
+            with lock:
+                load["now"] -= 1
+        return Response(audio[0].numpy().tobytes(), media_type="application/octet-stream")
+    return app
+
+
+def test_speech_server_on_ray_serve(cluster, models_dir, voices, reference, tmp_path):
+    """A replica behind Serve's HTTP proxy on 127.0.0.1 builds the app (and its models) itself, renders the same audio
+    as one process does, and never gets more than max_ongoing_requests at once; past max_queued_requests Serve
+    answers 503. Stopping the server shuts Serve down."""
+    import functools
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from ray import cloudpickle
+
+    from tortoise.distributed import serve as ray_serve
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's app factory travels by value
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    options = ray_serve.ServeOptions(replicas=1, max_ongoing_requests=1, max_queued_requests=1, port=port, threads=1)
+    stop = threading.Event()
+    builder = functools.partial(speech_app, job_for(models_dir, voices, tmp_path), str(models_dir))
+    server = threading.Thread(target=ray_serve.run, args=(builder, options), kwargs={"stop": stop})
+    server.start()
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.is_alive() and time.monotonic() < deadline, "Serve did not come up"
+            try:
+                who = httpx.get(url + "/whoami", timeout=5)
+                if who.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert who.json()["pid"] != os.getpid() and who.json()["device"] == "cpu" and who.json()["threads"] == 1
+
+        def speak(index):
+            return httpx.post(url + "/speak", json={"index": index}, timeout=120)
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(speak, range(4)))
+        codes = sorted(a.status_code for a in answers)
+        assert codes[0] == 200 and 503 in codes, codes  # one at a time, one waiting, the others refused
+        for i, a in enumerate(answers):
+            if a.status_code == 200:
+                assert torch.equal(torch.from_numpy(np.frombuffer(a.content, dtype=np.float32).copy()), reference[i])
+            else:
+                assert "backpressure" in a.text, a.text
+        assert httpx.get(url + "/whoami", timeout=5).json()["most"] == 1
+    finally:
+        stop.set()
+        server.join(120)
+    assert not server.is_alive()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/whoami", timeout=5)
