@@ -298,3 +298,19 @@ def test_speech_server_on_ray_serve(cluster, models_dir, voices, reference, tmp_
     assert not server.is_alive()
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/whoami", timeout=5)
+
+
+def failing_app():
+    raise FileNotFoundError("no autoregressive.pth in /nowhere: pass --models_dir")
+
+
+def test_speech_server_that_cannot_start_on_ray_says_why_in_one_line(cluster):
+    from ray import cloudpickle
+
+    from tortoise.distributed import serve as ray_serve
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with pytest.raises(ray_serve.ServeFailed) as failed:
+        ray_serve.start(failing_app, ray_serve.ServeOptions(replicas=1, port=0, threads=1))
+    message = str(failed.value)
+    assert message == ("the speech server did not start on Ray: FileNotFoundError: no autoregressive.pth in /nowhere: "
+                       "pass --models_dir")

@@ -89,9 +89,29 @@ def start(app_builder, options=ServeOptions(), say=None):
     per = ", ".join(f"{v:g} {k[4:].upper()}" for k, v in resources.items())
     say(f"Ray Serve: {count} replica(s) of {per} each, at most {options.max_ongoing_requests} request(s) at once "
         f"per replica; starting...")
-    serve.run(app, name=DEPLOYMENT, route_prefix="/", blocking=False)
+    try:
+        serve.run(app, name=DEPLOYMENT, route_prefix="/", blocking=False)
+    except RuntimeError as e:  # Serve gave up on the replicas (their builder raised, every retry)
+        reason = _replica_error(serve) or " ".join(str(e).split())
+        serve.shutdown()
+        raise ServeFailed(f"the speech server did not start on Ray: {reason}") from None
     say(f"Serving on http://{options.host}:{options.port} through Ray Serve (Ctrl-C stops it)")
     return serve
+
+
+class ServeFailed(RuntimeError):
+    """The deployment did not start; the message is one line with the replicas' own error."""
+
+
+def _replica_error(serve):
+    """The last line of the error Serve recorded for the deployment's replicas (e.g. ``CheckpointError: ...``)."""
+    try:
+        deployments = serve.status().applications[DEPLOYMENT].deployments
+        message = deployments[DEPLOYMENT].message
+    except Exception:  # noqa: BLE001 - no status to read: the caller falls back to Serve's own message
+        return None
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:400] if lines else None
 
 
 def run(app_builder, options=ServeOptions(), say=None, stop=None):
