@@ -314,3 +314,24 @@ def test_speech_server_that_cannot_start_on_ray_says_why_in_one_line(cluster):
     message = str(failed.value)
     assert message == ("the speech server did not start on Ray: FileNotFoundError: no autoregressive.pth in /nowhere: "
                        "pass --models_dir")
+
+
+def test_server_ray_flags():
+    """``tortoise-server``'s Ray flags (added by tortoise.distributed.serve.add_arguments), checked before anything
+    starts."""
+    import argparse
+
+    from tortoise.distributed import serve as ray_serve
+    p = argparse.ArgumentParser()
+    ray_serve.add_arguments(p)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=9000)
+    assert ray_serve.options_from_args(p.parse_args([])) is None
+    options = ray_serve.options_from_args(p.parse_args(["--ray", "--ray_replicas", "3", "--max_ongoing_requests", "1"]))
+    assert options == ray_serve.ServeOptions(None, 3, 1, -1, "0.0.0.0", 9000)
+    assert ray_serve.options_from_args(p.parse_args(["--ray", "ray://head"])).address == "ray://head"
+    for argv, fragment in ((["--ray_replicas", "2"], "--ray_replicas needs --ray"),
+                           (["--ray", "not an address"], "is not a cluster address"),
+                           (["--ray", "--max_ongoing_requests", "0"], "--max_ongoing_requests must be at least 1")):
+        with pytest.raises(cli.UsageError, match=fragment):
+            ray_serve.options_from_args(p.parse_args(argv))

@@ -238,7 +238,11 @@ def check_args(args, opts, n_clips):
         from tortoise.distributed import require_ray
         from tortoise.distributed.reader import RayOptions, check_address
         require_ray()
-        RayOptions(check_address(args.ray), args.ray_actors)
+        try:
+            check_address(args.ray)
+        except ValueError as e:
+            raise UsageError(f"{e}; give the text before --ray, in --text or on stdin") from None
+        RayOptions(None, args.ray_actors)
 
 
 def output_dir(args):

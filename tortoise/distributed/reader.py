@@ -67,11 +67,13 @@ def check_address(address):
         return None
     if address == "auto":
         return address
-    rest = address.split("://", 1)[1] if address.startswith("ray://") else address
-    host, _, port = rest.rpartition(":")
+    client = address.startswith("ray://")  # Ray Client: the port may be left out (10001)
+    host, _, port = address[len("ray://"):].rpartition(":") if client else address.rpartition(":")
+    if client and not host:
+        host, port = port, "10001"
     if not host or not port.isdigit() or any(c.isspace() for c in address):
         raise ValueError(f"--ray {address!r} is not a cluster address: give HOST:PORT, ray://HOST:PORT or auto "
-                         "(or nothing for a local cluster), and put the text before --ray or in --text")
+                         "(or nothing for a local cluster)")
     return address
 
 

@@ -47,6 +47,39 @@ class ServeOptions:
             raise ValueError("--max_queued_requests must be -1 (no bound) or more")
 
 
+def add_arguments(group):
+    """``tortoise-server``'s Ray options, added to an argparse group: ``--ray [ADDRESS]``, ``--ray_replicas N``,
+    ``--max_ongoing_requests N``, ``--max_queued_requests N``."""
+    group.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="serve through Ray Serve, one replica per GPU: on a new local cluster, or the one at ADDRESS "
+                            "(HOST:PORT, ray://HOST:PORT, auto); --host/--port are then Serve's HTTP proxy")
+    group.add_argument("--ray_replicas", "--ray-replicas", type=int, default=None, metavar="N",
+                       help="replicas, each with its own models (default: one per GPU, else one per CPU)")
+    group.add_argument("--max_ongoing_requests", "--max-ongoing-requests", type=int, default=DEFAULT_MAX_ONGOING,
+                       metavar="N", help=f"requests Serve sends one replica at once (default {DEFAULT_MAX_ONGOING})")
+    group.add_argument("--max_queued_requests", "--max-queued-requests", type=int, default=-1, metavar="N",
+                       help="requests waiting in Serve for a replica; more get 503 (default -1: no bound)")
+
+
+def options_from_args(args, host="127.0.0.1", port=8000):
+    """:class:`ServeOptions` of :func:`add_arguments`' flags (plus ``args.host`` / ``args.port`` when present),
+    checked before anything starts; bad values, or Ray Serve not installed, raise the command line's
+    :class:`tortoise.cli.UsageError` (one line, exit 2)."""
+    from tortoise.cli import UsageError
+    from tortoise.distributed import RayUnavailable
+    from tortoise.distributed.reader import check_address
+    if args.ray is None:
+        if args.ray_replicas is not None:
+            raise UsageError("--ray_replicas needs --ray (serve through Ray Serve)")
+        return None
+    try:
+        require_ray(serve=True)
+        return ServeOptions(check_address(args.ray), args.ray_replicas, args.max_ongoing_requests,
+                            args.max_queued_requests, getattr(args, "host", host), getattr(args, "port", port))
+    except (ValueError, RayUnavailable) as e:
+        raise UsageError(str(e)) from None
+
+
 class SpeechReplica:
     """One replica of the speech server; its routes are those of the application the builder returns (Serve's
     ``ingress`` adds them)."""
