@@ -182,6 +182,9 @@ class ClipPool:
         kwargs = dict(tts_kwargs)
         if "num_gpus" not in resources and not kwargs.get("device"):
             kwargs["device"] = "cpu"
+        if "num_gpus" in resources and ":" in str(kwargs.get("device") or ""):
+            raise ValueError(f"--device {kwargs['device']} with --ray: Ray gives each actor its own GPU (its device "
+                             "0); give the device type only (cuda, xpu) or leave --device out")
         self._remote = ray.remote(ClipRenderer).options(max_restarts=0, max_concurrency=1, **resources)
         self._init = (kwargs, stream, threads)
         self.resources = resources
