@@ -335,3 +335,11 @@ def test_server_ray_flags():
                            (["--ray", "--max_ongoing_requests", "0"], "--max_ongoing_requests must be at least 1")):
         with pytest.raises(cli.UsageError, match=fragment):
             ray_serve.options_from_args(p.parse_args(argv))
+
+
+def test_actors_that_cannot_load_the_models_stop_the_read_in_one_line(cluster, models_dir, voices, tmp_path):
+    kwargs = dict(tts_kwargs(models_dir), models_dir=str(tmp_path / "no_models"))
+    with reader.ClipPool(ray, kwargs, options=reader.RayOptions(actors=1, threads=1)) as pool:
+        with pytest.raises(reader.NoActors, match=r"no Ray actor could load the models: CheckpointError: .*autoregressive\.pth"):
+            pool.read(job_for(models_dir, voices, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -120,7 +120,7 @@ class ClipRenderer:
             from tortoise.cli import new_tts
             self.tts = new_tts(tts_kwargs, stream)
         except Exception as e:  # noqa: BLE001 - reported by ready()
-            self.error = _one_line(e)
+            self.error = _one_line(f"{type(e).__name__}: {e}")
 
     def ready(self):
         """``{"pid", "node", "device"}`` once the models are loaded, or ``{"error": one line}``."""
@@ -149,6 +149,11 @@ class ClipFailed(RuntimeError):
     """A clip that could not be rendered (after its retries); the message says why in one line."""
 
 
+class NoActors(RuntimeError):
+    """No actor of the pool could load the models (a missing checkpoint, a device that is not there): the message is
+    one line with the actors' own error."""
+
+
 def _one_line(e):
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 400 else text[:397] + "..."
@@ -158,8 +163,9 @@ def _one_line(e):
 
 @dataclass
 class PoolStats:
-    """What happened to the pool: actors started, actors that died, clips sent again after a death."""
+    """What happened to the pool: actors started and ready, actors that died, clips sent again after a death."""
     started: int = 0
+    ready: int = 0
     died: list = field(default_factory=list)      # [(actor number, one-line reason)]
     retried: list = field(default_factory=list)   # [(label, index, attempt)]
 
@@ -270,6 +276,8 @@ class ClipPool:
                     voices[task.voice.label] = ray.put(task.voice)
                 self._send(self.idle.pop(0), task, attempt, voices[task.voice.label], settings)
             if not self.busy and not self.starting:
+                if not self.stats.ready and self.failed_start:  # nothing can run: the models did not load anywhere
+                    raise NoActors(f"no Ray actor could load the models: {self.failed_start[-1]}")
                 for task, _ in queue:
                     yield task, None, ClipFailed(self._no_actor_reason())
                 return
@@ -311,6 +319,7 @@ class ClipPool:
             self.ray.kill(actor.handle)
             return
         actor.pid, actor.node, actor.device = info["pid"], info["node"], info["device"]
+        self.stats.ready += 1
         self.say(f"Ray actor {actor.number} ready on {actor.node} ({actor.device}, pid {actor.pid})")
         self.idle.append(actor)
 
