@@ -3,6 +3,7 @@ here (``ray.init(num_cpus=2)``, stopped at the end), with tiny random-weight mod
 same audio with 1 actor and with 2 (and as the single-process loop renders it), an actor killed mid-run, and a run
 resumed after its driver was killed mid-run."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,19 @@ def check_finished(out, reference):
     for i in reference:
         record = render.read_record(out / f"alice_{i:02d}_00.wav")
         assert record.seed == 3 + i and record.text == SENTENCES[i] and record.voice == "alice"
+
+
+def test_ray_without_an_address_starts_a_local_cluster(models_dir, tmp_path):
+    """The README's command as a process of its own: ``--ray`` starts a local cluster, reads and stops it. (First in
+    this file, before the module's cluster starts.)"""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(models_dir), "-O", str(out),
+                           *QUICK, "--ray", "--ray_actors", "1", "--text", "Hello there."],
+                          env=dict(os.environ, **ENV), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"Ray: 1 actor\(s\) of \d+ CPU each, on a cluster of \d+ CPU and 0 GPU", done.stdout), done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["random_00_00.wav", "random_combined.wav"]
+    assert render.read_record(out / "random_00_00.wav").seed == 3
 
 
 def test_whole_read_same_audio_with_one_and_two_actors(cluster, models_dir, voices, reference, tmp_path):

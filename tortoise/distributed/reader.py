@@ -42,14 +42,15 @@ class RayOptions:
     cluster has any; False forces CPU actors. ``retries``: how many more times a clip whose actor died is tried.
     ``start_timeout``: seconds to wait for an actor to start when no actor is alive (then the remaining clips fail).
     ``threads``: torch threads of each CPU actor (None: the cluster's CPUs shared out). On CPU the thread count
-    changes float sums in the last bits, so bit-identical audio across runs needs the same threads per actor."""
+    changes float sums in the last bits, so bit-identical audio across runs needs the same threads per actor.
+    ``quiet``: Ray's own output (the actors' prints, its warnings) is not shown."""
     address: str = None
     actors: int = None
     gpus: bool = None
     threads: int = None
     retries: int = DEFAULT_RETRIES
     start_timeout: float = START_TIMEOUT_S
-    log_to_driver: bool = True
+    quiet: bool = False
 
     def __post_init__(self):
         if self.actors is not None and self.actors < 1:
@@ -82,8 +83,8 @@ def connect(options):
     cluster when there is no address."""
     ray = require_ray()
     if not ray.is_initialized():
-        ray.init(address=check_address(options.address) or "local", log_to_driver=options.log_to_driver,
-                 include_dashboard=False, logging_level="WARNING")
+        ray.init(address=check_address(options.address) or "local", log_to_driver=not options.quiet,
+                 include_dashboard=False, logging_level="ERROR" if options.quiet else "WARNING")
     return ray
 
 
@@ -201,7 +202,7 @@ class ClipPool:
         self.failed_start = []
         for _ in range(self.count):
             self._start()
-        per = ", ".join(f"{v:g} {k[4:].upper()}" for k, v in resources.items())
+        per = ", ".join(f"{v:g} {k[4:-1].upper()}" for k, v in resources.items())
         have = ray.cluster_resources()
         self.say(f"Ray: {self.count} actor(s) of {per} each, on a cluster of {have.get('CPU', 0):g} CPU and "
                  f"{have.get('GPU', 0):g} GPU")

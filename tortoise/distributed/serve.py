@@ -36,7 +36,7 @@ class ServeOptions:
     port: int = 8000
     gpus: bool = None
     threads: int = None
-    log_to_driver: bool = True
+    quiet: bool = False
 
     def __post_init__(self):
         if self.replicas is not None and self.replicas < 1:
@@ -115,11 +115,11 @@ def start(app_builder, options=ServeOptions(), say=None):
     """Connect to (or start) the cluster, start Serve's HTTP proxy on ``options.host:port`` and deploy the speech
     server; returns once every replica has started (their models may still be loading: ``GET /ready``)."""
     say = say or (lambda message: None)
-    ray = connect(RayOptions(options.address, log_to_driver=options.log_to_driver))
+    ray = connect(RayOptions(options.address, quiet=options.quiet))
     serve = require_ray(serve=True)
     app, count, resources = speech_deployment(app_builder, ray.cluster_resources(), options)
     serve.start(http_options={"host": options.host, "port": options.port})
-    per = ", ".join(f"{v:g} {k[4:].upper()}" for k, v in resources.items())
+    per = ", ".join(f"{v:g} {k[4:-1].upper()}" for k, v in resources.items())
     say(f"Ray Serve: {count} replica(s) of {per} each, at most {options.max_ongoing_requests} request(s) at once "
         f"per replica; starting...")
     try:
