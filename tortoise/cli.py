@@ -362,7 +362,7 @@ def run(args, say):
 
 
 def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
-    """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); the bar counts clips."""
+    """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); a bar counts clips."""
     from tortoise.distributed.reader import RayOptions, read
     options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, quiet=args.quiet)
     return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,

@@ -51,8 +51,8 @@ def add_arguments(group):
     """``tortoise-server``'s Ray options, added to an argparse group: ``--ray [ADDRESS]``, ``--ray_replicas N``,
     ``--max_ongoing_requests N``, ``--max_queued_requests N``."""
     group.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                       help="serve through Ray Serve, one replica per GPU: on a new local cluster, or the one at ADDRESS "
-                            "(HOST:PORT, ray://HOST:PORT, auto); --host/--port are then Serve's HTTP proxy")
+                       help="serve through Ray Serve, one replica per GPU: on a new local cluster, or the one at "
+                            "ADDRESS (HOST:PORT, ray://HOST:PORT, auto); --host/--port are then Serve's HTTP proxy")
     group.add_argument("--ray_replicas", "--ray-replicas", type=int, default=None, metavar="N",
                        help="replicas, each with its own models (default: one per GPU, else one per CPU)")
     group.add_argument("--max_ongoing_requests", "--max-ongoing-requests", type=int, default=DEFAULT_MAX_ONGOING,
