@@ -108,6 +108,12 @@ def build_parser():
     s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
     s.add_argument(*_flag("stream"), action="store_true",
                    help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
+    r = p.add_argument_group("Ray cluster (pip install 'tortoise-tts-xpu[ray]')")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="read on a Ray cluster, clips spread over its GPUs (or CPUs): a new local cluster, or the "
+                        "one at ADDRESS (HOST:PORT, ray://HOST:PORT, auto); give the text before --ray or by --text")
+    r.add_argument(*_flag("ray_actors"), type=int, default=None, metavar="N",
+                   help="Ray actors, each holding the models (default: one per GPU, else one per CPU)")
     return p
 
 
@@ -257,6 +263,25 @@ def check_args(args, opts, n_clips):
     check_model_args(args)
     if args.skip_existing and args.regenerate:
         raise UsageError("--skip_existing and --regenerate contradict each other: use one")
+    check_ray_args(args)
+
+
+def check_ray_args(args):
+    if args.ray_actors is not None and args.ray is None:
+        raise UsageError("--ray_actors needs --ray (read on a Ray cluster)")
+    if args.ray is None:
+        return
+    from tortoise.distributed import RayUnavailable, require_ray
+    from tortoise.distributed.reader import RayOptions, check_address
+    try:
+        require_ray()
+    except RayUnavailable as e:
+        raise UsageError(str(e)) from None
+    try:
+        check_address(args.ray)
+    except ValueError as e:
+        raise UsageError(f"{e}; give the text before --ray, in --text or on stdin") from None
+    RayOptions(None, args.ray_actors)
 
 
 def check_model_args(args):
@@ -362,12 +387,17 @@ def run(args, say):
     job = make_job(args, texts, opts, voices, vocoder)
     tasks = render.plan(job)  # refuses to replace an earlier run's files before any model loads
     say(f"Seed {job.settings.seed} (pass --seed {job.settings.seed} to reproduce this run)")
-    tts = make_tts(args, vocoder, say) if any(t.action == "render" for t in tasks) else None
+    to_render = any(t.action == "render" for t in tasks)
     bar = TqdmProgress(not args.quiet)
     written = []
+    on_clip = lambda task, paths, error: written.extend(paths)  # noqa: E731
     try:
-        result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
-                               say, tasks=tasks, on_clip=lambda task, paths, error: written.extend(paths))
+        if args.ray is not None and to_render:
+            result = read_on_ray(args, job, tasks, vocoder, bar, say, on_clip)
+        else:
+            tts = make_tts(args, vocoder, say) if to_render else None
+            result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
+                                   say, tasks=tasks, on_clip=on_clip)
     except BaseException:
         bar.close()
         if written:
@@ -376,13 +406,27 @@ def run(args, say):
         raise
     bar.close()
     say(summary(job, result))
+    if result.failed:
+        failed = ", ".join(f"{label}_{idx:02d} ({why})" for label, idx, why in result.failed)
+        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {errors.one_line(ValueError(failed))}; the "
+              f"finished clips are in {job.out_dir}: rerun with --skip_existing to render the missing ones",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
+    """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); a bar counts clips."""
+    from tortoise.distributed.reader import RayOptions, read
+    options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, quiet=args.quiet)
+    return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,
+                lambda stage, done, total: stage == "clips" and bar(stage, done, total), say, on_clip)
 
 
 def summary(job, result):
     """The closing line: which files were written (clips by range, then the combined files), kept and removed."""
     combined = [p for p in result.written if p.name.endswith("_combined.wav") or p == job.output]
-    clips = [p for p in result.written if p not in combined]
+    clips = sorted(p for p in result.written if p not in combined)  # a Ray read writes them as they finish
     parts = []
     if clips:
         names = clips[0].name if len(clips) == 1 else f"{clips[0].name} ... {clips[-1].name}"
@@ -397,24 +441,36 @@ def summary(job, result):
     return line
 
 
-def make_tts(args, vocoder, say, stream=None):
-    """The :class:`TextToSpeech` of :func:`add_model_arguments`' options; ``stream`` (default ``args.stream``): load
-    only what the streaming fast path needs."""
+def tts_arguments(args, vocoder, stream=None):
+    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too);
+    ``stream`` (default ``args.stream``): load only what the streaming fast path needs."""
+    stream = args.stream if stream is None else stream
+    return dict(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
+                enable_redaction=not args.disable_redaction, device=args.device, high_vram=not args.low_vram,
+                kv_cache=not args.no_cache, half=args.half, dtype=args.dtype, ar_checkpoint=args.ar_checkpoint,
+                clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
+                vocoder="univnet" if stream else vocoder, preload=not stream, compile=args.compile,
+                int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
+                kv_cache_positions="original" if args.original_kv_positions else "contiguous")
+
+
+def new_tts(kwargs, stream=False):
+    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (the streaming path loads only the AR
+    model and the HiFi-GAN decoder)."""
     from tortoise.api import TextToSpeech
+    tts = TextToSpeech(**kwargs)
+    if stream:
+        tts.preload(("autoregressive", "hifidecoder"))
+    return tts
+
+
+def make_tts(args, vocoder, say, stream=None):
+    """The :class:`TextToSpeech` of the model options; ``stream`` (default ``args.stream``): load only what the
+    streaming fast path needs."""
     stream = args.stream if stream is None else stream
     say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
-    tts = TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
-                       enable_redaction=not args.disable_redaction, device=args.device,
-                       high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half, dtype=args.dtype,
-                       ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder="univnet" if stream else vocoder,
-                       preload=not stream,
-                       compile=args.compile, int8=args.int8, tokenizer_vocab_file=args.tokenizer,
-                       hub_revision=args.hub_revision,
-                       kv_cache_positions="original" if args.original_kv_positions else "contiguous")
-    if stream:
-        tts.preload(("autoregressive", "hifidecoder"))
+    tts = new_tts(tts_arguments(args, vocoder, stream), stream)
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
     return tts
 
@@ -430,11 +486,13 @@ def main(argv=None):
     except UsageError as e:
         return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    warnings.formatwarning = _one_line_warning  # "tortoise-tts: warning: ..." instead of a source excerpt
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # "tortoise-tts: warning: ..."
     try:
         return run(args, say)
     except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
         return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Progress = Callable[[str, int, int], None]
 STAGES = ("conditioning", "autoregressive", "ranking", "latents", "diffusion", "vocoder", "streaming")
 STAGE_LABELS = {"conditioning": "Conditioning on the voice", "autoregressive": "Drawing autoregressive samples",
                 "ranking": "Ranking candidates (CLVP)", "latents": "Autoregressive latents",
-                "diffusion": "Diffusion", "vocoder": "Vocoding", "streaming": "Streaming"}
+                "diffusion": "Diffusion", "vocoder": "Vocoding", "streaming": "Streaming", "clips": "Clips"}
 
 
 class Cancelled(Exception):

@@ -11,7 +11,10 @@ Layers, from the inside out:
   a clip only when it was made from the same text, voice and settings, and renders a stale one again.
 - :func:`plan`: for a :class:`RenderJob`, which clips to render and which to keep; refuses up front (before any
   model loads) to replace files a user did not ask to replace.
-- :func:`render`: runs the plan clip by clip; every finished clip is on disk (atomically) before the next starts.
+- :func:`run_plan`: the driver's half of a run: kept clips read back, rendered clips written (atomically) as a
+  clip renderer delivers them, in any order, then each voice's combined file in text order. :func:`render` runs
+  it with :func:`local_renderer` (clip by clip in this process, each on disk before the next starts); the Ray
+  reader (:mod:`tortoise.distributed.reader`) runs it with a pool of Ray actors.
 """
 import dataclasses
 import hashlib
@@ -381,46 +384,80 @@ def _glob_escape(text):
 
 
 def render(tts, job, progress=silent, say=None, on_clip=None, tasks=None):
-    """Run ``job``: every clip rendered or kept per :func:`plan`, written as it finishes, then each voice's combined
-    file. ``say(message)`` gets one line per clip; ``on_clip(task, paths, error)`` runs after every clip (kept
-    clips included); ``progress`` is the pipeline's callback, plus ``("clips", done, total)`` between clips.
+    """Run ``job`` in this process: every clip rendered or kept per :func:`plan`, written as it finishes, then each
+    voice's combined file. ``say(message)`` gets one line per clip; ``on_clip(task, paths, error)`` runs after every
+    clip (kept clips included); ``progress`` is the pipeline's callback, plus ``("clips", done, total)`` as clips
+    finish.
 
     A failing clip stops the run (its finished clips stay on disk) unless ``job.keep_going``; then it is reported
     in the result and the voice gets no combined file."""
-    say = say or (lambda message: None)
     tasks = plan(job) if tasks is None else tasks
-    result = RenderResult()
-    total = len(tasks)
-    by_voice = {}
-    for n, task in enumerate(tasks):
-        progress("clips", n, total)
-        parts = by_voice.setdefault(task.voice.label, [])
-        paths, error = [], None
-        if task.action == "keep":
-            say(f"Keeping {job.clip_path(task.voice.label, task.index).name}")
-            parts.append(read_audio(job.clip_path(task.voice.label, task.index)))
-            result.kept.append(job.clip_path(task.voice.label, task.index))
-        else:
+    return run_plan(job, tasks, local_renderer(tts, job, progress, say), progress, say, on_clip)
+
+
+def local_renderer(tts, job, progress=silent, say=None):
+    """The clip renderer of :func:`render`: the clips one after the other, in text order, with ``tts`` in this
+    process (each is written by :func:`run_plan` before the next one starts)."""
+    say = say or (lambda message: None)
+
+    def clips(tasks):
+        for n, task in enumerate(tasks):
             note = {"stale": " (the file there was made from other text, voice or settings)",
                     "asked": " (again, as asked)"}.get(task.reason, "")
-            say(f"Rendering {task.voice.label}_{task.index:02d} ({n + 1} of {total}){note}: {task.text}")
+            say(f"Rendering {task.voice.label}_{task.index:02d} ({n + 1} of {len(tasks)}){note}: {task.text}")
             try:
                 audio = render_clip(tts, task.voice, task.text, job.settings, task.index, progress)
-                paths = write_clip(job, task, audio)
-                result.written.extend(paths)
-                parts.append(audio[0])
-            except Exception as e:  # noqa: BLE001 - recorded per clip when keep_going, else re-raised
-                if not job.keep_going or isinstance(e, (OutputError, KeyboardInterrupt)):
-                    raise
-                error = " ".join(str(e).split()) or type(e).__name__
-                result.failed.append((task.voice.label, task.index, error))
-                parts.append(None)
+            except Exception as e:  # noqa: BLE001 - run_plan records it (keep_going) or raises it
+                yield task, None, e
+            else:
+                yield task, audio, None
+    return clips
+
+
+def run_plan(job, tasks, renderer, progress=silent, say=None, on_clip=None):
+    """The driver's half of a run, shared by :func:`render` and the Ray reader (:mod:`tortoise.distributed`).
+
+    Kept clips are read back; ``renderer(render_tasks)`` yields ``(task, audio, error)`` for every task to render,
+    in any order, as each finishes (``audio``: :func:`render_clip`'s candidates, or None with the exception in
+    ``error``); each finished clip is written at once, with its record (:func:`write_clip`). At the end each voice
+    whose clips all exist gets its combined file, in text order, and ``overwrite`` removes an earlier, longer run's
+    clips. A failed clip is raised unless ``job.keep_going`` (then recorded in ``result.failed``; its voice gets no
+    combined file). ``progress("clips", done, total)`` counts finished clips, kept ones included."""
+    say = say or (lambda message: None)
+    result = RenderResult()
+    total, done = len(tasks), 0
+    parts = {}  # (label, index) -> first candidate's audio, None for a failed clip
+    progress("clips", 0, total)
+    for task in tasks:
+        if task.action == "keep":
+            path = job.clip_path(task.voice.label, task.index)
+            say(f"Keeping {path.name}")
+            parts[task.voice.label, task.index] = read_audio(path)
+            result.kept.append(path)
+            done += 1
+            if on_clip is not None:
+                on_clip(task, [], None)
+            progress("clips", done, total)
+    for task, audio, error in renderer([t for t in tasks if t.action != "keep"]):
+        paths = []
+        if error is None:
+            paths = write_clip(job, task, audio)
+            result.written.extend(paths)
+            parts[task.voice.label, task.index] = audio[0]
+        else:
+            if not job.keep_going or isinstance(error, OutputError):
+                raise error
+            message = " ".join(str(error).split()) or type(error).__name__
+            result.failed.append((task.voice.label, task.index, message))
+            parts[task.voice.label, task.index] = None
+        done += 1
         if on_clip is not None:
             on_clip(task, paths, error)
-    progress("clips", total, total)
-    for label, parts in by_voice.items():
-        if job.combine and parts and all(p is not None for p in parts):
-            combine(job, label, parts, result)
+        progress("clips", done, total)
+    for voice in job.voices:
+        ordered = [parts.get((voice.label, t.index)) for t in tasks if t.voice.label == voice.label]
+        if job.combine and ordered and all(p is not None for p in ordered):
+            combine(job, voice.label, ordered, result)
     if job.mode == "overwrite":
         remove_leftovers(job, result)
     return result

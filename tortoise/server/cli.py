@@ -6,6 +6,7 @@ with one line; models that fail to load stop the server with exit 1 and one line
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import ipaddress
 import os
@@ -14,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
+from tortoise.distributed import serve as ray_serve  # imports no Ray until --ray is used
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, one_line
 
 API_KEY_ENV = "TORTOISE_API_KEY"
@@ -53,6 +55,7 @@ def build_parser():
     a = p.add_argument_group("models and device")
     s = p.add_argument_group("speed")
     add_model_arguments(a, s)
+    ray_serve.add_arguments(p.add_argument_group("Ray Serve (pip install 'tortoise-tts-xpu[ray]')"))
     return p
 
 
@@ -115,19 +118,45 @@ def _missing_server_packages():
     return [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
 
 
-def serve(args, say):
-    import uvicorn
-
+def build_app(args, say, on_fatal=None):
+    """The speech server's application and its engine (its models load on the engine's thread once started)."""
     from tortoise.server.app import ServerConfig, create_app
     from tortoise.server.engine import Engine
-
-    check_args(args)
+    from tortoise.utils.voices import expected_latent_widths
     dirs = voices_dirs(args, say)
     vocoder = choose_vocoder(args.vocoder, args.models_dir)
-    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-    warning = host_warning(args.host, api_key)
+    engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=on_fatal)
+    config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
+                          api_key=api_key_of(args), timeout=args.timeout or None,
+                          latent_widths=expected_latent_widths(args.models_dir))
+    return create_app(config, engine), engine
+
+
+def api_key_of(args):
+    return args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+
+
+def replica_app(args):
+    """A Ray Serve replica's application (``tortoise-server --ray``): built on the replica, which waits for its models
+    so that a replica that cannot load them fails to start, and Serve reports its error in one line."""
+    app, engine = build_app(args, lambda message: print(message, flush=True))
+    engine.start()
+    engine.wait_loaded()
+    if engine.error is not None:
+        raise engine.error
+    return app
+
+
+def serve(args, say):
+    check_args(args)
+    warning = host_warning(args.host, api_key_of(args))
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    ray_options = ray_serve.options_from_args(args)  # bad flags, or Ray missing: one line, exit 2
+    if ray_options is not None:
+        voices_dirs(args, say)  # created or checked on the driver, before any replica starts
+        return ray_serve.run(functools.partial(replica_app, args), ray_options, say)
+    import uvicorn
     failure = []
 
     def fatal(error):
@@ -136,12 +165,7 @@ def serve(args, say):
               file=sys.stderr, flush=True)
         server.should_exit = True
 
-    engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=fatal)
-    from tortoise.utils.voices import expected_latent_widths
-    config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
-                          api_key=api_key, timeout=args.timeout or None,
-                          latent_widths=expected_latent_widths(args.models_dir))
-    app = create_app(config, engine)
+    app, engine = build_app(args, say, on_fatal=fatal)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
     engine.start()
@@ -164,10 +188,16 @@ def main(argv=None):
         return EXIT_BAD_INPUT
     try:
         args = build_parser().parse_args(argv)
-        warnings.formatwarning = _one_line_warning  # "tortoise-server: warning: ..." instead of a source excerpt
-        return serve(args, lambda message: print(message, flush=True))
+        saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # "tortoise-server: warning: ..."
+        try:
+            return serve(args, lambda message: print(message, flush=True))
+        finally:
+            warnings.formatwarning = saved
     except UsageError as e:
         print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ray_serve.ServeFailed as e:
+        print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -100,6 +100,7 @@ class Engine:
         self._durations = collections.deque(maxlen=RECENT_JOBS)
         self.counts = {"served": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
         self._thread = threading.Thread(target=self._main, name="tortoise-engine", daemon=True)
+        self._loaded = threading.Event()
 
     # ---- lifecycle
     def start(self):
@@ -116,6 +117,10 @@ class Engine:
     @property
     def ready(self):
         return self.state == READY
+
+    def wait_loaded(self, timeout=None):
+        """Block until the models have loaded or failed to (``self.error`` then holds why)."""
+        self._loaded.wait(timeout)
 
     # ---- the queue
     def submit(self, work, loop, timeout=None):
@@ -154,10 +159,12 @@ class Engine:
             self.tts = self.load()
         except BaseException as e:  # noqa: BLE001 - reported in one line; the server stops
             self.state, self.error = FAILED, e
+            self._loaded.set()
             if self.on_fatal is not None:
                 self.on_fatal(e)
             return
         self.state = READY
+        self._loaded.set()
         while True:
             job = self._take()
             if job is None:
