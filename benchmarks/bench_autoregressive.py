@@ -37,7 +37,8 @@ def build(impl, args):
     torch.manual_seed(0)
     model = UnifiedVoice(**RELEASED).eval()
     if impl == "ours":
-        model.post_init_gpt2_config(kv_cache=True, compile=args.compile, int8=args.int8)
+        half = getattr(torch, args.dtype) if args.dtype != "float32" else False
+        model.post_init_gpt2_config(kv_cache=True, compile=args.compile, int8=args.int8, half=half)
     else:
         model.post_init_gpt2_config(kv_cache=True)
     return model
@@ -75,21 +76,24 @@ def timed(fn, repeats, clock=time.perf_counter):
 
 
 def step_runner_ours(model, cond, text, context, batch):
-    """-> one_step(): a decode step (forward + sampling) of `batch` rows sharing a prompt with `context` mel codes."""
+    """-> one_step(): a decode step (forward + sampling) of `batch` rows sharing a prompt with `context` mel codes,
+    through the model's own decode loop (prefill once, then `step`)."""
     from tortoise.utils.sampling import SamplingOptions, choose_next
     ctx = torch.randint(0, 8192, (1, context))
-    prompt, prompt_ids, _, n_mel = model._build_prompt(cond, text, ctx, 1)
-    row_map = torch.zeros(batch, dtype=torch.long)
-    seen = torch.zeros(batch, model.number_mel_codes, dtype=torch.bool).scatter_(1, prompt_ids[row_map], True)
+    state = model.prefill(cond, text, 1, context + 64, input_tokens=ctx)  # one row, not timed
+    rows = torch.zeros(batch, dtype=torch.long)
+    cache = model.gpt.new_cache(batch, state.cache.length, state.cache.tensors[0])
+    cache.broadcast_from(state.cache, rows, state.prompt_len)
+    state.cache, state.seen = cache, state.seen[rows].clone()
+    state.logits, state.latent = state.logits[rows], state.latent[rows]
+    if model._should_prepack(batch, cache.tensors[0]):
+        model.gpt.prepack(batch)
     opts = SamplingOptions.from_generate_kwargs(**SAMPLING)
-    source = model._logit_source(prompt, n_mel, row_map, 64)
-    state = {"t": 0, "logits": source(None, 0)}  # the prefill, not timed
 
     def one_step():
-        token = choose_next(state["logits"], seen, opts)
-        seen.scatter_(1, token[:, None], True)
-        state["t"] += 1
-        state["logits"] = source(token, state["t"])
+        token = choose_next(state.logits, state.seen, opts)
+        state.seen.scatter_(1, token[:, None], True)
+        model.step(state, token)
     return one_step
 
 
@@ -192,17 +196,20 @@ def main(argv=None):
                         help="time with process CPU time (steadier on a shared machine; use with --threads 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the decode step")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="ours: hold the weights in this dtype (the pipeline's --half); float32 norms and heads")
     parser.add_argument("--int8", action="store_true",
                         help="ours: int8 dynamic quantization of the linears; also prints its drift from fp32")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build(args.impl, args)
-    if args.impl == "original" and (args.compile or args.int8):
-        raise SystemExit("--compile and --int8 are options of our implementation")
-    mode = args.impl + (" compiled" if args.compile else "") + (" int8" if args.int8 else "")
+    if args.impl == "original" and (args.compile or args.int8 or args.dtype != "float32"):
+        raise SystemExit("--compile, --int8 and --dtype are options of our implementation")
+    mode = (args.impl + (" compiled" if args.compile else "") + (" int8" if args.int8 else "")
+            + (f" {args.dtype} weights" if args.dtype != "float32" else ""))
     clock = time.process_time if args.cpu_time else time.perf_counter
-    print(f"UnifiedVoice full size, random weights, CPU fp32, {torch.get_num_threads()} threads, impl={mode}, "
+    print(f"UnifiedVoice full size, random weights, CPU, {torch.get_num_threads()} threads, impl={mode}, "
           f"text {args.text_tokens} tokens, {'CPU' if args.cpu_time else 'wall'} seconds, median of {args.repeats} "
           f"({args.steps} for steps)", flush=True)
     rows = run(model, args.impl, args, clock)

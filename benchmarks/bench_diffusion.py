@@ -1,4 +1,4 @@
-"""Diffusion decoder benchmark: full-size DiffusionTts (random weights), CPU, fp32, stage by stage.
+"""Diffusion decoder benchmark: full-size DiffusionTts (random weights), CPU, fp32 (ours also --dtype bfloat16), stage by stage.
 
     python benchmarks/bench_diffusion.py                      # ours
     /work/origenv/bin/python benchmarks/bench_diffusion.py --impl original
@@ -81,9 +81,11 @@ def timed(fn, repeats):
     return median_wall_cpu(fn, repeats, warmup=1)
 
 
-def run(impl, repeats, steps, stages):
+def run(impl, repeats, steps, stages, dtype="float32"):
     torch.manual_seed(0)
     model = build(impl)
+    if dtype != "float32":  # ours: the weights held in half precision, as --half places them (GroupNorms in fp32)
+        model.to(getattr(torch, dtype))
     g = torch.Generator().manual_seed(1)
     rows = []
 
@@ -185,6 +187,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="sampler steps per loop (per-step cost is reported)")
     ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma-separated subset of {ALL_STAGES}")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="ours only: hold the weights in this dtype (the pipeline's --half)")
     ap.add_argument("--original-python", default=ORIGINAL_PYTHON)
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON line (for --impl both)")
     args = ap.parse_args()
@@ -196,7 +200,9 @@ def main():
         torch.set_num_threads(args.threads)
     if args.impl == "both":
         return both(args)
-    rows = run(args.impl, args.repeats, args.steps, args.stages)
+    if args.impl == "original" and args.dtype != "float32":
+        ap.error("--dtype is an option of our implementation")
+    rows = run(args.impl, args.repeats, args.steps, args.stages, args.dtype)
     if args.json:
         print(json.dumps(rows))
     else:

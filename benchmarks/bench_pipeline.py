@@ -74,16 +74,17 @@ def fix_length(ar, codes):
         return out
 
     ar.mel_head.register_forward_hook(hook)
-    real = ar.inference_speech
+    start = "prefill" if hasattr(ar, "prefill") else "inference_speech"  # ours decodes from prefill; the original
+    real = getattr(ar, start)
 
-    def inference_speech(*a, **kw):
+    def restart(*a, **kw):
         state["step"] = 0
         return real(*a, **kw)
-    ar.inference_speech = inference_speech
+    setattr(ar, start, restart)
 
 
-def timed_pipeline(tts, api_module, codes):
-    """Fix the generation length and time each stage of either implementation's TextToSpeech (same method names)."""
+def timed_original(tts, api_module, codes):
+    """Fix the generation length and time each stage of the original's TextToSpeech."""
     timer = StageTimer()
     fix_length(tts.autoregressive, codes)
     timer.wrap(tts, "get_conditioning_latents", "conditioning")
@@ -95,11 +96,22 @@ def timed_pipeline(tts, api_module, codes):
     return tts, timer, tts.autoregressive_batch_size
 
 
+def timed_ours(tts, codes):
+    """Fix the generation length and time each of our pipeline's stage functions."""
+    from tortoise import pipeline
+    timer = StageTimer()
+    fix_length(tts.autoregressive, codes)
+    for fn, stage in (("condition", "conditioning"), ("sample_codes", "ar_sampling"), ("rank", "clvp"),
+                      ("ar_latents", "latent_pass"), ("diffuse", "diffusion"), ("vocode", "vocoder")):
+        timer.wrap(pipeline, fn, stage)
+    return tts, timer, tts.autoregressive_batch_size
+
+
 def build_ours(args):
     from tortoise import api
     tts = api.TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False,
-                           autoregressive_batch_size=args.batch_size, half=args.half)
-    return timed_pipeline(tts, api, args.codes)
+                           autoregressive_batch_size=args.batch_size, half=args.half, dtype=args.dtype)
+    return timed_ours(tts, args.codes)
 
 
 def build_original(args):
@@ -111,7 +123,7 @@ def build_original(args):
     oapi.get_model_path = lambda name, models_dir=None: os.path.join(args.models_dir, name)
     tts = oapi.TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
                             enable_redaction=False, kv_cache=True, half=args.half)
-    return timed_pipeline(tts, oapi, args.codes)
+    return timed_original(tts, oapi, args.codes)
 
 
 def overrides(args):
@@ -132,8 +144,8 @@ def run_impl(args):
     for preset in args.presets:
         runs = []
         for r in range(args.repeats):
-            if hasattr(tts, "_latent_cache"):
-                tts._latent_cache.clear()  # time the voice's encoding every repeat, as the original does
+            if hasattr(tts, "_latent_cache"):  # time the voice's encoding every repeat, as the original does
+                tts._latent_cache = type(tts._latent_cache)(tts._latent_cache.size)
             timer.times = {s: 0.0 for s in STAGES}
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -168,7 +180,9 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="override diffusion_iterations (quick checks)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu", help="ours only; the original picks cuda if present")
-    p.add_argument("--half", action="store_true")
+    p.add_argument("--half", action="store_true", help="the device's half dtype (ours: none on a CPU without bf16)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="ours only: force this dtype for the half-tolerant networks (e.g. bf16 on any CPU)")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines (the driver reads these)")
     p.add_argument("--original_python", default="/work/origenv/bin/python")
     args = p.parse_args()
@@ -208,7 +222,7 @@ def _forward_args(args, impl):
     if args.presets:
         out += ["--presets", *args.presets]
     if impl == "ours":
-        out += ["--device", args.device]
+        out += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
     return out
 
 

@@ -1,5 +1,10 @@
-"""Shared test fixtures: tiny random-weight models in the released checkpoint format, parity fixture loading."""
+"""Shared test fixtures: tiny random-weight models in the released checkpoint format, parity fixture loading, the
+original Tortoise voices fetched once per session."""
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -40,3 +45,26 @@ def tiny_diffusion_model(fx):
     model = DiffusionTts(**fx["config"]).eval()
     model.load_state_dict(fx["state_dict"], strict=True)
     return model
+
+
+@pytest.fixture(autouse=True)
+def _no_fetched_voices_of_the_user(tmp_path_factory, monkeypatch):
+    """Voices fetched into the developer's own ~/.cache never take part in a test: an empty voices cache unless a
+    test points TORTOISE_VOICES_DIR elsewhere."""
+    monkeypatch.setenv("TORTOISE_VOICES_DIR", str(tmp_path_factory.getbasetemp() / "empty_voices_cache"))
+
+
+@pytest.fixture(scope="session")
+def original_voices(tmp_path_factory):
+    """The original Tortoise voices fetched FOR REAL, once per session, by the command users run
+    (``python -m tortoise.voices fetch``: pip downloads tortoise-tts 3.0.0 from the index it is configured for) into a
+    temporary voices cache; the checked archive is kept (``--keep-archive``) for the tests that use a local file."""
+    root = tmp_path_factory.mktemp("original_voices")
+    cache, kept = root / "cache", root / "kept"
+    env = {k: v for k, v in os.environ.items() if k != "TORTOISE_VOICES_DIR"}
+    proc = subprocess.run([sys.executable, "-m", "tortoise.voices", "fetch", "--cache-dir", str(cache),
+                           "--keep-archive", str(kept)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    from tortoise.voices.original import release
+    return SimpleNamespace(cache=cache, originals=cache / "original", archive=kept / release().filename,
+                           stdout=proc.stdout, stderr=proc.stderr)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tortoise import api
+from tortoise import api, pipeline
+from tortoise.pipeline import Conditioning
 
 TEXT = "Hello there, world."
 FAST = dict(num_autoregressive_samples=4, max_mel_tokens=24, diffusion_iterations=3)
@@ -107,7 +108,7 @@ def test_latent_pass_on_short_padding_equals_padding_to_max(tts):
     codes[0, 6:] = 8193
     short = torch.nn.functional.pad(codes, (0, 2), value=8193)
     long = torch.nn.functional.pad(codes, (0, 40), value=8193)
-    a, b = tts._latents(cond, text, short, False), tts._latents(cond, text, long, False)
+    a, b = (pipeline.ar_latents(tts.models, Conditioning(cond), text, c) for c in (short, long))
     torch.testing.assert_close(a, b[:, :a.shape[1]], rtol=1e-5, atol=1e-5)
 
 
@@ -138,15 +139,18 @@ def test_samplers(tts, sampler, cond_free):
 
 def test_candidates_are_ranked_by_clvp_and_cvvp(tts, clips):
     text = tts._text_tokens(TEXT)
-    _, _, auto_conds, _ = tts.get_conditioning_latents(clips, return_mels=True)
+    latents = tts.get_conditioning_latents(clips, return_mels=True)
+    cond, auto_conds = Conditioning(latents[0], latents[1], latents[2]), latents[2]
     codes = torch.randint(0, 8000, (6, 12), generator=torch.Generator().manual_seed(5))
     codes[:, 9:] = 8193
+    opts = api.GenerationOptions(num_autoregressive_samples=6, max_mel_tokens=12)
     with torch.no_grad():
-        best = tts._rank(text, codes.clone(), auto_conds, 0.0, 3, False, False)
+        best = pipeline.rank(tts.models, text, codes.clone(), cond, opts, 3, batch_size=4)
         fixed = torch.stack([api.fix_autoregressive_output(r.clone(), 8193, complain=False) for r in codes])
         clvp = tts.clvp(text.repeat(6, 1), fixed, return_loss=False)
         assert torch.equal(best, fixed[clvp.topk(3).indices])
-        best = tts._rank(text, codes.clone(), auto_conds, 0.5, 2, False, False)
+        best = pipeline.rank(tts.models, text, codes.clone(), cond, dataclasses.replace(opts, cvvp_amount=0.5), 2,
+                             batch_size=4)
         cvvp = sum(tts.load_cvvp()(auto_conds[:, c].repeat(6, 1, 1), fixed, return_loss=False)
                    for c in range(auto_conds.shape[1])) / auto_conds.shape[1]
         assert torch.equal(best, fixed[(0.5 * cvvp + 0.5 * clvp).topk(2).indices])
@@ -193,28 +197,29 @@ def test_saved_latents_reproduce_the_voice(tts, clips, tmp_path):
 
 
 @pytest.mark.parametrize("position_mode", ["original", "contiguous"])
-def test_stream_codes_match_inference_speech(tts, position_mode):
-    """The step-by-step sampler draws the same codes as the batch decoder for the same seed. With contiguous mel
-    positions its latents are the latent pass's; with the original's cached-decoding position quirk (generated
-    tokens one position on) only the first is, as in the original's own stream generator."""
-    from tortoise.utils.sampling import SamplingOptions
+def test_streaming_codes_match_inference_speech(tts, position_mode):
+    """The streaming path's view of the decode loop (step by step, with latents) draws the same codes as the batch
+    decoder for the same seed. With contiguous mel positions its latents are the latent pass's; with the original's
+    cached-decoding position quirk (generated tokens one position on) only the first is, as in the original's own
+    stream generator."""
     ar = tts.autoregressive
     text = tts._text_tokens(TEXT)
     cond = torch.randn(1, ar.model_dim, generator=torch.Generator().manual_seed(9))
-    kw = dict(do_sample=True, top_p=0.8, temperature=0.9, repetition_penalty=2.0)
+    opts = dataclasses.replace(api.GenerationOptions(), temperature=0.9)
     ar.post_init_gpt2_config(kv_cache=True, position_mode=position_mode)
     try:
-        with torch.no_grad():
-            torch.manual_seed(5)
-            ref = ar.inference_speech(cond, text, num_return_sequences=1, max_generate_length=20, **kw)[0]
-            torch.manual_seed(5)
-            steps = list(api.stream_codes(ar, cond, text, 20, SamplingOptions.from_generate_kwargs(**kw)))
+        torch.manual_seed(5)
+        ref = ar.inference_speech(cond, text, num_return_sequences=1, max_generate_length=20,
+                                  **opts.sampling_kwargs())[0]
+        torch.manual_seed(5)
+        state = ar.prefill(cond, text, 1, 20)
+        steps = [(int(t[0]), lat[0]) for t, lat in ar.tokens(state, pipeline.sampling_options(opts))]
     finally:
-        tts._configure_autoregressive(ar)  # back to the pipeline's own settings
+        ar.post_init_gpt2_config(**tts.models.ar_settings)  # back to the pipeline's own settings
     codes = torch.tensor([c for c, _ in steps])
     assert torch.equal(codes, ref[:len(codes)])
     lat = torch.stack([lt for _, lt in steps])
-    full = tts._latents(cond, text, ref[None], False)[0]
+    full = pipeline.ar_latents(tts.models, Conditioning(cond), text, ref[None])[0]
     n = len(codes) if position_mode == "contiguous" else 1
     torch.testing.assert_close(lat[:n], full[:n], rtol=1e-4, atol=1e-4)
 
@@ -239,29 +244,31 @@ def test_text_errors(tts):
         tts.tts(TEXT, k=9, verbose=False, **FAST)
 
 
-def test_out_of_memory_halves_the_batch(tts, monkeypatch):
-    """A fake device OOM at the hardware boundary: batches above 1 fail; the pipeline halves and still returns
-    every sample."""
+def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(tts, monkeypatch):
+    """A fake device OOM at the hardware boundary: batches above 1 fail; the pipeline halves, says so, still returns
+    every sample, and keeps the smaller batch size for the next clip."""
     ar = tts.autoregressive
-    real = ar.inference_speech
+    real = ar.prefill
     sizes = []
 
-    def flaky(*a, num_return_sequences=1, **kw):
-        sizes.append(num_return_sequences)
-        if num_return_sequences > 1:
+    def flaky(cond, text, n=1, *a, **kw):
+        sizes.append(n)
+        if n > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*a, num_return_sequences=num_return_sequences, **kw)
+        return real(cond, text, n, *a, **kw)
 
-    monkeypatch.setattr(ar, "inference_speech", flaky)
-    monkeypatch.setattr(tts, "autoregressive_batch_size", 4)
+    monkeypatch.setattr(ar, "prefill", flaky)
+    batch = pipeline.BatchSize(4)
+    opts = api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=10)
+    cond = Conditioning(torch.zeros(1, ar.model_dim))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        codes = tts._sample_codes(torch.zeros(1, ar.model_dim), tts._text_tokens(TEXT),
-                                  api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=10), False,
-                                  False, {})
-    assert codes.shape[0] == 3 and sizes == [3, 1, 1, 1]
-    assert tts.autoregressive_batch_size == 1
-    assert any("out of memory" in str(x.message) for x in w)
+        codes = pipeline.sample_codes(tts.models, cond, tts._text_tokens(TEXT), opts, batch)
+        assert codes.shape[0] == 3 and sizes == [3, 1, 1, 1] and batch.value == 1
+        sizes.clear()
+        codes = pipeline.sample_codes(tts.models, cond, tts._text_tokens(TEXT), opts, batch)
+    assert codes.shape[0] == 3 and sizes == [1, 1, 1]  # the next clip starts at the smaller size
+    assert sum("out of memory" in str(x.message) for x in w) == 1  # said once
 
 
 def test_low_vram_mode_gives_the_same_audio(models_dir, tts):
@@ -287,30 +294,49 @@ def test_classifier_probability(models_dir):
     assert 0.0 <= p <= 1.0 and np.isfinite(p)
 
 
-def test_half_casts_the_diffusion_model_where_the_device_has_a_half_dtype(models_dir, clips, monkeypatch):
+def test_half_casts_the_weights_once_where_the_device_has_a_half_dtype(models_dir, clips, monkeypatch):
     """A device whose policy is bf16 (faked at the device-layer boundary: this CPU has no native bf16)."""
     import xpu
     monkeypatch.setattr(xpu, "half_dtype", lambda info: torch.bfloat16)
     tts = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=4, half=True,
                            enable_redaction=False)
+    assert tts.half_dtype == torch.bfloat16
     assert next(tts.diffusion.parameters()).dtype == torch.bfloat16
-    wav = tts.tts(TEXT, voice_samples=clips, verbose=False, use_deterministic_seed=1, half=False, **FAST)
+    assert tts.autoregressive.dtype == torch.bfloat16 and tts.autoregressive.mel_head.weight.dtype == torch.float32
+    assert next(tts.clvp.parameters()).dtype == torch.bfloat16
+    assert next(tts.vocoder.parameters()).dtype == torch.float32  # vocoders always run in float32
+    wav = tts.tts(TEXT, voice_samples=clips, verbose=False, use_deterministic_seed=1, cvvp_amount=0.5, **FAST)
     assert wav.dtype == torch.float32 and torch.isfinite(wav).all() and wav.shape[-1] > 0
+    assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(TypeError, match="chosen once"):
+        tts.tts(TEXT, verbose=False, half=False, **FAST)
+
+
+def test_half_without_a_native_half_dtype_runs_float32_and_says_so(models_dir):
+    import xpu.dtype
+    xpu.dtype._WARNED.discard("half-cpu")
+    with pytest.warns(UserWarning, match="running float32"):
+        tts = api.TextToSpeech(models_dir=models_dir, device="cpu", half=True, preload=False)
+    assert tts.half_dtype is None and tts.autoregressive.dtype == torch.float32
+    forced = api.TextToSpeech(models_dir=models_dir, device="cpu", dtype="bfloat16", preload=False)
+    assert forced.autoregressive.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        api.TextToSpeech(models_dir=models_dir, device="cpu", dtype="int4", preload=False)
 
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_exact_ranking_scores_codes_padded_as_the_original(tts, monkeypatch, exact):
     seen = []
-    real = tts._rank
+    real = pipeline._score
 
-    def spy(text_tokens, codes, *a):
-        seen.append(codes.shape[1])
-        return real(text_tokens, codes, *a)
+    def spy(clvp, cvvp, text_tokens, batch, *a):
+        seen.append(batch.shape[1])
+        return real(clvp, cvvp, text_tokens, batch, *a)
 
     codes = torch.randint(0, 8000, (FAST["num_autoregressive_samples"], 12), generator=torch.Generator().manual_seed(5))
     codes[:, 9:] = 8193  # every sample stopped early: the default pads to 12, the original to max_mel_tokens
-    monkeypatch.setattr(tts, "_rank", spy)
-    monkeypatch.setattr(tts, "_sample_codes", lambda *a: codes.clone())
+    monkeypatch.setattr(pipeline, "_score", spy)
+    monkeypatch.setattr(pipeline, "sample_codes", lambda *a: codes.clone())
     tts.tts(TEXT, verbose=False, use_deterministic_seed=4, exact_ranking=exact, **FAST)
     assert seen == [FAST["max_mel_tokens"] if exact else 12]
 
@@ -325,3 +351,30 @@ def test_ar_speed_options_reach_the_model(models_dir):
     assert quirk.autoregressive.position_mode == "original" and quirk.autoregressive.kv_cache
     with pytest.raises(ValueError, match="kv_cache_positions"):
         api.TextToSpeech(models_dir=models_dir, device="cpu", kv_cache_positions="sideways", preload=False)
+
+
+def test_samples_without_a_stop_token_are_reported(tts):
+    text = tts._text_tokens(TEXT)
+    codes = torch.randint(0, 8000, (3, 12), generator=torch.Generator().manual_seed(2))
+    codes[0, 8:] = 8193  # one stopped, two never did
+    opts = api.GenerationOptions(num_autoregressive_samples=3, max_mel_tokens=12)
+    cond = Conditioning(torch.zeros(1, tts.autoregressive.model_dim))
+    with pytest.warns(UserWarning, match="2 of 3 samples have no stop token"):
+        pipeline.rank(tts.models, text, codes, cond, opts, 1, batch_size=4)
+
+
+def test_conditioning_latents_of_other_models_are_one_clear_error(tts):
+    wide = (torch.zeros(1, 1024), torch.zeros(1, 2048))  # the released widths; these tiny models want others
+    with pytest.raises(ValueError, match="regenerate the file") as e:
+        tts.tts(TEXT, conditioning_latents=wide, verbose=False, **FAST)
+    assert "\n" not in str(e.value)
+    nan = (torch.full((1, tts.autoregressive.model_dim), float("nan")), torch.zeros(1, 128))
+    with pytest.raises(ValueError, match="NaN"):
+        tts.tts(TEXT, conditioning_latents=nan, verbose=False, **FAST)
+
+
+def test_latents_that_overflow_the_model_stop_with_the_stage_named(tts):
+    """Finite but absurd latents (1e30) overflow the AR model: the first logits are not finite."""
+    huge = (torch.full((1, tts.autoregressive.model_dim), 1e30), torch.zeros(1, 128))
+    with pytest.raises(pipeline.NonFiniteError, match="first logits"):
+        tts.tts(TEXT, conditioning_latents=huge, verbose=False, **FAST)

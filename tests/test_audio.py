@@ -272,6 +272,19 @@ def test_silent_file_is_named(tmp_path):
     assert load_audio(path, 22050, allow_silent=True).abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_naming_the_file(tmp_path, bad):
+    """A float wav holding NaN or inf would turn every tensor downstream into NaN: refused, in one line."""
+    path = tmp_path / "damaged.wav"
+    wave = (0.3 * np.sin(np.arange(8000) / 10)).astype(np.float32)
+    wave[1234] = bad
+    sf.write(path, wave, 22050, subtype="FLOAT")
+    for kw in ({}, {"allow_silent": True}):
+        with pytest.raises(AudioError, match="damaged.wav holds 1 NaN or infinite sample") as e:
+            load_audio(path, 22050, **kw)
+        assert "\n" not in str(e.value) and "export the clip again" in str(e.value)
+
+
 def test_audio_error_is_a_value_error():
     assert issubclass(AudioError, ValueError)
 

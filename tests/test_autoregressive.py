@@ -1,7 +1,6 @@
 """UnifiedVoice: checkpoint layout, parity with the original (fixtures from tests/parity/make_autoregressive_fixtures.py),
 the decode loop (cache vs recompute, stop handling, chunking, OOM retry) and the sampling filters."""
 import json
-import warnings
 
 import pytest
 import torch
@@ -100,19 +99,6 @@ def test_teacher_forced_outputs_match_original(fx):
         close(api, fx["latents_api"])
 
 
-def test_latents_for_codes_padded_to_longest_equal_full_width(fx):
-    model = build(fx)
-    codes = fx["codes"].repeat(2, 1)  # (4, 20)
-    lengths = torch.tensor([20, 9, 14, 5])
-    with torch.no_grad():
-        full = model(fx["cond"].repeat(4, 1), fx["text"].repeat(4, 1), torch.tensor([10]), codes,
-                     torch.tensor([20 * 1024]), return_latent=True, clip_inputs=False)
-        short = model.latents_for_codes(fx["cond"], fx["text"], codes[1:], lengths[1:], batch_size=2)
-    assert short.shape == (3, 14, full.shape[-1])
-    for row, n in enumerate(lengths[1:].tolist()):
-        close(short[row, :n], full[row + 1, :n])
-
-
 # -- decoding parity --------------------------------------------------------------------------------------------------
 
 DECODE_CASES = {
@@ -172,36 +158,29 @@ def test_cached_decode_equals_recompute(fx, position_mode):
 
 # -- batching, errors, half ----------------------------------------------------------------------------------------
 
-def test_chunked_greedy_equals_one_batch(fx):
-    model = build(fx, kv_cache=True)
-    text = torch.cat([fx["text"], fx["text"].flip(1)])
-    cond = fx["cond"].repeat(2, 1)
-    whole = model.inference_speech(cond, text, num_return_sequences=2, max_generate_length=9, do_sample=False,
-                                   repetition_penalty=2.0)
-    chunked = model.inference_speech(cond, text, num_return_sequences=2, max_generate_length=9, do_sample=False,
-                                     repetition_penalty=2.0, batch_size=3)
-    assert whole.shape == (4, 9) and torch.equal(whole, chunked)
-
-
-def test_out_of_memory_halves_the_batch_and_retries(fx, monkeypatch):
-    model = build(fx, kv_cache=True)
-    real = model._decode_rows
-    sizes = []
-
-    def flaky(prompt, prompt_ids, row_map, n_mel, max_new, opts):
-        sizes.append(row_map.shape[0])
-        if row_map.shape[0] > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 4.00 GiB")
-        return real(prompt, prompt_ids, row_map, n_mel, max_new, opts)
-
-    monkeypatch.setattr(model, "_decode_rows", flaky)
-    with pytest.warns(UserWarning, match="batch size 2"):
-        out = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=5,
-                                     do_sample=False)
-    assert sizes == [4, 2, 2] and out.shape == (4, 5)
-    monkeypatch.setattr(model, "_decode_rows", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        model.inference_speech(fx["cond"], fx["text"], num_return_sequences=4, max_generate_length=5)
+def test_prefill_step_loop_is_the_decode_loop(fx):
+    """inference_speech is prefill + the n-token loop; the loop's callback sees every step, and the streaming view
+    (tokens with their latents) gives the same codes and the latents the latent pass computes for them."""
+    model = build(fx, kv_cache=True, position_mode="contiguous")
+    kw = dict(do_sample=True, top_p=.8, temperature=.8, repetition_penalty=2.0)
+    torch.manual_seed(3)
+    ref = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=2, max_generate_length=9, **kw)
+    torch.manual_seed(3)
+    state = model.prefill(fx["cond"], fx["text"], num_return_sequences=2, max_generate_length=9)
+    seen_steps = []
+    codes = model.decode(state, sampling.SamplingOptions.from_generate_kwargs(**kw),
+                         callback=lambda step, tokens: seen_steps.append((step, tokens.shape)))
+    assert torch.equal(codes, ref) and [s for s, _ in seen_steps] == list(range(1, codes.shape[1] + 1))
+    torch.manual_seed(3)
+    state = model.prefill(fx["cond"], fx["text"], max_generate_length=9)
+    pairs = list(model.tokens(state, sampling.SamplingOptions.from_generate_kwargs(**kw)))
+    row = torch.stack([t for t, _ in pairs], dim=1)[0]
+    assert torch.is_grad_enabled()  # nothing held open across the generator's yields
+    latents = torch.stack([lat[0] for _, lat in pairs])
+    with torch.no_grad():
+        full = model(fx["cond"], fx["text"], torch.tensor([fx["text"].shape[1]]), row[None],
+                     torch.tensor([row.shape[0] * 1024]), return_latent=True, clip_inputs=False)[0]
+    close(latents, full[:latents.shape[0]], atol=1e-5)
 
 
 def test_bad_arguments_raise_with_the_fix(fx):
@@ -216,18 +195,28 @@ def test_bad_arguments_raise_with_the_fix(fx):
         model.post_init_gpt2_config(position_mode="nope")
 
 
-def test_half_decoding_runs_under_autocast(fx, monkeypatch):
-    """half=True decodes under the device layer's autocast; forced to bfloat16 here (CPU's policy is fp32)."""
-    import xpu.dtype
-    monkeypatch.setattr(xpu.dtype, "half_dtype", lambda device=None: torch.bfloat16)
-    model = build(fx, kv_cache=True, half=True)
+def test_half_weights_decode_in_their_dtype_with_float32_norm_and_heads(fx):
+    """half: the weights are cast once (bfloat16 here: any CPU runs it) and the dtype follows the tensors, no
+    autocast; the final norm and the heads stay float32, so logits and latents are float32."""
+    model = build(fx, kv_cache=True, half=torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.mel_head.weight.dtype == torch.float32
+    assert model.final_norm.weight.dtype == torch.float32
     dtypes = []
     model.gpt.h[0].attn.c_attn.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
     torch.manual_seed(0)
     out = model.inference_speech(fx["cond"], fx["text"], num_return_sequences=2, max_generate_length=6,
                                  do_sample=True, top_p=.8, temperature=.8)
     assert out.shape[0] == 2 and out.dtype == torch.long and 1 <= out.shape[1] <= 6
-    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert dtypes and set(dtypes) == {torch.bfloat16} and not torch.is_autocast_enabled("cpu")
+    args = (fx["cond"].repeat(2, 1), fx["text"].repeat(2, 1), torch.tensor([10]), fx["codes"],
+            torch.tensor([fx["codes"].shape[1] * 1024]))
+    with torch.no_grad():
+        latents = model(*args, return_latent=True, clip_inputs=False)
+    assert latents.dtype == torch.float32
+    drift = ((latents - fx["latents_api"]).norm() / fx["latents_api"].norm()).item()
+    assert drift < 0.05  # bf16 weights and activations: close to fp32, not equal
+    with pytest.raises(ValueError, match="dtype"):
+        model.post_init_gpt2_config(half=True)
 
 
 # -- sampling filters (closed-form answers) ---------------------------------------------------------------------------

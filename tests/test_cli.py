@@ -273,3 +273,156 @@ def test_latents_file_is_not_replaced_unless_asked(models_dir, voices, tmp_path,
     assert gcl.main(argv + ["--overwrite"]) == 0
     auto, diff = torch.load(tmp_path / "bob.pth", weights_only=True)
     assert auto.dim() == 2 and diff.dim() == 2
+
+
+# ---------------------------------------------------------------- non-finite clips, latents of the wrong shape
+
+def nan_clip(path, sr=22050):
+    wave = (0.3 * np.sin(np.arange(sr) / 7)).astype(np.float32)
+    wave[100:110] = np.nan
+    sf.write(str(path), wave, sr, subtype="FLOAT")
+
+
+def test_clip_with_nan_samples_is_refused_before_any_model(models_dir, tmp_path, monkeypatch, capsys):
+    """Was: 100% NaN audio written and reported as success."""
+    vdir = tmp_path / "v"
+    (vdir / "nanny").mkdir(parents=True)
+    tone(vdir / "nanny" / "good.wav", 1.0, 200.0)
+    nan_clip(vdir / "nanny" / "damaged.wav")
+    from tortoise.api import TextToSpeech
+    monkeypatch.setattr(TextToSpeech, "__init__", lambda *a, **k: pytest.fail("models loaded for a bad voice"))
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "nanny", "Hi.", voices=vdir) == cli.EXIT_BAD_INPUT
+    line = one_error_line(capsys)
+    assert "damaged.wav" in line and "NaN or infinite" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_latents_of_the_wrong_shape_name_the_file_and_the_shapes(models_dir, tmp_path, capsys):
+    vdir = tmp_path / "v"
+    for name, pair in (("released", (torch.zeros(1, 1024), torch.zeros(1, 2048))),  # real-model latents, tiny models
+                       ("flat", (torch.zeros(64, 1), torch.zeros(128))),
+                       ("nan", (torch.full((1, 64), float("nan")), torch.zeros(1, 128)))):
+        (vdir / name).mkdir(parents=True)
+        torch.save(pair, vdir / name / f"{name}.pth")
+    out = tmp_path / "out"
+    assert run(models_dir, out, "-v", "released", "Hi.", voices=vdir) == cli.EXIT_BAD_INPUT
+    line = one_error_line(capsys)
+    assert "released.pth" in line and "[1, 1024] and [1, 2048]" in line
+    assert "autoregressive latent [1, 64]" in line and "diffusion latent [1, 128]" in line  # the tiny models' widths
+    assert run(models_dir, out, "-v", "flat", "Hi.", voices=vdir) == cli.EXIT_BAD_INPUT
+    assert "flat.pth" in one_error_line(capsys)
+    assert run(models_dir, out, "-v", "nan", "Hi.", voices=vdir) == cli.EXIT_BAD_INPUT
+    assert "nan.pth" in (line := one_error_line(capsys)) and "NaN or infinite" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_conditioning_latents_never_saves_non_finite_latents(models_dir, tmp_path, monkeypatch, capsys):
+    from tortoise import get_conditioning_latents as gcl
+    from tortoise.api import TextToSpeech
+    vdir = tmp_path / "v"
+    (vdir / "nanny").mkdir(parents=True)
+    nan_clip(vdir / "nanny" / "damaged.wav")
+    (vdir / "fine").mkdir()
+    tone(vdir / "fine" / "a.wav", 1.0, 200.0)
+    out = tmp_path / "lat"
+    argv = ["-V", str(vdir), "-O", str(out), "--models_dir", str(models_dir)]
+    assert gcl.main(argv + ["-v", "nanny"]) == 2  # bad input: the clip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged.wav" in err[0] and "NaN or infinite" in err[0]
+    # finite clips, but the models give NaN (e.g. damaged weights): a run-time failure, nothing saved
+    real = TextToSpeech.get_conditioning_latents
+    monkeypatch.setattr(TextToSpeech, "get_conditioning_latents",
+                        lambda self, *a, **k: tuple(t * float("nan") for t in real(self, *a, **k)))
+    assert gcl.main(argv + ["-v", "fine"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or infinite" in err[0] and "nothing was saved" in err[0]
+    assert not (out / "fine.pth").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- exit codes of the other console scripts
+
+def test_detector_exit_codes(models_dir, tmp_path, monkeypatch, capsys):
+    from tortoise import api, is_this_from_tortoise as detect
+    clip = tmp_path / "clip.wav"
+    tone(clip, 1.0, 200.0)
+    nan_clip(tmp_path / "nan.wav")
+    for argv, code, fragment in (([], 2, "give the audio file"),
+                                 ([str(tmp_path / "missing.wav")], 2, "not found"),
+                                 ([str(tmp_path / "nan.wav")], 2, "NaN or infinite"),
+                                 ([str(clip), "--models_dir", str(tmp_path / "no_models")], 2, "classifier.pth")):
+        assert detect.main(argv) == code, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    monkeypatch.setattr(api, "classify_audio_clip", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert detect.main([str(clip), "--models_dir", str(models_dir)]) == 1  # a failure at run time
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: boom" in err[0]
+    with pytest.raises(SystemExit) as e:
+        detect.main(["--no-such-flag"])
+    assert e.value.code == 2
+
+
+def test_conditioning_latents_exit_codes(models_dir, voices, tmp_path, monkeypatch, capsys):
+    from tortoise import get_conditioning_latents as gcl
+    from tortoise.api import TextToSpeech
+    base = ["-V", str(voices), "-O", str(tmp_path / "lat"), "--models_dir", str(models_dir)]
+    assert gcl.main(base + ["-v", "carol"]) == 2  # unknown voice: bad input (was 1)
+    assert "Unknown voice 'carol'" in capsys.readouterr().err
+    assert gcl.main(base + ["-v", "random"]) == 2
+    assert "no clips to encode" in capsys.readouterr().err
+    monkeypatch.setattr(TextToSpeech, "get_conditioning_latents",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("device lost")))
+    assert gcl.main(base + ["-v", "alice"]) == 1
+    assert "RuntimeError: device lost" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        gcl.main(["-V", str(voices)])  # --voice missing
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------- text that is not UTF-8
+
+def test_non_utf8_stdin_is_refused_not_dropped(models_dir, tmp_path):
+    """Was: under the C/POSIX locale Python reads stdin with surrogateescape, and the cleaners silently dropped the
+    undecodable 'é' of a cp1252 file (exit 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(LC_ALL="C", LANG="C", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    code = "import sys; from tortoise.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "--models_dir", str(models_dir), "-O", str(out), *QUICK],
+                          input="Caf\u00e9 au lait, s'il vous pla\u00eet.\n".encode("cp1252"), env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "not valid utf-8" in err[0] and "e9" in err[0] and "--encoding" in err[0], err
+    assert not out.exists()
+
+
+def test_encoding_option_decodes_stdin():
+    args = cli.build_parser().parse_args(["--encoding", "cp1252"])
+    stdin = io.TextIOWrapper(io.BytesIO("Caf\u00e9 au lait.".encode("cp1252")))
+    assert cli.read_text(args, stdin=stdin) == "Caf\u00e9 au lait."
+    args = cli.build_parser().parse_args([])
+    bom = io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfHello \xe2\x80\x94 there."))  # UTF-8 with a byte-order mark
+    assert cli.read_text(args, stdin=bom) == "Hello \u2014 there."
+    with pytest.raises(cli.UsageError, match="not an encoding"):
+        cli.read_text(cli.build_parser().parse_args(["--encoding", "klingon"]),
+                      stdin=io.TextIOWrapper(io.BytesIO(b"Hi.")))
+    with pytest.raises(cli.UsageError, match="not valid in this system's encoding"):  # argv decoded by the locale
+        cli.read_text(cli.build_parser().parse_args(["Caf\udce9."]))
+
+
+def test_half_on_a_cpu_without_native_bf16_says_so_in_one_line(models_dir, tmp_path):
+    """A real subprocess on this CPU (AVX2 build machines have no native bf16; where one has, --half takes bf16 and
+    the line is absent, which the test accepts only if the device layer says bf16 is native)."""
+    import xpu
+    proc = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(models_dir), *QUICK, "--half",
+                           "-O", str(tmp_path / "o"), "Hi."], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    half_lines = [line for line in proc.stderr.splitlines() if "--half" in line]
+    if xpu.half_dtype("cpu") is None:
+        assert half_lines == ["tortoise-tts: warning: --half: none (float32): CPU without native bf16: half precision "
+                              "would be emulated and slower; running float32"]
+    else:
+        assert half_lines == []

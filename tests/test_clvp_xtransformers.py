@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from test_clvp import assert_close, load_fixture
-from tortoise.models.arch_util import CheckpointedXTransformerEncoder
+from tortoise.models.xtransformers import CheckpointedXTransformerEncoder
 from tortoise.models.xtransformers import ContinuousTransformerWrapper, Decoder, Encoder
 
 

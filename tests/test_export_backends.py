@@ -54,7 +54,7 @@ def write_bigvgan(models_dir, seed=0):
 def export_models(tmp_path_factory):
     from tortoise.utils.make_test_models import write_models
     out = tmp_path_factory.mktemp("export_models")
-    write_models(out, size="tiny", seed=0, configs=SMALL_CONFIGS)
+    write_models(out, size="tiny", seed=0, configs={**TINY_CONFIGS, **SMALL_CONFIGS})
     write_bigvgan(out)
     return out
 

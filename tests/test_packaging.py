@@ -15,7 +15,8 @@ def _name(req):
 
 def test_environment_yml_names_the_same_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r) for r in project["dependencies"]} | {_name(r) for r in project["optional-dependencies"]["webui"]}
+    extras = project["optional-dependencies"]
+    wanted = {_name(r) for r in project["dependencies"]} | {_name(r) for r in extras["webui"] + extras["server"]}
     pip_lines = []
     in_pip = False
     for line in (ROOT / "environment.yml").read_text().splitlines():

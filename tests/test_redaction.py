@@ -113,3 +113,97 @@ def test_aligner_loads_only_for_brackets(tmp_path, monkeypatch):
     assert off._aligner is None
     with pytest.raises(RuntimeError, match="--disable_redaction"):
         tts.tts("[needs] the aligner", use_deterministic_seed=1, **KW)
+
+
+# ---------------------------------------------------------------- checked before any generation
+
+def _offline_without_aligner(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
+
+
+def test_bracket_text_problems_are_refused_up_front(tmp_path, monkeypatch):
+    _offline_without_aligner(monkeypatch, tmp_path)
+    none = tmp_path / "no_models"
+    W.check_redaction(["No brackets at all."], none)  # no brackets: the aligner is never needed
+    W.check_redaction(["[only brackets]"], none, enabled=False)  # redaction off: the brackets are spoken
+    for texts in (["[I am really sad.]"], ["[sad] [angry]."], ["[sad,]", "[angry.]"]):
+        with pytest.raises(ValueError, match="entirely in \\[brackets\\]") as e:
+            W.check_redaction(texts, none)
+        assert "--disable_redaction" in str(e.value) and not isinstance(e.value, W.AlignerUnavailable)
+    with pytest.raises(ValueError, match="clip 1 .* entirely in \\[brackets\\]"):
+        W.check_redaction(["Hello there.", "[whispering]"], none)
+    with pytest.raises(ValueError, match="unmatched"):
+        W.check_redaction(["[sad feed me."], none)
+
+
+def test_missing_aligner_offline_is_one_line_at_once(tmp_path, monkeypatch):
+    _offline_without_aligner(monkeypatch, tmp_path)
+    with pytest.raises(W.AlignerUnavailable) as e:
+        W.check_redaction(["[I am sad,] feed me."], tmp_path / "no_models")
+    msg = str(e.value)
+    assert "\n" not in msg and W.W2V_MODEL in msg and "offline" in msg and "--disable_redaction" in msg
+    assert str(tmp_path / "no_models" / "wav2vec2-large-robust-ft-libritts-voxpopuli") in msg
+    assert isinstance(e.value, checkpoint_error())  # the CLI reports it as bad input (exit 2), like a checkpoint
+
+
+def checkpoint_error():
+    from tortoise.utils.checkpoints import CheckpointError
+    return CheckpointError
+
+
+def test_aligner_found_in_models_dir_or_hub_cache(models_dir, tmp_path, monkeypatch):
+    _offline_without_aligner(monkeypatch, tmp_path)
+    W.check_redaction(["[I am sad,] feed me."], models_dir)  # save_pretrained directories in the models dir
+    broken = tmp_path / "broken"
+    shutil.copytree(models_dir / "tacotron-symbols", broken / "tacotron-symbols")
+    (broken / "wav2vec2-large-robust-ft-libritts-voxpopuli").mkdir()
+    with pytest.raises(W.AlignerUnavailable, match="lacks config.json, model.safetensors or pytorch_model.bin"):
+        W.check_redaction(["[sad] feed me."], broken)
+    # the Hugging Face cache (what an earlier online run left), read offline
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    for repo, src in ((W.W2V_MODEL, models_dir / "wav2vec2-large-robust-ft-libritts-voxpopuli"),
+                      (W.W2V_TOKENIZER, models_dir / "tacotron-symbols")):
+        entry = cache / ("models--" + repo.replace("/", "--"))
+        (entry / "refs").mkdir(parents=True)
+        (entry / "refs" / "main").write_text("0" * 40)
+        shutil.copytree(src, entry / "snapshots" / ("0" * 40))
+    W.check_redaction(["[I am sad,] feed me."], tmp_path / "no_models")
+
+
+def test_cli_fails_before_loading_any_model(tmp_path, monkeypatch, capsys):
+    """Was: the clip rendered first, then the aligner failed (exit 1 after minutes on real models)."""
+    from tortoise import cli
+    _offline_without_aligner(monkeypatch, tmp_path)
+    monkeypatch.setattr(api.TextToSpeech, "__init__", lambda *a, **k: pytest.fail("models loaded before the check"))
+    out = tmp_path / "out"
+    base = ["--models_dir", str(tmp_path / "no_models"), "-O", str(out), "-q"]
+    for text, fragment in (("[I am really sad,] please feed me.", "needs the wav2vec2 aligner"),
+                           ("[Only this.]", "entirely in [brackets]")):
+        assert cli.main(base + [text]) == cli.EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0] and "--disable_redaction" in err[0], err
+    assert not out.exists()
+
+
+def test_cli_redacts_with_a_local_aligner(models_dir, tmp_path, monkeypatch):
+    from tortoise import cli
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    argv = ["--models_dir", str(models_dir), "-O", str(out), "-q", "-p", "ultra_fast", "--num_autoregressive_samples",
+            "2", "--max_mel_tokens", "30", "--steps", "2", "--vocoder", "univnet", "--seed", "5"]
+    assert cli.main(argv + ["[I am really sad,] please feed me."]) == 0
+    assert (out / "random_00_00.wav").is_file()
+
+
+def test_stream_needs_no_aligner(tmp_path, monkeypatch):
+    """--stream does not redact (its audio leaves before the text ends), so it never asks for the aligner."""
+    from tortoise import cli
+    _offline_without_aligner(monkeypatch, tmp_path)
+    d = tmp_path / "models"
+    write_models(d, size="tiny", seed=0)
+    out = tmp_path / "out"
+    assert cli.main(["--models_dir", str(d), "-O", str(out), "-q", "--stream", "--max_mel_tokens", "20", "--seed", "1",
+                     "[softly] hello."]) == 0
+    assert (out / "random_00_00.wav").is_file()

@@ -137,3 +137,34 @@ def test_parse_voice_selection(vdir):
 def test_package_ships_no_recordings():
     shipped = [f for _, _, files in os.walk(V.BUILTIN_VOICES_DIR) for f in files]
     assert not [f for f in shipped if f.lower().endswith(V.AUDIO_EXTENSIONS + (".pth",))]
+
+
+def test_latents_are_checked_against_the_models_widths(tmp_path, tiny_models_dir):
+    assert V.expected_latent_widths(tiny_models_dir) == (64, 128)  # model_dim, 2 x diffusion model_channels
+    assert V.expected_latent_widths(tmp_path / "no_config_here") == (1024, 2048)  # the released models
+    root = tmp_path / "v"
+    for name, pair in (("ok", (torch.ones(1, 64), torch.ones(1, 128))), ("flat", (torch.ones(64), torch.ones(128))),
+                       ("wide", (torch.ones(1, 1024), torch.ones(1, 2048))), ("ints", (torch.ones(1, 64, dtype=torch.long),
+                                                                                      torch.ones(1, 128))),
+                       ("batch", (torch.ones(2, 64), torch.ones(2, 128))),
+                       ("inf", (torch.ones(1, 64), torch.full((1, 128), float("inf"))))):
+        (root / name).mkdir(parents=True)
+        torch.save(pair, root / name / f"{name}.pth")
+    widths = V.expected_latent_widths(tiny_models_dir)
+    auto, diff = V.load_voice("ok", [str(root)], latent_widths=widths)[1]
+    assert auto.shape == (1, 64) and diff.shape == (1, 128)
+    auto, diff = V.load_voice("flat", [str(root)], latent_widths=widths)[1]  # [W] is accepted, returned as [1, W]
+    assert auto.shape == (1, 64) and diff.shape == (1, 128)
+    assert V.load_voice("wide", [str(root)])[1][0].shape == (1, 1024)  # no models known: only the structure
+    with pytest.raises(V.VoiceError) as e:
+        V.load_voice("wide", [str(root)], latent_widths=widths)
+    msg = str(e.value)
+    assert "wide.pth" in msg and "[1, 1024] and [1, 2048]" in msg and "[1, 64]" in msg and "[1, 128]" in msg
+    assert "tortoise-get-conditioning-latents" in msg and "\n" not in msg
+    for name in ("ints", "batch"):
+        with pytest.raises(V.VoiceError, match=f"{name}.pth"):
+            V.load_voice(name, [str(root)])
+    with pytest.raises(V.VoiceError, match="inf.pth' hold NaN or infinite"):
+        V.load_voice("inf", [str(root)])
+    with pytest.raises(V.VoiceError, match="made for different models"):
+        V.load_voices(["ok", "wide"], [str(root)])  # averaging latents of two model sizes

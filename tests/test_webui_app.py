@@ -16,6 +16,19 @@ from test_webui_units import tone
 TIMEOUT = 240  # seconds per script run: generous for 2 shared cores
 
 
+@pytest.fixture(autouse=True)
+def served_on_localhost(monkeypatch):
+    """As `turtle` serves by default: on localhost only, where the page may choose server-side paths."""
+    from streamlit import config
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    for var in ("TURTLE_MODELS_DIR", "TURTLE_VOICES_DIR", "TURTLE_OUTPUT_DIR", "TURTLE_AR_CHECKPOINT",
+                "TURTLE_DIFF_CHECKPOINT", "TURTLE_LOCK_PATHS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    config.set_option("server.address", before)
+
+
 @pytest.fixture
 def app_env(tmp_path, tiny_models_dir, monkeypatch):
     """A settings file pointing every directory into tmp_path, with the fastest generation settings."""
@@ -56,7 +69,7 @@ def test_generate_shows_player_and_history_survives_rerun_and_restart(app_env):
     status = at.get("status")[0] if at.get("status") else None
     assert status is not None and "1 clip(s), 0 failure(s)" in status.label  # progress ends with the summary
     stage = [c.value for c in status.children.values() if c.type == "caption"]
-    assert stage and "diffusion" in stage[0], stage  # the pipeline's last stage line was shown
+    assert stage and "Vocoding" in stage[0], stage  # the pipeline's last stage (the vocoder) was shown
     runs = [p for p in app_env["out"].iterdir() if p.is_dir()]
     assert len(runs) == 1
     wav, rate = sf.read(str(runs[0] / "random_00_00.wav"))
@@ -111,7 +124,9 @@ def test_bad_uploads_are_refused_with_a_message(app_env):
     at.file_uploader(key="upload_files").set_value(("notes.wav", b"this is not audio", "audio/wav"))
     at.button(key="upload_button").click().run()
     assert not at.exception
-    assert any("notes.wav: cannot be read as audio" in e for e in messages(at))
+    errors = messages(at)  # was: "notes.wav: cannot be read as audio (Error opening <_io.BytesIO object at 0x...>: ..."
+    assert any(e.startswith("notes.wav: this is not an audio file") for e in errors), errors
+    assert not any("<_io" in e or "object at 0x" in e for e in errors)
     assert not app_env["voices"].exists()
 
     at.text_input(key="upload_name").input("random")
@@ -191,3 +206,70 @@ def test_interrupted_run_keeps_finished_clips_in_history(tmp_path, tiny_models_d
     (entry,) = generation.load_history(tmp_path)
     assert not entry["finished"] and [c["file"] for c in entry["clips"]] == ["random_00_00.wav"]
     assert (tmp_path / entry["run_id"] / "random_00_00.wav").is_file()
+
+
+FLAG = __import__("re").compile(r"(?<![\w-])--[a-z]")  # a command-line flag in a message
+
+
+def test_page_served_beyond_localhost_shows_server_paths_read_only(app_env, tmp_path, tiny_models_dir,
+                                                                   monkeypatch):
+    """Was: any visitor could point the server at any models, voices or output directory."""
+    from streamlit import config
+    config.set_option("server.address", "0.0.0.0")  # `turtle --host 0.0.0.0`
+    server_out, evil = tmp_path / "server_out", tmp_path / "evil"
+    monkeypatch.setenv("TURTLE_MODELS_DIR", str(tiny_models_dir))
+    monkeypatch.setenv("TURTLE_OUTPUT_DIR", str(server_out))
+    monkeypatch.setenv("TURTLE_VOICES_DIR", str(tmp_path / "server_voices"))
+    saved = json.loads(app_env["settings"].read_text())
+    saved["settings"]["models_dir"] = str(tmp_path / "not_the_models")  # what the file says must not count here
+    app_env["settings"].write_text(json.dumps(saved))
+    at = start_app()
+    for key, value in (("w_models_dir", str(tiny_models_dir)), ("w_output_dir", str(server_out)),
+                       ("w_extra_voices_dir", str(tmp_path / "server_voices"))):
+        assert at.text_input(key=key).disabled and at.text_input(key=key).value == value, key
+    assert at.text_input(key="w_ar_checkpoint").disabled and at.text_input(key="w_ar_checkpoint").value == ""
+    assert any("no login" in c.value for c in at.sidebar.caption)
+    # a client that sends values for the read-only widgets anyway (a forged message) changes nothing on the server
+    at.session_state["w_output_dir"] = str(evil)
+    at.session_state["w_models_dir"] = str(tmp_path / "visitor_models")
+    at.number_input(key="w_seed").set_value(12)
+    at.button(key="generate").click().run()
+    assert not at.exception and messages(at) == [], messages(at)
+    assert not evil.exists() and len(at.get("audio")) == 1
+    assert [p.name for p in server_out.iterdir() if p.is_dir()]  # the run went where the server said
+    assert at.text_input(key="w_output_dir").value == str(server_out)
+    kept = json.loads(app_env["settings"].read_text())["settings"]
+    assert kept["seed"] == 12 and kept["models_dir"] == str(tmp_path / "not_the_models")  # paths not remembered
+    assert kept["output_dir"] == str(app_env["out"])
+
+
+def test_localhost_page_takes_paths_from_turtle_flags_and_lets_them_be_edited(app_env, tmp_path, tiny_models_dir,
+                                                                              monkeypatch):
+    monkeypatch.setenv("TURTLE_OUTPUT_DIR", str(tmp_path / "from_flag"))
+    at = start_app()
+    box = at.text_input(key="w_output_dir")
+    assert not box.disabled and box.value == str(tmp_path / "from_flag")  # the flag wins over the file
+    assert at.text_input(key="w_models_dir").value == str(tiny_models_dir)  # from the file
+    box.input(str(tmp_path / "typed")).run()
+    assert at.text_input(key="w_output_dir").value == str(tmp_path / "typed")
+
+
+def test_page_errors_name_the_page_controls_not_cli_flags(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    at = start_app()
+    at.text_input(key="w_models_dir").input(str(tmp_path / "no_models_here"))
+    at.button(key="generate").click().run()
+    (error,) = messages(at)
+    assert "autoregressive.pth" in error and "Models directory" in error and not FLAG.search(error), error
+    # [bracketed] text is checked before anything is rendered
+    at.text_input(key="w_models_dir").input(str(app_env["settings"].parent / "unused"))
+    at.text_area(key="w_text").input("[whispering]")
+    at.button(key="generate").click().run()
+    (error,) = messages(at)
+    assert "entirely in [brackets]" in error and "remove the brackets" in error and not FLAG.search(error), error
+    at.text_area(key="w_text").input("[whispering] Hello there.")
+    at.button(key="generate").click().run()
+    (error,) = messages(at)
+    assert "wav2vec2 aligner" in error and "remove the brackets" in error and not FLAG.search(error), error
+    assert not app_env["out"].exists()  # nothing was started

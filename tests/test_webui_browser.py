@@ -197,6 +197,12 @@ AUDIO_CHECK = """(async () => {
 })()"""
 
 
+PATH_LABELS = ("Models directory", "Extra voices directory", "Output directory")
+PATH_INPUTS = f"""Array.from(document.querySelectorAll('input'))
+  .filter(i => {list(PATH_LABELS)!r}.includes(i.getAttribute('aria-label')))
+  .map(i => [i.getAttribute('aria-label'), i.disabled, i.value])"""
+
+
 def drive(devtools_port: int, app_url: str, shot: Path) -> dict:
     """Open the app, press Generate, wait for the player, check its audio, take a screenshot."""
     with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list", timeout=10) as r:
@@ -210,11 +216,12 @@ def drive(devtools_port: int, app_url: str, shot: Path) -> dict:
         page.js(f"({FIND_GENERATE}).click(); true")
         page.wait_for("document.querySelectorAll('audio').length > 0", 240, "an audio player")
         audio = page.js(AUDIO_CHECK, timeout=60)
+        paths = page.js(PATH_INPUTS)
         failures = page.js("Array.from(document.querySelectorAll("
                            "'[data-testid=stException], [data-testid=stAlertContentError]')).map(e => e.innerText)")
         png = page.call("Page.captureScreenshot", timeout=60, format="png", captureBeyondViewport=False)
         shot.write_bytes(base64.b64decode(png["data"]))
-        return {"audio": audio, "failures": failures}
+        return {"audio": audio, "failures": failures, "paths": paths}
     finally:
         ws.close()
 
@@ -239,14 +246,16 @@ def close_browser(devtools_port: int, proc: subprocess.Popen | None) -> None:
 
 @pytest.mark.slow
 def test_turtle_in_headless_chromium(tmp_path, tiny_models_dir):
+    """Served as a public page is (`--lock-paths`; tests listen on 127.0.0.1 only): the paths come from turtle's
+    flags, not from the settings file, and the browser shows them read-only."""
     chromium = find_chromium()
     home, scratch = tmp_path / "home", tmp_path / "scratch"
     home.mkdir()
     scratch.mkdir()
     settings = tmp_path / "webui.json"
-    settings.write_text(json.dumps({"settings": {
-        "models_dir": str(tiny_models_dir), "output_dir": str(tmp_path / "out"),
-        "extra_voices_dir": str(tmp_path / "voices"), "device": "cpu", "preset": "ultra_fast", "ar_samples": 2,
+    settings.write_text(json.dumps({"settings": {  # paths a visitor (or an old session) chose: must not count
+        "models_dir": str(tmp_path / "not_models"), "output_dir": str(tmp_path / "not_out"),
+        "extra_voices_dir": str(tmp_path / "not_voices"), "device": "cpu", "preset": "ultra_fast", "ar_samples": 2,
         "steps": 2, "max_mel_tokens": 20, "text": "Hello from the browser.", "voices": ["random"], "seed": 1}}))
     env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
                XDG_DATA_HOME=str(home / ".local" / "share"), TMPDIR=str(scratch), PYTHONUNBUFFERED="1")
@@ -256,6 +265,8 @@ def test_turtle_in_headless_chromium(tmp_path, tiny_models_dir):
     server = browser = None
     try:
         server = start(find_turtle() + ["--host", "127.0.0.1", "--port", str(port), "--settings", str(settings),
+                                        "--lock-paths", "--models-dir", str(tiny_models_dir),
+                                        "--output-dir", str(tmp_path / "out"), "--voices-dir", str(tmp_path / "voices"),
                                         "--server.headless", "true", "--server.fileWatcherType", "none"],
                        server_log, env)
         assert wait_http(f"http://127.0.0.1:{port}/_stcore/health", 120, server, server_log) == b"ok"
@@ -273,6 +284,10 @@ def test_turtle_in_headless_chromium(tmp_path, tiny_models_dir):
     log = server_log.read_text()
     assert "turtle: device cpu" in log  # the device layer's check ran before the server started
     assert result["failures"] == [], result["failures"]
+    assert sorted(result["paths"]) == sorted([["Models directory", True, str(tiny_models_dir)],
+                                              ["Extra voices directory", True, str(tmp_path / "voices")],
+                                              ["Output directory", True, str(tmp_path / "out")]]), result["paths"]
+    assert not (tmp_path / "not_out").exists()
     audio = result["audio"]
     assert audio["magic"] == "RIFF" and audio["size"] > 1000
     assert audio["duration"] > 0.1, audio  # Chromium decoded the wav: the player can play it

@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 
 import tortoise.webui as webui
-from tortoise.webui import generation, settings as wsettings, voice_upload
+from tortoise.utils import voice_upload
+from tortoise.webui import generation, settings as wsettings
 from tortoise.webui.settings import Settings, load_settings, save_settings
-from tortoise.webui.voice_upload import UploadError, create_voice, sanitize_voice_name
+from tortoise.utils.voice_upload import UploadError, create_voice, sanitize_voice_name
 
 
 def tone(seconds=2.0, rate=22050, fmt="WAV", freq=220.0, amplitude=0.3):
@@ -203,7 +204,7 @@ def test_bad_clips_are_reported_together_and_nothing_is_written(tmp_path):
         create_voice(tmp_path, "v", clips)
     lines = str(e.value).splitlines()
     assert len(lines) == 5
-    assert "notes.wav: cannot be read as audio" in lines[0]
+    assert "notes.wav: this is not an audio file" in lines[0]
     assert "short.wav" in lines[1] and "too short" in lines[1]
     assert "long.wav" in lines[2] and "too long" in lines[2]
     assert "quiet.wav" in lines[3] and "silent" in lines[3]
@@ -255,39 +256,78 @@ def test_history_survives_and_drops_missing_runs(tmp_path):
     assert generation.load_history(tmp_path) == []
 
 
-def test_write_wav_is_16_bit_24k(tmp_path):
-    wave = np.linspace(-2, 2, 2400, dtype=np.float32)  # out of range on purpose: clipped, not wrapped
-    generation.write_wav(tmp_path / "x.wav", wave)
-    data, rate = sf.read(str(tmp_path / "x.wav"))
-    assert rate == 24000 and sf.info(str(tmp_path / "x.wav")).subtype == "PCM_16"
-    assert data.min() == -1.0 and data.max() > 0.999
-    assert [p.name for p in tmp_path.iterdir()] == ["x.wav"]
-
-
-def test_stage_capture_passes_lines_through(capsys):
-    seen = []
-    with generation.StageCapture(seen.append, min_interval=0.0):
-        print("Generating autoregressive samples..")
-        sys.stderr.write("\r 50%|#####     | 1/2 [00:01<00:01]")
-    assert seen == ["Generating autoregressive samples..", "50%|#####     | 1/2 [00:01<00:01]"]
-    out = capsys.readouterr()
-    assert "Generating autoregressive" in out.out and "1/2" in out.err
-    seen.clear()
-    with generation.StageCapture(seen.append, min_interval=3600):  # throttled: first and last line still shown
-        for i in range(5):
-            print(f"step {i}")
-    assert seen == ["step 0", "step 4"]
+def test_run_job_renders_through_the_render_loop_with_stage_progress(tmp_path, tiny_models_dir):
+    """A split text in one voice: 16-bit clips (they play in every browser) carrying the render loop's records, a
+    joined file, clip progress and the pipeline's stage progress, all through callbacks (no stdout capture)."""
+    from tortoise.api import TextToSpeech
+    from tortoise.render import read_record
+    tts = TextToSpeech(models_dir=str(tiny_models_dir), device="cpu")
+    job = generation.Job(text="First sentence here. Second one here.", groups=[["random"]], preset="ultra_fast",
+                         seed=5, min_chars_to_split=20,
+                         overrides={"num_autoregressive_samples": 2, "diffusion_iterations": 2, "max_mel_tokens": 20})
+    clips, stages = [], []
+    record = generation.run_job(tts, job, tmp_path, lambda m, d, t: clips.append((m, d, t)),
+                                on_stage=lambda s, d, t: stages.append(s))
+    run_dir = tmp_path / record.run_id
+    assert [c["file"] for c in record.clips] == ["random_00_00.wav", "random_01_00.wav"] and record.finished
+    assert record.combined == [{"voice": "random", "candidate": 0, "file": "random_combined.wav"}]
+    for name in ("random_00_00.wav", "random_01_00.wav", "random_combined.wav"):
+        assert sf.info(str(run_dir / name)).subtype == "PCM_16" and sf.info(str(run_dir / name)).samplerate == 24000
+    assert read_record(run_dir / "random_01_00.wav").seed == 6  # the run seed + the clip index
+    assert ("Voice random: clip 2 of 2", 1, 2) in clips and clips[-1] == ("Done", 2, 2)
+    assert {"autoregressive", "ranking", "latents", "diffusion", "vocoder"} <= set(stages)
 
 
 # ---- device layer: start-up check, device list, doctor report ---------------------------------------------------
 
-def test_environment_check_on_cpu_skips_oneapi(monkeypatch):
+class NoIntelSystem:
+    """The oneAPI checker's view of a machine without any Intel GPU stack."""
+
+    def glob(self, pattern):
+        return []
+
+    def access(self, path, mode):
+        return False
+
+    def find_library(self, name):
+        return None
+
+    def can_load(self, name):
+        return False
+
+    def distribution_version(self, name):
+        return None
+
+    def platform(self):
+        return "linux"
+
+    def torch_has_xpu(self):
+        return False
+
+    def intel_gpus(self):
+        return []
+
+
+def test_environment_check_on_cpu_says_oneapi_is_not_applicable(monkeypatch):
     from xpu.testing import no_accelerators
     from tortoise.webui import device_info
     no_accelerators(monkeypatch)
-    monkeypatch.setattr(device_info, "xpu_relevant", lambda env=None: False)
-    lines = device_info.environment_check(env={})
-    assert lines[0].startswith("device cpu") and "oneAPI checks skipped" in lines[1] and len(lines) == 2
+    lines = device_info.environment_check(env={}, fs=NoIntelSystem())
+    assert lines[0].startswith("device cpu") and len(lines) == 2
+    assert lines[1].startswith("oneAPI checks not applicable: no Intel GPU")
+
+
+def test_device_panel_says_oneapi_is_not_applicable(monkeypatch):
+    """The page's device panel (the doctor report) on a machine without an Intel GPU: no [error] lines."""
+    from xpu import oneapi
+    from xpu.testing import no_accelerators
+    from tortoise.webui import device_info
+    no_accelerators(monkeypatch)
+    monkeypatch.setattr(oneapi, "System", NoIntelSystem)
+    for var in ("ONEAPI_ROOT", "SETVARS_COMPLETED", "ONEAPI_DEVICE_SELECTOR", "ZE_AFFINITY_MASK", "TORTOISE_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    report = device_info.doctor_report("cpu")
+    assert "oneAPI     not applicable" in report and "[error]" not in report
 
 
 def test_environment_check_on_arc_shows_findings_with_fixes(monkeypatch):
@@ -328,3 +368,89 @@ def test_build_job_maps_controls_to_api_overrides():
     assert off.overrides == {"cond_free": False}
     from tortoise.api import OPTION_FIELDS  # every override is a knob the API knows
     assert set(job.overrides) <= OPTION_FIELDS
+
+
+# ---- messages in the page's words --------------------------------------------------------------------------------
+
+FLAG = __import__("re").compile(r"(?<![\w-])--(?!index-url)[a-z]")  # pip's --index-url is not a flag of ours
+
+
+def _raised(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - collecting the library's real exceptions
+        return e
+    raise AssertionError(f"{fn.__name__} did not raise")
+
+
+def test_library_errors_speak_of_the_page_controls(tmp_path, monkeypatch):
+    """Was: the page told its users to pass --models_dir, --voices_dir, --disable_redaction, ..."""
+    from tortoise.utils import checkpoints, voices, wav2vec_alignment as W
+    from xpu.testing import no_accelerators
+    import xpu
+    no_accelerators(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    raised = [
+        _raised(checkpoints.resolve_checkpoint, "autoregressive", tmp_path, download=False),
+        _raised(voices.check_voice_name, ""),
+        _raised(voices.check_voice_name, "../x"),
+        voices.unknown_voice_error("carol", ["alice"]),
+        _raised(voices.parse_voice_selection, "all", {}),
+        _raised(voices.parse_voice_selection, "random&alice", {"alice": []}),
+        _raised(voices.get_voices, [str(tmp_path / "nope")]),
+        _raised(W.check_redaction, ["[only this]"], tmp_path),
+        _raised(W.check_redaction, ["Fine.", "[only this]"], tmp_path),
+        _raised(W.check_redaction, ["[sad] feed me."], tmp_path),
+        _raised(W.split_redactions, "[unclosed"),
+        _raised(xpu.resolve_device, "xpu", {}),
+        RuntimeError("cpu ran out of memory even at batch size 1: use --low_vram, --half, fewer candidates or a "
+                     "smaller max_mel_tokens"),  # tortoise.api.OutOfMemory's message
+        checkpoints.CheckpointError("the bigvgan vocoder is not in /m and could not be downloaded from x (y); "
+                                    "download it there (config.json + bigvgan_generator.pt) or use --vocoder univnet"),
+    ]
+    for exc in raised:
+        text = generation.readable_error(exc)
+        assert not FLAG.search(text), (str(exc), text)
+        assert "\n" not in text
+    assert "Models directory" in generation.readable_error(raised[0])
+    assert "Extra voices directory" in generation.readable_error(raised[2])
+    assert "remove the brackets" in generation.readable_error(raised[7])
+    assert "choose another Device in the sidebar" in generation.readable_error(raised[11])
+    assert "pip install torch --index-url https://download.pytorch.org/whl/xpu" in \
+        generation.readable_error(raised[11])  # not a flag of ours: kept
+    assert "'Low VRAM'" in generation.readable_error(raised[12])
+
+
+def test_upload_that_is_not_audio_says_so_in_words():
+    """Was: "cannot be read as audio (Error opening <_io.BytesIO object at 0x7f...>: Format not recognised.)"."""
+    for data in (b"this is not audio", b"%PDF-1.4 " * 200, b""):
+        with pytest.raises(UploadError) as e:
+            voice_upload.inspect_clip("notes.wav", data)
+        assert str(e.value).startswith("notes.wav: this is not an audio file") and "<_io" not in str(e.value)
+    with pytest.raises(UploadError) as e:
+        voice_upload.inspect_clip("cut.wav", b"RIFF....WAVEjunk")
+    assert "damaged or unsupported audio file" in str(e.value) and "<_io" not in str(e.value)
+
+
+# ---- server-side paths -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, local", [("localhost", True), ("127.0.0.1", True), ("127.0.0.2", True),
+                                            ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("", False),
+                                            (None, False), ("192.168.1.5", False), ("myhost.example", False),
+                                            ("::", False)])
+def test_only_loopback_addresses_are_local(address, local):
+    assert wsettings.is_local_address(address) is local
+    assert wsettings.paths_locked(address, env={}) is (not local)
+    assert wsettings.paths_locked(address, env={"TURTLE_LOCK_PATHS": "1"}) is True
+
+
+def test_pinned_paths(monkeypatch):
+    monkeypatch.setenv("TORTOISE_MODELS_DIR", "/srv/models")
+    env = {"TURTLE_OUTPUT_DIR": "/srv/out", "TURTLE_VOICES_DIR": " "}
+    assert wsettings.pinned_paths(False, env) == {"output_dir": "/srv/out"}  # localhost: only what the server set
+    locked = wsettings.pinned_paths(True, env)
+    assert locked == {"models_dir": "/srv/models", "extra_voices_dir": wsettings.default_voices_dir(),
+                      "output_dir": "/srv/out", "ar_checkpoint": "", "diff_checkpoint": ""}
+    s = wsettings.with_server_paths(Settings(models_dir="/home/visitor/x", output_dir="/etc"), True, env)
+    assert s.models_dir == "/srv/models" and s.output_dir == "/srv/out"

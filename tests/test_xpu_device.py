@@ -5,7 +5,6 @@ The CPU path runs for real; XPU/CUDA/MPS presence and properties come from fakes
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -161,47 +160,6 @@ def test_cpu_policy_follows_native_bf16(monkeypatch, cpu_only):
     assert xpu.half_dtype("cpu") == torch.bfloat16
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps, avx512_bf16=False, amx_bf16=False))
     assert xpu.half_dtype("cpu") is None
-
-
-# ---------------------------------------------------------------- autocast
-
-def _matmul_dtype() -> torch.dtype:
-    a = torch.ones(4, 4)
-    return (a @ a).dtype
-
-
-def test_autocast_noop_warns_once(monkeypatch, cpu_only):
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(3):
-            with xpu.autocast("cpu"):
-                assert not torch.is_autocast_enabled("cpu")
-                assert _matmul_dtype() == torch.float32
-    assert len([w for w in caught if "float32" in str(w.message)]) == 1
-
-
-def test_autocast_runs_half_where_supported(monkeypatch, cpu_only):
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    with xpu.autocast("cpu"):
-        assert torch.is_autocast_enabled("cpu") and _matmul_dtype() == torch.bfloat16
-    with xpu.autocast("cpu", dtype=torch.bfloat16):
-        assert _matmul_dtype() == torch.bfloat16
-    assert _matmul_dtype() == torch.float32
-
-
-def test_autocast_disabled_is_silent(cpu_only):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with xpu.autocast("cpu", enabled=False):
-            assert not torch.is_autocast_enabled("cpu")
-
-
-def test_autocast_unavailable_backend(monkeypatch, cpu_only):
-    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: False)
-    with pytest.warns(UserWarning, match="autocast is unavailable for cpu"):
-        with xpu.autocast("cpu", dtype=torch.bfloat16):
-            assert not torch.is_autocast_enabled("cpu")
 
 
 # ---------------------------------------------------------------- primitives

@@ -70,3 +70,70 @@ def test_report_on_fake_a770(monkeypatch):
     assert [f["code"] for f in report["oneapi"]] == ["arc-a-allocation-limit"]
     text = doctor.format_report(report)
     assert A770["name"] in text and "largest single allocation 4.00 GiB" in text
+
+
+class NoIntelSystem(HealthyXpuSystem):
+    """A machine with no Intel GPU, a CPU (or CUDA) build of PyTorch and no oneAPI: every probe fails."""
+
+    def glob(self, pattern):
+        return []
+
+    def find_library(self, name):
+        return None
+
+    def can_load(self, name):
+        return False
+
+    def torch_has_xpu(self):
+        return False
+
+    def intel_gpus(self):
+        return []
+
+
+def test_oneapi_checks_are_not_applicable_without_an_intel_gpu(monkeypatch):
+    """Was: three [error] lines (no XPU torch, no render node, no Level Zero) on every non-Intel machine."""
+    no_accelerators(monkeypatch)
+    report = doctor.build_report("cpu", env={}, fs=NoIntelSystem())
+    assert report["oneapi_checks"]["applicable"] is False and report["oneapi"] == []
+    assert "no Intel GPU" in report["oneapi_checks"]["reason"]
+    text = doctor.format_report(report)
+    assert "oneAPI     not applicable: no Intel GPU" in text and "[error]" not in text
+
+
+def test_oneapi_checks_apply_where_an_intel_gpu_or_oneapi_is_present(monkeypatch):
+    no_accelerators(monkeypatch)
+    gpu_but_cpu_torch = NoIntelSystem()
+    gpu_but_cpu_torch.intel_gpus = lambda: ["/sys/class/drm/card1"]
+    report = doctor.build_report("cpu", env={}, fs=gpu_but_cpu_torch)  # the fix to give: install the XPU wheels
+    assert report["oneapi_checks"]["applicable"] and "Intel GPU is present (card1)" in report["oneapi_checks"]["reason"]
+    assert [f["code"] for f in report["oneapi"]][:1] == ["torch-without-xpu"]
+    report = doctor.build_report("cpu", env={"ONEAPI_ROOT": "/opt/intel/oneapi"}, fs=NoIntelSystem())
+    assert report["oneapi_checks"]["applicable"] and "ONEAPI_ROOT" in report["oneapi_checks"]["reason"]
+    assert xpu.oneapi_applicability({"TORTOISE_DEVICE": "xpu:1"}, NoIntelSystem()).applicable
+
+
+def test_real_intel_gpu_probe_reads_sysfs(tmp_path, monkeypatch):
+    from xpu import oneapi
+    for card, vendor in (("card0", "0x10de\n"), ("card1", "0x8086\n")):
+        (tmp_path / card / "device").mkdir(parents=True)
+        (tmp_path / card / "device" / "vendor").write_text(vendor)
+    real_glob = oneapi.glob.glob
+    monkeypatch.setattr(oneapi.glob, "glob", lambda p: real_glob(p.replace("/sys/class/drm", str(tmp_path))))
+    assert oneapi.System().intel_gpus() == [str(tmp_path / "card1")]
+
+
+def test_cli_json_error_for_a_bogus_device():
+    out = _run("--json", "--device", "bogus")
+    assert out.returncode == 2
+    payload = json.loads(out.stdout)
+    assert payload["exit_code"] == 2 and payload["requested"] == "bogus"
+    assert payload["error"].startswith("unknown device 'bogus'")
+    assert out.stderr.strip().splitlines() == [f"error: {payload['error']}"]
+
+
+def test_report_failure_at_run_time_exits_1(monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "build_report", lambda device=None: (_ for _ in ()).throw(OSError("sysfs gone")))
+    assert doctor.main(["--json"]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["error"] == "OSError: sysfs gone" and out.err.count("\n") == 1

@@ -3,6 +3,6 @@
 Its ``TextToSpeech`` is :class:`tortoise.api.TextToSpeech`, which has the fast path (``tts_stream``: one sample, the
 HiFi-GAN decoder straight from the autoregressive latents, cross-faded chunks) beside the full pipeline.
 """
-from tortoise.api import ChunkCrossfader, TextToSpeech, stream_codes  # noqa: F401
+from tortoise.api import ChunkCrossfader, TextToSpeech  # noqa: F401
 
-__all__ = ["TextToSpeech", "ChunkCrossfader", "stream_codes"]
+__all__ = ["TextToSpeech", "ChunkCrossfader"]

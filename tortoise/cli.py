@@ -1,20 +1,24 @@
 """The ``tortoise-tts`` command: text (argument or stdin) -> 24 kHz wav files, clip by clip, in one or more voices.
 
-A thin shell over :mod:`tortoise.api`: it parses arguments, loads voices, splits long text into sentences, calls
-``TextToSpeech`` per clip and writes every file atomically. Clips are ``{voice}_{idx:02d}_{cand:02d}.wav`` in the
-output directory, then ``{voice}_combined.wav`` (the first candidate of every clip, in order). ``--skip_existing``
-resumes an interrupted run; ``--regenerate 3,7`` redoes only those clips. Bad input exits non-zero with one line.
+A thin shell over :mod:`tortoise.render` (the render loop the web UI, the speech server and the Ray reader share):
+it parses arguments, loads voices, splits long text into sentences and hands the run over. Clips are
+``{voice}_{idx:02d}_{cand:02d}.wav`` in the output directory, then ``{voice}_combined.wav`` (the first candidate of
+every clip, in order). ``--skip_existing`` resumes an interrupted run (keeping only clips made from the same text,
+voice and settings); ``--regenerate 3,7`` redoes those clips. Bad input exits 2 with one line, a failure at run time 1.
 """
 import argparse
+import dataclasses
 import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
+from tortoise.progress import TqdmProgress
+from tortoise.utils import errors
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
+
 OUTPUT_SAMPLE_RATE = 24000
 VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
 TUNING = (  # (flag, type, help): each overrides the preset's value when given
@@ -74,10 +78,14 @@ def build_parser():
                    help="directory of voices (one subdirectory per voice); a comma separates several")
     g.add_argument("-p", *_flag("preset"), default="fast", choices=list(PRESETS), help="quality/speed preset")
     g.add_argument("-q", *_flag("quiet"), action="store_true", help="print nothing but errors")
+    g.add_argument(*_flag("encoding"), default="utf-8",
+                   help="encoding of text piped on stdin (default utf-8; e.g. cp1252, latin-1); undecodable input "
+                        "is refused, never dropped")
     o = p.add_argument_group("output")
     o.add_argument("-l", *_flag("list_voices"), action="store_true", help="list the available voices and exit")
     o.add_argument("-o", *_flag("output"), default=None, help="also write the combined audio to this file")
-    o.add_argument("-O", *_flag("output_dir"), default="results", help="directory for the clips (default: results)")
+    o.add_argument("-O", *_flag("output_dir"), default=None,
+                   help="directory for the clips (default: results, or results/NAME with -o NAME.wav)")
     m = p.add_argument_group("multiple outputs")
     m.add_argument(*_flag("candidates"), type=int, default=1, help="candidates per clip (best first)")
     m.add_argument(*_flag("regenerate"), default=None, help="comma-separated clip numbers to render again, e.g. 3,7")
@@ -86,9 +94,34 @@ def build_parser():
                    help="replace files of an earlier run in the output directory (refused otherwise)")
     a = p.add_argument_group("advanced")
     a.add_argument(*_flag("seed"), type=int, default=None, help="random seed, to reproduce a run on the same device")
+    a.add_argument(*_flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
+    t = p.add_argument_group("tuning (overrides the preset)")
+    for name, typ, text in TUNING:
+        t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
+                       type=_bool if typ == "bool" else typ, default=None, help=text)
+    t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
+                   help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
+    t.add_argument(*_flag("exact_ranking"), action="store_true",
+                   help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
+    s = p.add_argument_group("speed")
+    add_model_arguments(a, s)
+    s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
+    s.add_argument(*_flag("stream"), action="store_true",
+                   help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
+    r = p.add_argument_group("Ray cluster (pip install 'tortoise-tts-xpu[ray]')")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="read on a Ray cluster, clips spread over its GPUs (or CPUs): a new local cluster, or the "
+                        "one at ADDRESS (HOST:PORT, ray://HOST:PORT, auto); give the text before --ray or by --text")
+    r.add_argument(*_flag("ray_actors"), type=int, default=None, metavar="N",
+                   help="Ray actors, each holding the models (default: one per GPU, else one per CPU)")
+    return p
+
+
+def add_model_arguments(a, s):
+    """The options that choose, load and place the networks, added to the argument groups ``a`` (models and device)
+    and ``s`` (speed). Shared by ``tortoise-tts`` and ``tortoise-server``; :func:`make_tts` reads them."""
     a.add_argument(*_flag("models_dir"), default=None,
                    help="checkpoint directory (default $TORTOISE_MODELS_DIR or ~/.cache/tortoise/models)")
-    a.add_argument(*_flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
     a.add_argument(*_flag("disable_redaction"), action="store_true",
                    help="speak [bracketed] text instead of cutting it from the audio")
     a.add_argument(*_flag("device"), default=None, help="xpu, xpu:1, cuda, mps or cpu (default: automatic)")
@@ -100,27 +133,23 @@ def build_parser():
     a.add_argument(*_flag("ar_checkpoint"), default=None, help="autoregressive checkpoint file")
     a.add_argument(*_flag("clvp_checkpoint"), default=None, help="CLVP checkpoint file")
     a.add_argument(*_flag("diff_checkpoint"), default=None, help="diffusion checkpoint file")
-    t = p.add_argument_group("tuning (overrides the preset)")
-    for name, typ, text in TUNING:
-        t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
-                       type=_bool if typ == "bool" else typ, default=None, help=text)
-    t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
-                   help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
-    t.add_argument(*_flag("exact_ranking"), action="store_true",
-                   help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
-    s = p.add_argument_group("speed")
+    a.add_argument(*_flag("tokenizer"), default=None,
+                   help="tokenizer.json a fine-tuned autoregressive checkpoint was trained with "
+                        "(default: the released)")
+    a.add_argument(*_flag("hub_revision"), default=None,
+                   help="hub revision (branch, tag or commit) to download checkpoints from "
+                        "(default $TORTOISE_HUB_REVISION, else main)")
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
-    s.add_argument(*_flag("half"), action="store_true", help="half precision where the device does it well")
+    s.add_argument(*_flag("half"), action="store_true",
+                   help="half precision where the device does it well (python -m xpu shows which dtype)")
+    s.add_argument(*_flag("dtype"), default=None, choices=("float32", "bfloat16", "float16"),
+                   help="force the dtype of the half-tolerant networks (e.g. bfloat16 on a CPU without native bf16)")
     s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
     s.add_argument(*_flag("compile"), action="store_true", help="torch.compile the autoregressive decode step")
     s.add_argument(*_flag("int8"), action="store_true",
                    help="CPU: int8 dynamic quantization of the autoregressive model (faster, slightly different)")
     s.add_argument(*_flag("original_kv_positions"), action="store_true",
                    help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
-    s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
-    s.add_argument(*_flag("stream"), action="store_true",
-                   help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
-    return p
 
 
 # ---------------------------------------------------------------- input checks (all before any model loads)
@@ -134,13 +163,38 @@ def read_text(args, stdin=None):
     elif args.text:
         text = " ".join(args.text)
     elif stdin is not None and not stdin.isatty():
-        text = stdin.read()
+        text = read_stdin(stdin, getattr(args, "encoding", None) or "utf-8")
     else:
         raise UsageError("no text given: pass it as an argument (tortoise-tts \"Hello.\") or pipe it on stdin")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # bytes the locale could not decode (surrogateescape)
+        raise UsageError("the text holds bytes that are not valid in this system's encoding and would be lost: give "
+                         "UTF-8 text, or pipe it on stdin with --encoding (e.g. --encoding cp1252)")
     text = text.strip()
     if not text:
         raise UsageError("the text is empty: give something to say")
     return text
+
+
+def read_stdin(stdin, encoding="utf-8"):
+    """All of stdin decoded with ``encoding`` (strictly: a byte that does not decode is an error naming it, never a
+    silently dropped character); a UTF-8 byte-order mark is removed."""
+    import codecs
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise UsageError(f"--encoding {encoding!r} is not an encoding Python knows: use e.g. utf-8, cp1252 or "
+                         "latin-1") from None
+    raw = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (an embedding application, tests)
+        return stdin.read()
+    data = raw.read()
+    try:
+        return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"the text on stdin is not valid {encoding}: byte(s) {data[e.start:e.end][:4].hex(' ')} on "
+                         f"line {line} (offset {e.start}) do not decode; pass the file's encoding (e.g. --encoding "
+                         f"cp1252) or convert it to UTF-8 (iconv -f cp1252 -t utf-8)") from None
 
 
 def split_text(text, text_split):
@@ -178,8 +232,6 @@ def generation_options(args):
     for name in ("sampler", "latent_averaging_mode"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.half:
-        overrides["half"] = True
     if args.exact_ranking:
         overrides["exact_ranking"] = True
     try:
@@ -208,122 +260,106 @@ def check_args(args, opts, n_clips):
                          "autoregressive samples of this preset: raise --num_autoregressive_samples")
     if args.stream and args.candidates > 1:
         raise UsageError("--stream renders one candidate: drop --candidates or --stream")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch_size must be at least 1")
+    check_model_args(args)
     if args.skip_existing and args.regenerate:
         raise UsageError("--skip_existing and --regenerate contradict each other: use one")
+    check_ray_args(args)
 
 
-def prepare_output_dir(path):
-    path = Path(path)
+def check_ray_args(args):
+    if args.ray_actors is not None and args.ray is None:
+        raise UsageError("--ray_actors needs --ray (read on a Ray cluster)")
+    if args.ray is None:
+        return
+    from tortoise.distributed import RayUnavailable, require_ray
+    from tortoise.distributed.reader import RayOptions, check_address
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output directory {str(path)!r} ({e.strerror}): choose another with -O")
-    if not os.access(path, os.W_OK):
+        require_ray()
+    except RayUnavailable as e:
+        raise UsageError(str(e)) from None
+    try:
+        check_address(args.ray)
+    except ValueError as e:
+        raise UsageError(f"{e}; give the text before --ray, in --text or on stdin") from None
+    RayOptions(None, args.ray_actors)
+
+
+def check_model_args(args):
+    """The checks of :func:`add_model_arguments`' options that need no model (before anything loads)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch_size must be at least 1")
+    if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
+        raise UsageError(f"--tokenizer {args.tokenizer}: no such file; pass the tokenizer.json the model was trained "
+                         "with")
+
+
+def output_dir(args):
+    """-O, else ``results``; with -o NAME.wav and no -O, ``results/NAME`` (so two -o runs never share clips). Nothing
+    is created here: the directory appears with its first file, so a run that fails first leaves none behind."""
+    if args.output_dir:
+        path = Path(args.output_dir).expanduser()
+    elif args.output:
+        path = Path("results") / (Path(args.output).stem or "output")
+    else:
+        path = Path("results")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output directory {str(path)!r} is a file: choose another with -O")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
         raise UsageError(f"output directory {str(path)!r} is not writable: choose another with -O")
     return path
 
 
+def check_output_file(args):
+    if not args.output:
+        return None
+    path = Path(args.output).expanduser()
+    if path.is_dir():
+        raise UsageError(f"-o {args.output} is a directory: give a file name such as {path / 'speech.wav'}")
+    return path
+
+
 def load_voice_groups(args):
-    """[(label, clips, latents)] for every voice group of --voice, loaded now so bad clips fail before any model."""
-    from tortoise.utils.voices import get_voices, load_voices, parse_voice_selection
+    """The voice groups of --voice as :class:`tortoise.render.Voice`, loaded now so bad clips (and latents that do
+    not fit the models) fail before any model loads."""
+    from tortoise.render import load_voice_group
+    from tortoise.utils.voices import expected_latent_widths, get_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
-    groups = parse_voice_selection(args.voice, get_voices(dirs))
-    return [("-".join(g), *load_voices(g, dirs)) for g in groups]
+    ar_width, diffusion_width = expected_latent_widths(args.models_dir)  # a .pth voice must fit these models
+    widths = (ar_width, None if args.stream else diffusion_width)  # streaming uses the AR latent only
+    return [load_voice_group(group, dirs, latent_widths=widths)
+            for group in parse_voice_selection(args.voice, get_voices(dirs))]
 
 
-# ---------------------------------------------------------------- files
-
-def write_wav(path, audio):
-    """Write 24 kHz audio (any shape holding one channel) atomically: a temporary file then a rename."""
-    from tortoise.utils.audio import save_wav
-    save_wav(str(path), audio.detach().float().cpu().reshape(1, -1), OUTPUT_SAMPLE_RATE)
-
-
-def read_wav(path):
-    from tortoise.utils.audio import load_audio
-    return load_audio(str(path), OUTPUT_SAMPLE_RATE, allow_silent=True).reshape(1, -1)
+def run_mode(args):
+    if args.overwrite:
+        return "overwrite"
+    if args.skip_existing:
+        return "skip_existing"
+    return "regenerate" if args.regenerate else "new"
 
 
-# ---------------------------------------------------------------- rendering
-
-class Renderer:
-    """Renders the clips of one run; every finished clip is on disk before the next one starts."""
-
-    def __init__(self, tts, args, opts, texts, out_dir, seed, say):
-        self.tts, self.args, self.opts, self.texts = tts, args, opts, texts
-        self.out_dir, self.seed, self.say = out_dir, seed, say
-        self.regenerate = parse_regenerate(args.regenerate, len(texts))
-        self.written = []
-
-    def clip_path(self, label, idx, cand=0):
-        return self.out_dir / f"{label}_{idx:02d}_{cand:02d}.wav"
-
-    def planned_overwrites(self, labels):
-        """Existing files this run would replace that the user did not ask to replace (--regenerate and
-        --skip_existing ask for it; the combined file is derived from the clips and is always rewritten then)."""
-        if self.args.overwrite or self.args.skip_existing or self.regenerate is not None:
-            return []
-        paths = [self.clip_path(label, idx, cand) for label in labels for idx in range(len(self.texts))
-                 for cand in range(self.args.candidates)]
-        paths += [self.out_dir / f"{label}_combined.wav" for label in labels]
-        paths += [Path(self.args.output)] if self.args.output else []
-        return [p for p in paths if p.exists()]
-
-    def keep_existing(self, label, idx):
-        if not (self.args.skip_existing or (self.regenerate is not None and idx not in self.regenerate)):
-            return False
-        return self.clip_path(label, idx).is_file()
-
-    def render_voice(self, label, clips, latents, n_done, total):
-        parts = []
-        for idx, text in enumerate(self.texts):
-            if self.keep_existing(label, idx):
-                self.say(f"Keeping {self.clip_path(label, idx).name}")
-                parts.append(read_wav(self.clip_path(label, idx)))
-                continue
-            self.say(f"Rendering {label}_{idx:02d} ({n_done + idx + 1} of {total}): {text}")
-            parts.append(self.render_clip(label, idx, text, clips, latents))
-        combined = self.out_dir / f"{label}_combined.wav"
-        audio = _cat(parts)
-        write_wav(combined, audio)
-        self.written.append(combined)
-        return audio
-
-    def render_clip(self, label, idx, text, clips, latents):
-        verbose = not self.args.quiet
-        if self.args.stream:
-            candidates = [self.stream_clip(text, clips, latents, verbose)]
-        else:
-            gen = self.tts.tts(text, voice_samples=clips, conditioning_latents=latents, k=self.args.candidates,
-                               verbose=verbose, use_deterministic_seed=self.seed, options=self.opts)
-            candidates = gen if isinstance(gen, list) else [gen]
-        for cand, audio in enumerate(candidates):
-            path = self.clip_path(label, idx, cand)
-            write_wav(path, audio)
-            self.written.append(path)
-        return candidates[0].reshape(1, -1).float().cpu()
-
-    def stream_clip(self, text, clips, latents, verbose):
-        """Collect the streamed chunks of one clip, reporting when the first audio arrived."""
-        t0, chunks = time.time(), []
-        for chunk in self.tts.tts_stream(text, voice_samples=clips, conditioning_latents=latents,
-                                         use_deterministic_seed=self.seed, verbose=verbose, **self._stream_kwargs()):
-            if not chunks:
-                self.say(f"  first audio after {time.time() - t0:.1f} s")
-            chunks.append(chunk.reshape(1, -1).float().cpu())
-        return _cat(chunks)
-
-    def _stream_kwargs(self):
-        o = self.opts
-        return dict(temperature=o.temperature, length_penalty=o.length_penalty,
-                    repetition_penalty=o.repetition_penalty, top_p=o.top_p, max_mel_tokens=o.max_mel_tokens)
+def model_identity(args, vocoder):
+    from tortoise.render import model_identity as identity
+    return identity(args.models_dir, vocoder, args.half, args.dtype, args.ar_checkpoint, args.clvp_checkpoint,
+                    args.diff_checkpoint, args.tokenizer, args.int8,
+                    "original" if args.original_kv_positions else "contiguous", not args.no_cache)
 
 
-def _cat(parts):
-    import torch
-    return torch.cat([p.reshape(1, -1).float().cpu() for p in parts], dim=-1)
+def make_job(args, texts, opts, voices, vocoder):
+    """The run as a :class:`tortoise.render.RenderJob`. Resuming without --seed reuses the earlier run's seed."""
+    from tortoise import render
+    out_dir, output = output_dir(args), check_output_file(args)
+    regenerate = frozenset(parse_regenerate(args.regenerate, len(texts)) or ())
+    mode = run_mode(args)
+    settings = render.RenderSettings(opts, 0, args.candidates, args.stream, model_identity(args, vocoder))
+    job = render.RenderJob(tuple(texts), tuple(voices), settings, out_dir, mode, regenerate, output)
+    seed = args.seed
+    if seed is None and mode in ("skip_existing", "regenerate"):
+        seed = render.earlier_run_seed(job)
+    if seed is None:
+        seed = random.randint(0, 2 ** 32 - 1)
+    return dataclasses.replace(job, settings=dataclasses.replace(settings, seed=seed))
 
 
 def list_voices(args):
@@ -334,94 +370,129 @@ def list_voices(args):
 
 
 def run(args, say):
+    from tortoise import render
     if args.list_voices:
         list_voices(args)
         return 0
     text = read_text(args)
     texts = split_text(text, args.text_split)
+    from tortoise.utils.wav2vec_alignment import check_redaction  # [brackets]: fail now, not after a clip
+    check_redaction(texts, args.models_dir, enabled=not (args.disable_redaction or args.stream))
     opts = generation_options(args)
     check_args(args, opts, len(texts))
-    vocoder = choose_vocoder(args.vocoder, args.models_dir)
+    vocoder = "hifigan" if args.stream else choose_vocoder(args.vocoder, args.models_dir)
     voices = load_voice_groups(args)
     if args.output and len(voices) > 1:
         raise UsageError("-o takes one voice; with several voices use -O DIR (each gets DIR/{voice}_combined.wav)")
-    out_dir = prepare_output_dir(args.output_dir)
-    seed = args.seed if args.seed is not None else random.randint(0, 2 ** 32 - 1)
-    say(f"Seed {seed} (pass --seed {seed} to reproduce this run)")
-    renderer = Renderer(None, args, opts, texts, out_dir, seed, say)
-    clash = renderer.planned_overwrites([label for label, _, _ in voices])
-    if clash:
-        raise UsageError(f"{clash[0]} exists (from an earlier run) and would be replaced: pass --skip_existing to "
-                         "resume, --regenerate N to redo clips, --overwrite to replace, or choose another -O / -o")
-    renderer.tts = make_tts(args, vocoder, say)
+    job = make_job(args, texts, opts, voices, vocoder)
+    tasks = render.plan(job)  # refuses to replace an earlier run's files before any model loads
+    say(f"Seed {job.settings.seed} (pass --seed {job.settings.seed} to reproduce this run)")
+    to_render = any(t.action == "render" for t in tasks)
+    bar = TqdmProgress(not args.quiet)
+    written = []
+    on_clip = lambda task, paths, error: written.extend(paths)  # noqa: E731
     try:
-        for v, (label, clips, latents) in enumerate(voices):
-            audio = renderer.render_voice(label, clips, latents, v * len(texts), len(voices) * len(texts))
-            if args.output:
-                write_wav(args.output, audio)
-                renderer.written.append(Path(args.output))
+        if args.ray is not None and to_render:
+            result = read_on_ray(args, job, tasks, vocoder, bar, say, on_clip)
+        else:
+            tts = make_tts(args, vocoder, say) if to_render else None
+            result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
+                                   say, tasks=tasks, on_clip=on_clip)
     except BaseException:
-        if renderer.written:
-            print(f"tortoise-tts: {len(renderer.written)} finished file(s) kept in {out_dir}; "
+        bar.close()
+        if written:
+            print(f"tortoise-tts: {len(written)} finished file(s) kept in {job.out_dir}; "
                   "rerun with --skip_existing to resume", file=sys.stderr)
         raise
-    say(f"Wrote {len(renderer.written)} file(s) to {out_dir}" + (f" and {args.output}" if args.output else ""))
+    bar.close()
+    say(summary(job, result))
+    if result.failed:
+        failed = ", ".join(f"{label}_{idx:02d} ({why})" for label, idx, why in result.failed)
+        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {errors.one_line(ValueError(failed))}; the "
+              f"finished clips are in {job.out_dir}: rerun with --skip_existing to render the missing ones",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
-def make_tts(args, vocoder, say):
+def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
+    """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); a bar counts clips."""
+    from tortoise.distributed.reader import RayOptions, read
+    options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, quiet=args.quiet)
+    return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,
+                lambda stage, done, total: stage == "clips" and bar(stage, done, total), say, on_clip)
+
+
+def summary(job, result):
+    """The closing line: which files were written (clips by range, then the combined files), kept and removed."""
+    combined = [p for p in result.written if p.name.endswith("_combined.wav") or p == job.output]
+    clips = sorted(p for p in result.written if p not in combined)  # a Ray read writes them as they finish
+    parts = []
+    if clips:
+        names = clips[0].name if len(clips) == 1 else f"{clips[0].name} ... {clips[-1].name}"
+        parts.append(f"{len(clips)} clip file(s) to {job.out_dir} ({names})")
+    if combined:
+        parts.append(", ".join(str(p) for p in combined))
+    line = "Wrote " + " and ".join(parts) if parts else "Wrote nothing new"
+    if result.kept:
+        line += f"; kept {len(result.kept)} earlier clip(s)"
+    if result.removed:
+        line += f"; removed {len(result.removed)} clip file(s) of an earlier, longer run"
+    return line
+
+
+def tts_arguments(args, vocoder, stream=None):
+    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too);
+    ``stream`` (default ``args.stream``): load only what the streaming fast path needs."""
+    stream = args.stream if stream is None else stream
+    return dict(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
+                enable_redaction=not args.disable_redaction, device=args.device, high_vram=not args.low_vram,
+                kv_cache=not args.no_cache, half=args.half, dtype=args.dtype, ar_checkpoint=args.ar_checkpoint,
+                clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
+                vocoder="univnet" if stream else vocoder, preload=not stream, compile=args.compile,
+                int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
+                kv_cache_positions="original" if args.original_kv_positions else "contiguous")
+
+
+def new_tts(kwargs, stream=False):
+    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (the streaming path loads only the AR
+    model and the HiFi-GAN decoder)."""
     from tortoise.api import TextToSpeech
-    say(f"Loading models ({vocoder} vocoder)...")
-    t0 = time.time()
-    tts = TextToSpeech(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
-                       enable_redaction=not args.disable_redaction, device=args.device,
-                       high_vram=not args.low_vram, kv_cache=not args.no_cache, half=args.half,
-                       ar_checkpoint=args.ar_checkpoint, clvp_checkpoint=args.clvp_checkpoint,
-                       diff_checkpoint=args.diff_checkpoint, vocoder=vocoder, preload=not args.stream,
-                       compile=args.compile, int8=args.int8,
-                       kv_cache_positions="original" if args.original_kv_positions else "contiguous")
-    if args.stream:
+    tts = TextToSpeech(**kwargs)
+    if stream:
         tts.preload(("autoregressive", "hifidecoder"))
+    return tts
+
+
+def make_tts(args, vocoder, say, stream=None):
+    """The :class:`TextToSpeech` of the model options; ``stream`` (default ``args.stream``): load only what the
+    streaming fast path needs."""
+    stream = args.stream if stream is None else stream
+    say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
+    t0 = time.time()
+    tts = new_tts(tts_arguments(args, vocoder, stream), stream)
     say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
     return tts
 
 
-def _one_line(e):
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 600 else text[:597] + "..."
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"tortoise-tts: warning: {' '.join(str(message).split())}\n"
 
 
 def main(argv=None):
-    """Console entry point ``tortoise-tts``; returns the exit status."""
+    """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(f"tortoise-tts: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # "tortoise-tts: warning: ..."
     try:
         return run(args, say)
-    except KeyboardInterrupt:
-        print("tortoise-tts: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
-        if os.environ.get("TORTOISE_DEBUG"):
-            raise
-        code = EXIT_BAD_INPUT if _is_input_error(e) else EXIT_FAILED
-        prefix = "" if _is_input_error(e) else f"{type(e).__name__}: "
-        hint = "" if _is_input_error(e) else " (set TORTOISE_DEBUG=1 for the traceback)"
-        print(f"tortoise-tts: error: {prefix}{_one_line(e)}{hint}", file=sys.stderr)
-        return code
-
-
-def _is_input_error(e):
-    from tortoise.utils.checkpoints import CheckpointError
-    from tortoise.utils.voices import VoiceError
-    try:
-        from xpu.device import DeviceUnavailable
-    except ImportError:  # pragma: no cover - the device layer is part of this package
-        DeviceUnavailable = ()
-    return isinstance(e, (UsageError, VoiceError, CheckpointError, DeviceUnavailable, ValueError))
+    except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
+        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":

@@ -44,13 +44,13 @@ def save_latents(latents, path):
 
 def run(args):
     from tortoise.api import TextToSpeech
-    from tortoise.utils.voices import get_voices, load_voices, parse_voice_selection
+    from tortoise.utils.voices import VoiceError, get_voices, load_voices, parse_voice_selection
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
     groups = parse_voice_selection(args.voice, get_voices(dirs))
     loaded = [(g, *load_voices(g, dirs)) for g in groups]
     for g, clips, _ in loaded:
         if clips is None:
-            raise ValueError(f"voice {'&'.join(g)!r} has no clips to encode (random, or already .pth latents)")
+            raise VoiceError(f"voice {'&'.join(g)!r} has no clips to encode (random, or already .pth latents)")
     out = Path(args.output_path)
     targets = [out / f"{'-'.join(g)}.pth" for g, _, _ in loaded]
     existing = [t for t in targets if t.exists()]
@@ -61,23 +61,31 @@ def run(args):
     for (g, clips, _), target in zip(loaded, targets):
         tts.deterministic_state(args.seed)
         latents = tts.get_conditioning_latents(clips, latent_averaging_mode=args.latent_averaging_mode)
+        check_finite(latents, "&".join(g), tts.models_dir)
         print(save_latents(latents, target))
     return 0
 
 
+class NonFiniteLatents(RuntimeError):
+    """The models turned finite clips into NaN or infinite latents (a run-time failure: nothing is saved)."""
+
+
+def check_finite(latents, voice, models_dir):
+    for what, t in zip(("autoregressive", "diffusion"), latents):
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteLatents(f"the {what} latent computed for voice {voice!r} holds NaN or infinite values, so "
+                                   f"nothing was saved; the clips were finite, so the checkpoints in {models_dir} "
+                                   "are likely damaged: download them again (or try --device cpu)")
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Console entry point; exit codes as in :mod:`tortoise.utils.errors` (2 bad input, 1 failure at run time)."""
+    from tortoise.utils.errors import report
+    args = build_parser().parse_args(argv)  # bad arguments: argparse exits 2
     try:
         return run(args)
-    except KeyboardInterrupt:
-        print("tortoise-get-conditioning-latents: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if os.environ.get("TORTOISE_DEBUG"):
-            raise
-        print(f"tortoise-get-conditioning-latents: error: {' '.join(str(e).split()) or type(e).__name__}",
-              file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, Exception) as e:
+        return report("tortoise-get-conditioning-latents", e)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,16 @@ Run ``python -m xpu`` for a report on this machine.
 from .device import (AUTO_ORDER, DEVICE_ENV, DeviceInfo, DeviceUnavailable, available_devices, describe, device_count,
                      empty_cache, is_arc_a_series, is_available, is_oom_error, memory_stats, offload, resolve_device,
                      synchronize)
-from .dtype import autocast, half_dtype, half_policy_reason, warn_once
+from .dtype import half_dtype, half_policy_reason, warn_once
 from .ipex import IpexStatus, ipex_status, optimize
 from .memory import (ArMemoryEstimate, BatchPlan, ar_memory, ar_param_count, estimate_ar_memory, pick_batch_size,
                      plan_batch_size)
-from .oneapi import Finding, oneapi_findings
+from .oneapi import Applicability, Finding, oneapi_applicability, oneapi_findings
 
 __all__ = [
     "AUTO_ORDER", "DEVICE_ENV", "DeviceInfo", "DeviceUnavailable", "available_devices", "describe", "device_count",
     "empty_cache", "is_arc_a_series", "is_available", "is_oom_error", "memory_stats", "offload", "resolve_device",
-    "synchronize", "autocast", "half_dtype", "half_policy_reason", "warn_once", "IpexStatus", "ipex_status", "optimize",
+    "synchronize", "half_dtype", "half_policy_reason", "warn_once", "IpexStatus", "ipex_status", "optimize",
     "ArMemoryEstimate", "BatchPlan", "ar_memory", "ar_param_count", "estimate_ar_memory", "pick_batch_size",
-    "plan_batch_size", "Finding", "oneapi_findings",
+    "plan_batch_size", "Applicability", "Finding", "oneapi_applicability", "oneapi_findings",
 ]

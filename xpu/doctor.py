@@ -17,7 +17,7 @@ from .device import DEVICE_ENV, DeviceUnavailable, _call, available_devices, des
 from .dtype import half_dtype, half_policy_reason
 from .ipex import ipex_status
 from .memory import ar_param_count, plan_batch_size, released_ar_config
-from .oneapi import oneapi_findings
+from .oneapi import oneapi_applicability, oneapi_findings
 
 GIB = float(1 << 30)
 # Parameters of the released networks resident beside the AR model in the default (not low-VRAM) pipeline:
@@ -45,6 +45,8 @@ def build_report(device: str | None = None, env: Mapping[str, str] | None = None
     half = half_dtype(info)
     config = released_ar_config()
     batches = [_batch_entry(info, config, None)] + ([_batch_entry(info, config, half)] if half else [])
+    scope = oneapi_applicability(env, fs, device_type=dev.type)
+    findings = oneapi_findings(env, fs, device_names=_xpu_names()) if scope.applicable else []
     return {
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "requested": device or env.get(DEVICE_ENV) or "auto", "available": available_devices(),
@@ -53,7 +55,8 @@ def build_report(device: str | None = None, env: Mapping[str, str] | None = None
         "ar_batch": {"model": "released autoregressive (UnifiedVoice), CLVP, diffusion and vocoder resident",
                      "parameters": ar_param_count(config), "plans": batches},
         "ipex": ipex_status(env).to_dict(),
-        "oneapi": [f.to_dict() for f in oneapi_findings(env, fs, device_names=_xpu_names())],
+        "oneapi_checks": scope.to_dict(),  # applicable: false on machines without any Intel GPU stack
+        "oneapi": [f.to_dict() for f in findings],
     }
 
 
@@ -80,23 +83,39 @@ def format_report(r: Mapping[str, Any]) -> str:
                      f"of {_gib(p['budget_bytes'])}; {p['reason']}")
     ipex = r["ipex"]
     lines.append(f"IPEX       {'used' if ipex['usable'] else 'not used'}: {ipex['reason']}")
-    scope = "Intel XPU checks:" if d["type"] == "xpu" else "Intel XPU checks (they matter only for an Intel GPU):"
-    lines.append("oneAPI     " + ("no problems found" if not r["oneapi"] else scope))
+    checks = r.get("oneapi_checks", {"applicable": True, "reason": ""})
+    if not checks["applicable"]:
+        lines.append(f"oneAPI     not applicable: {checks['reason']}")
+    else:
+        lines.append("oneAPI     " + ("no problems found" if not r["oneapi"] else
+                                      f"Intel XPU checks ({checks['reason']}):"))
     for f in r["oneapi"]:
         lines.append(f"  [{f['severity']}] {f['problem']}\n      fix: {f['fix']}")
     return "\n".join(lines)
 
 
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2  # as every console script of the project (see tortoise.utils.errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with the report; 2 for an unknown or absent device (bad input); 1 when the report itself fails.
+    With ``--json`` an error is printed as JSON too (``{"error": ..., "exit_code": ...}``) on stdout."""
     parser = argparse.ArgumentParser(prog="python -m xpu", description=__doc__)
     parser.add_argument("--device", default=None, help=f"xpu, xpu:N, cuda, cuda:N, mps, cpu or auto "
                                                       f"(default: ${DEVICE_ENV}, else auto)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # bad arguments: argparse exits 2
     try:
         report = build_report(args.device)
-    except DeviceUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure is one line (or one JSON object), never a traceback
+        code = EXIT_BAD_INPUT if isinstance(exc, DeviceUnavailable) else EXIT_FAILED
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if code == EXIT_FAILED:
+            message = f"{type(exc).__name__}: {message}"
+        if args.json:
+            print(json.dumps({"error": message, "exit_code": code,
+                              "requested": args.device or os.environ.get(DEVICE_ENV) or "auto"}, indent=2))
+        print(f"error: {message}", file=sys.stderr)
+        return code
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

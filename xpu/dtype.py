@@ -1,4 +1,5 @@
-"""The half-precision policy: which dtype ``--half`` means on a device, and an autocast that works everywhere.
+"""The half-precision policy: which dtype ``--half`` means on a device (the pipeline casts the weights of the
+networks that tolerate it to that dtype once, when it places them; nothing runs under autocast).
 
 Policy (one place):
 - CUDA: float16 (tensor cores on every CUDA GPU since Volta; the original Tortoise's ``--half`` path).
@@ -10,9 +11,7 @@ Policy (one place):
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 
 import torch
 
@@ -56,25 +55,3 @@ def half_policy_reason(info: DeviceInfo) -> str:
         why = ("Arc A-series: no bf16 conversions" if info.arc_a_series
                else "device has bf16 conversions" if info.supports_bf16 else "device reports no bf16 conversions")
     return f"{name}: {why}"
-
-
-@contextlib.contextmanager
-def autocast(device: str | torch.device, enabled: bool = True, dtype: torch.dtype | None = None) -> Iterator[None]:
-    """``torch.autocast`` with the device's half dtype; a no-op (with one warning per process and reason)
-    where autocast or half precision is unsupported. ``enabled=False`` is always a silent no-op."""
-    kind = torch.device(device).type if not isinstance(device, DeviceInfo) else device.type
-    if not enabled:
-        yield
-        return
-    dtype = dtype if dtype is not None else half_dtype(device)
-    if dtype is None:
-        warn_once(f"autocast-none-{kind}", f"half precision is not supported well on {kind}: running in float32")
-        yield
-        return
-    available = getattr(torch.amp, "is_autocast_available", lambda _kind: True)(kind)
-    if not available:
-        warn_once(f"autocast-unavailable-{kind}", f"torch.autocast is unavailable for {kind}: running in float32")
-        yield
-        return
-    with torch.autocast(device_type=kind, dtype=dtype):
-        yield

@@ -29,10 +29,17 @@ DEFAULT_MAX_BATCH = 256
 ALLOCATION_MARGIN = 0.9  # keep the largest tensor under 90% of a device's single-allocation limit
 
 
+# The released Tortoise autoregressive model's constructor kwargs. They live here, in the lowest layer, so that the
+# device report (`python -m xpu`) can size batches for the released model without importing `tortoise`;
+# `tortoise.utils.checkpoints.RELEASED_CONFIGS["autoregressive"]` is this dict.
+RELEASED_AR_CONFIG: dict[str, Any] = dict(
+    max_mel_tokens=604, max_text_tokens=402, max_conditioning_inputs=2, layers=30, model_dim=1024, heads=16,
+    number_text_tokens=255, start_text_token=255, checkpointing=False, train_solo_embeddings=False)
+
+
 def released_ar_config() -> dict[str, Any]:
-    """The released autoregressive model's constructor kwargs (imported lazily: no tortoise import at xpu import)."""
-    from tortoise.utils.checkpoints import RELEASED_CONFIGS
-    return dict(RELEASED_CONFIGS["autoregressive"])
+    """A copy of :data:`RELEASED_AR_CONFIG`."""
+    return dict(RELEASED_AR_CONFIG)
 
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:

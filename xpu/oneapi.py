@@ -25,6 +25,8 @@ PIP_RUNTIME_DISTRIBUTIONS = ("intel-sycl-rt", "intel-opencl-rt", "dpcpp-cpp-rt",
                              "intel-cmplr-lib-ur", "intel-cmplr-lic-rt", "intel-pti", "umf", "tcmlib",
                              "onemkl-sycl-blas", "intel-openmp")
 LEVEL_ZERO_LIBRARIES = ("libze_loader.so.1", "libze_loader.so", "ze_loader.dll")
+INTEL_PCI_VENDOR = "0x8086"
+ONEAPI_ENV = ("ONEAPI_ROOT", "SETVARS_COMPLETED", "ONEAPI_DEVICE_SELECTOR", "ZE_AFFINITY_MASK")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,54 @@ class System:
 
     def torch_has_xpu(self) -> bool:
         return compiled_with("xpu")
+
+    def intel_gpus(self) -> list[str]:
+        """DRM devices whose PCI vendor is Intel (Linux sysfs; an empty list elsewhere or when unreadable)."""
+        found = []
+        for vendor in sorted(glob.glob("/sys/class/drm/card*/device/vendor")):
+            try:
+                with open(vendor, encoding="ascii") as f:
+                    if f.read().strip().lower() == INTEL_PCI_VENDOR:
+                        found.append(os.path.dirname(os.path.dirname(vendor)))
+            except OSError:
+                continue
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Applicability:
+    """Whether the oneAPI checks concern this machine, and why (or why not)."""
+    applicable: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def oneapi_applicability(env: Mapping[str, str] | None = None, fs: Any = None,
+                         device_type: str | None = None) -> Applicability:
+    """The oneAPI / driver checks matter when this PyTorch is an XPU build, an Intel GPU is present, an XPU device is
+    in use or asked for (``device_type``, ``$TORTOISE_DEVICE``), or a oneAPI environment is set up. Elsewhere (say an
+    AMD CPU with an NVIDIA GPU) their "errors" would be noise: they are not applicable."""
+    from .device import DEVICE_ENV
+    env = os.environ if env is None else env
+    fs = System() if fs is None else fs
+    why = []
+    if fs.torch_has_xpu():
+        why.append("this PyTorch is an XPU build")
+    gpus = getattr(fs, "intel_gpus", lambda: [])()
+    if gpus:
+        why.append(f"an Intel GPU is present ({', '.join(os.path.basename(g) for g in gpus)})")
+    if device_type == "xpu" or env.get(DEVICE_ENV, "").strip().startswith("xpu"):
+        why.append("an XPU device is asked for")
+    oneapi = [k for k in ONEAPI_ENV if env.get(k)]
+    if oneapi:
+        why.append(f"a oneAPI environment is set ({', '.join(oneapi)})")
+    if why:
+        return Applicability(True, "; ".join(why))
+    where = "under /sys/class/drm" if fs.platform().startswith("linux") else "that this check can see"
+    return Applicability(False, f"no Intel GPU {where}, this PyTorch ({torch.__version__}) is not an XPU build and "
+                                "no oneAPI environment is set; they matter only for an Intel GPU")
 
 
 def oneapi_findings(env: Mapping[str, str] | None = None, fs: Any = None,

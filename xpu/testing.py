@@ -88,3 +88,6 @@ class HealthyXpuSystem:
 
     def torch_has_xpu(self):
         return True
+
+    def intel_gpus(self):
+        return ["/sys/class/drm/card0"]

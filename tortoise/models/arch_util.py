@@ -10,6 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The mel front end lives with the other audio code; it is reachable here under its original module path.
+from tortoise.utils.audio import DEFAULT_MEL_NORM_FILE, TorchMelSpectrogram  # noqa: F401 (re-exported)
+
 
 def zero_module(module):
     """Zero every parameter of ``module`` in place and return it (initialisation only; checkpoints overwrite it)."""
@@ -248,33 +251,3 @@ class AudioMiniEncoder(nn.Module):
     def forward(self, x):
         h = self.attn(self.final(self.res(self.init(x))))
         return h[:, :, 0]
-
-
-def __getattr__(name):
-    # The mel front end lives with the other audio code; it is reachable here under its original module path.
-    if name in ("TorchMelSpectrogram", "DEFAULT_MEL_NORM_FILE"):
-        from tortoise.utils import audio
-        return getattr(audio, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class CheckpointedXTransformerEncoder(nn.Module):
-    """An x-transformers ``ContinuousTransformerWrapper`` whose blocks sit under ``CheckpointedLayer`` (the released
-    CLVP's key layout, ``transformer.attn_layers.layers.<i>.1.wrap...``), optionally permuting channels-mid input
-    ``[B, C, N]`` to the channels-last layout the transformer expects and back. Inference never checkpoints."""
-
-    def __init__(self, needs_permute=True, exit_permute=True, checkpoint=True, **xtransformer_kwargs):
-        super().__init__()
-        # deferred import: tortoise.models.xtransformers imports this module
-        from tortoise.models.xtransformers import ContinuousTransformerWrapper, checkpoint_wrap_layers
-        self.transformer = ContinuousTransformerWrapper(**xtransformer_kwargs)
-        self.needs_permute = needs_permute
-        self.exit_permute = exit_permute
-        if checkpoint:
-            checkpoint_wrap_layers(self.transformer)
-
-    def forward(self, x, **kwargs):
-        if self.needs_permute:
-            x = x.permute(0, 2, 1)
-        h = self.transformer(x, **kwargs)
-        return h.permute(0, 2, 1) if self.exit_permute else h

@@ -25,21 +25,17 @@ positions 0, 1, 2, ... (as in training). `position_mode="original"` (the default
 original's default `kv_cache=False`, fast); "shifted" forces the +1 quirk.
 """
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import xpu
 from tortoise.models.arch_util import AttentionBlock
 from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache, can_prepack
 from tortoise.utils.sampling import SamplingOptions, choose_next
 
 POSITION_MODES = ("original", "contiguous", "shifted")
-
-
-def null_position_embeddings(range, dim):
-    return torch.zeros((range.shape[0], range.shape[1], dim), device=range.device)
 
 
 class ResBlock(nn.Module):
@@ -152,23 +148,33 @@ def released_to_ours(state_dict):
     return out
 
 
+LEGACY_MASKED_BIAS = -1e4  # the constant HF GPT-2 stored as `attn.masked_bias`
+
+
 def _check_legacy_buffer(key, value):
+    """A legacy buffer must be what it claims to be, in whatever dtype it was saved (uint8 in the released file, bool
+    or fp16 in fine-tunes): `attn.bias` a (1, 1, n, n) lower-triangular causal mask, `attn.masked_bias` -1e4."""
     if key.endswith("masked_bias"):
-        ok = value.numel() == 1
+        ok = value.numel() == 1 and float(value.float().reshape(())) == LEGACY_MASKED_BIAS
     else:
         n = value.shape[-1]
         ok = value.dim() == 4 and value.shape[:2] == (1, 1) and value.shape[2] == n and bool(
-            torch.equal(value[0, 0].bool(), torch.ones(n, n, dtype=torch.bool).tril()))
+            torch.equal(value[0, 0] != 0, torch.ones(n, n, dtype=torch.bool).tril()))
     if not ok:
-        raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}) is not the GPT-2 causal-mask buffer it "
-                         f"is expected to be; the file is not a Tortoise autoregressive checkpoint")
+        raise ValueError(f"checkpoint key {key} (shape {tuple(value.shape)}, {value.dtype}) is not the GPT-2 "
+                         f"{'constant -1e4' if key.endswith('masked_bias') else 'causal-mask buffer'} it is expected "
+                         f"to be; the file is not a Tortoise autoregressive checkpoint")
 
 
-def _compute_dtype(device, param_dtype):
-    """dtype activations (and so the KV cache) take here: the autocast dtype when autocast is on."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return param_dtype
+def legacy_attention_buffers(n_layers, n_positions):
+    """The buffers HF GPT-2 saved per layer before transformers 4.31 (what the released autoregressive.pth holds):
+    {`gpt.h.N.attn.bias`: uint8 causal mask (1, 1, n, n), `gpt.h.N.attn.masked_bias`: -1e4}."""
+    mask = torch.ones(n_positions, n_positions, dtype=torch.uint8).tril().view(1, 1, n_positions, n_positions)
+    out = {}
+    for i in range(n_layers):
+        out[f"gpt.h.{i}.attn.bias"] = mask.clone()
+        out[f"gpt.h.{i}.attn.masked_bias"] = torch.tensor(LEGACY_MASKED_BIAS)
+    return out
 
 
 class UnifiedVoice(nn.Module):
@@ -217,7 +223,6 @@ class UnifiedVoice(nn.Module):
         for module in embeddings:
             module.weight.data.normal_(mean=0.0, std=.02)
         self.kv_cache = False
-        self.half = False
         self.position_mode = "original"
         self.prepack = True
         self._compiled_step = None
@@ -227,29 +232,81 @@ class UnifiedVoice(nn.Module):
         """Loads our own or a released-format state dict (see `released_to_ours` for what is dropped and why)."""
         return super().load_state_dict(released_to_ours(state_dict), strict=strict, assign=assign)
 
+    @classmethod
+    def convert_checkpoint(cls, state_dict):
+        return released_to_ours(state_dict)
+
+    @classmethod
+    def config_for_checkpoint(cls, config, state_dict):
+        """The text vocabulary is the checkpoint's: a fine-tune trained with its own tokenizer has another number of
+        `text_embedding` rows (number_text_tokens + 1, the last being the start token, as in the released file:
+        255 tokens, start token 255)."""
+        weight = state_dict.get("text_embedding.weight")
+        types = config.get("types", 1)
+        if weight is None or types != 1 or weight.shape[0] == config.get("number_text_tokens", 256) + 1:
+            return config
+        rows = weight.shape[0]
+        return dict(config, number_text_tokens=rows - 1, start_text_token=rows - 1)
+
+    def released_state_dict(self):
+        """Our weights laid out as the released `autoregressive.pth`: the state dict plus, in HF's order (after each
+        layer's `ln_1`), the legacy uint8 causal mask and -1e4 buffers that file carries."""
+        legacy = legacy_attention_buffers(len(self.gpt.h), self.gpt.config.n_positions)
+        out = {}
+        for key, value in self.state_dict().items():
+            out[key] = value
+            if key.startswith("gpt.h.") and key.endswith(".ln_1.bias"):
+                layer = key[:-len("ln_1.bias")]
+                out[layer + "attn.bias"] = legacy[layer + "attn.bias"]
+                out[layer + "attn.masked_bias"] = legacy[layer + "attn.masked_bias"]
+        return out
+
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=False, half=False, *, position_mode="original",
                               compile=False, prepack=True, int8=False):
         """Inference settings (the original built its HF inference model here). `use_deepspeed` is accepted and
         ignored (no DeepSpeed kernels here); `kv_cache` picks the cached loop (True) or recomputation (False);
-        `half` runs decoding under the device layer's autocast; `compile` torch.compiles the fixed-shape decode
-        step (cached loop only); `prepack` lets CPU fp32 decoding at batch >= 2 use oneDNN-prepacked weights
-        (about 1.3x faster steps, 1.5 GB more memory at full size, packed on first use); `int8` (CPU, opt-in)
-        runs the transformer's linears with int8 dynamic quantization — several times faster, no longer exact:
-        codes and latents drift from fp32; `position_mode` see the module docstring."""
+        `half` is a dtype (torch.float16 / torch.bfloat16) to hold the weights in (see `to_precision`), False for
+        float32; `compile` torch.compiles the fixed-shape decode step (cached loop only); `prepack` lets CPU
+        decoding at batch >= 2 use oneDNN-prepacked weights (about 1.3x faster steps, a second copy of the linear
+        weights, packed on first use); `int8` (CPU, float32 weights, opt-in) runs the transformer's linears with
+        int8 dynamic quantization — several times faster, no longer exact: codes and latents drift from fp32;
+        `position_mode` see the module docstring."""
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        if half is True:
+            raise ValueError("half takes the dtype to hold the weights in (torch.float16 or torch.bfloat16); "
+                             "TextToSpeech(half=True) picks it for the device")
         if use_deepspeed:
             warnings.warn("use_deepspeed is ignored: this implementation has its own fused decode loop")
-        self.kv_cache, self.half, self.position_mode, self.prepack = bool(kv_cache), bool(half), position_mode, prepack
+        if half:
+            self.to_precision(half)
+        if int8 and self.mel_head.weight.device.type != "cpu":
+            raise ValueError("int8=True is a CPU mode (dynamic quantization); on GPUs use half precision instead")
+        if int8 and self.dtype != torch.float32:
+            raise ValueError("int8=True quantizes float32 weights; it does not combine with half precision")
+        self.kv_cache, self.position_mode, self.prepack = bool(kv_cache), position_mode, prepack
         self._compiled_step = None
         if compile:  # freezing: weights become constants inductor may prepack (oneDNN on CPU)
-            self._compiled_step = torch.compile(self._step_logits_fixed, dynamic=False, options={"freezing": True})
+            self._compiled_step = torch.compile(self._step_fixed, dynamic=False, options={"freezing": True})
         if not prepack or compile:
             self.gpt.unpack()
-        if int8 and self.mel_head.weight.device.type != "cpu":
-            raise ValueError("int8=True is a CPU mode (dynamic quantization); on GPUs use half=True instead")
         self.gpt.quantize_int8(int8)
         self.eval()
+
+    @property
+    def dtype(self):
+        """The dtype the transformer computes in (its weights')."""
+        return self.mel_embedding.weight.dtype
+
+    def to_precision(self, dtype):
+        """Hold the weights in ``dtype`` (half precision), except the final norm and the heads, which stay float32:
+        the latents the diffusion model reads and the logits the sampler reads are computed in float32. The
+        transformer's LayerNorms and attention softmax accumulate in float32 inside PyTorch's kernels."""
+        self.to(dtype)
+        for module in (self.final_norm, self.mel_head, self.text_head):
+            module.float()
+        self.gpt.unpack()
+        return self
 
     # -- teacher-forced forward (training layout; also the latent pass) -----------------------------------------------
     def build_aligned_inputs_and_targets(self, input, start_token, stop_token):
@@ -265,26 +322,27 @@ class UnifiedVoice(nn.Module):
     def get_logits(self, speech_conditioning_inputs, first_inputs, first_head, second_inputs=None, second_head=None,
                    get_attns=False, return_latent=False):
         parts = [speech_conditioning_inputs, first_inputs] + ([second_inputs] if second_inputs is not None else [])
-        gpt_out = self.gpt(inputs_embeds=torch.cat(parts, dim=1), return_dict=True, output_attentions=get_attns)
+        x = torch.cat([part.to(self.dtype) for part in parts], dim=1)
+        gpt_out = self.gpt(inputs_embeds=x, return_dict=True, output_attentions=get_attns)
         if get_attns:
             return gpt_out.attentions
         enc = gpt_out.last_hidden_state[:, 1:]  # the first position belongs to the conditioning input
         n_cond, n_first = speech_conditioning_inputs.shape[1], first_inputs.shape[1]
         if return_latent:
-            first = self.final_norm(enc[:, n_cond:n_cond + n_first])
-            return first, self.final_norm(enc[:, -second_inputs.shape[1]:])
-        enc = self.final_norm(enc)
+            first = self.final_norm(enc[:, n_cond:n_cond + n_first].float())  # norm and heads in float32
+            return first, self.final_norm(enc[:, -second_inputs.shape[1]:].float())
+        enc = self.final_norm(enc.float())
         first_logits = first_head(enc[:, :n_first]).permute(0, 2, 1)
         if second_inputs is None:
             return first_logits
         return first_logits, second_head(enc[:, -second_inputs.shape[1]:]).permute(0, 2, 1)
 
     def get_conditioning(self, speech_conditioning_input):
-        """(B, 80, S) or (B, N, 80, S) mels -> (B, d): the mean over the N clips of the conditioning encoder."""
+        """(B, 80, S) or (B, N, 80, S) mels -> (B, d) float32: the mean over the N clips of the conditioning encoder."""
         if speech_conditioning_input.dim() == 3:
             speech_conditioning_input = speech_conditioning_input.unsqueeze(1)
-        conds = [self.conditioning_encoder(speech_conditioning_input[:, j])
-                 for j in range(speech_conditioning_input.shape[1])]
+        mels = speech_conditioning_input.to(self.dtype)
+        conds = [self.conditioning_encoder(mels[:, j]).float() for j in range(mels.shape[1])]
         return torch.stack(conds, dim=1).mean(dim=1)
 
     def forward(self, speech_conditioning_latent, text_inputs, text_lengths, mel_codes, wav_lengths, types=None,
@@ -328,63 +386,128 @@ class UnifiedVoice(nn.Module):
         loss_mel = F.cross_entropy(mel_logits, mel_targets.long())
         return loss_text.mean(), loss_mel.mean(), mel_logits
 
-    def latents_for_codes(self, speech_conditioning_latent, text_inputs, codes, code_lengths=None, batch_size=None):
-        """The latent pass for many code sequences: (1, d) latent, (1, t) text, (N, W) codes -> (N, L, d) with
-        L = max(code_lengths) (W when not given). Rows are padded only to the longest sample; since the model is
-        causal, row i's first code_lengths[i] latents equal the original's `forward(..., return_latent=True,
-        clip_inputs=False)` on the same codes padded to any width."""
-        n = codes.shape[0]
-        width = int(code_lengths.max()) if code_lengths is not None else codes.shape[1]
-        codes = codes[:, :width]
-        batch_size = batch_size or n
-        out = []
-        for start in range(0, n, batch_size):
-            chunk = codes[start:start + batch_size]
-            b = chunk.shape[0]
-            out.append(self(speech_conditioning_latent.expand(b, -1), text_inputs.expand(b, -1),
-                            torch.tensor([text_inputs.shape[-1]], device=codes.device), chunk,
-                            torch.tensor([width * self.mel_length_compression], device=codes.device),
-                            return_latent=True, clip_inputs=False))
-        return torch.cat(out, dim=0)
-
     # -- decoding ---------------------------------------------------------------------------------------------------
     def compute_embeddings(self, cond_latents, text_inputs):
         """(b, d), (b, t) -> (b, 1 + t + 2, d): conditioning latent, then [start, text..., stop] with positions."""
         text_inputs = F.pad(text_inputs, (0, 1), value=self.stop_text_token)
         text_inputs = F.pad(text_inputs, (1, 0), value=self.start_text_token)
         emb = self.text_embedding(text_inputs) + self.text_pos_embedding(text_inputs)
-        return torch.cat([cond_latents.unsqueeze(1), emb], dim=1)
+        return torch.cat([cond_latents.to(emb.dtype).unsqueeze(1), emb], dim=1)
 
     def _mel_step_embedding(self, tokens, position):  # (B,) long, int or 0-d tensor -> (B, 1, d)
         if isinstance(position, torch.Tensor):  # traced (compiled) step: a gather, not a Python index
             return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb(position.view(1))).unsqueeze(1)
         return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[position]).unsqueeze(1)
 
-    def _head(self, hidden):  # (B, d) -> (B, V) float32 logits
-        return self.mel_head(self.final_norm(hidden)).float()
+    def _final(self, hidden):  # (B, d) -> latent (B, d), logits (B, V): float32 (norm and head held in float32)
+        latent = self.final_norm(hidden.float())
+        return latent, self.mel_head(latent)
 
     def _position_offset(self):
         mode = self.position_mode
         return 1 if mode == "shifted" or (mode == "original" and self.kv_cache) else 0
 
     def inference_speech(self, speech_conditioning_latent, text_inputs, input_tokens=None, num_return_sequences=1,
-                         max_generate_length=None, typical_sampling=False, typical_mass=.9, *, batch_size=None,
-                         **hf_generate_kwargs):
+                         max_generate_length=None, typical_sampling=False, typical_mass=.9, **hf_generate_kwargs):
         """Generate mel codes. speech_conditioning_latent (b, d), text_inputs (b, t) -> (b * n, steps) long codes
         after the prompt, each row ending in the stop token and padded with it (as HF `generate` returns them).
         Keywords as the original's HF generate: do_sample, temperature, top_k, top_p, typical_p,
-        repetition_penalty, length_penalty (no effect, as in HF). `batch_size` caps the rows decoded at once
-        (an out-of-memory error halves it and retries, with a warning)."""
+        repetition_penalty, length_penalty (no effect, as in HF). All rows decode in one batch, as the original's."""
         opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
+        state = self.prefill(speech_conditioning_latent, text_inputs, num_return_sequences, max_generate_length,
+                             input_tokens)
+        codes = self.decode(state, opts)
+        return torch.cat([state.prompt_ids[:, state.prompt_ids.shape[1] - (state.n_mel - 1):], codes], dim=1)
+
+    # The decode loop, in three parts (gpt-fast's prefill / decode_one_token / decode_n_tokens): `prefill` encodes the
+    # prompt once and sets up a DecodeState for all rows; `step` feeds one token per row; `tokens` is the n-token
+    # loop, a generator of (tokens, latents) per step that `decode` (all rows to the end, with a per-step callback)
+    # and the streaming path both consume.
+
+    @torch.no_grad()
+    def prefill(self, cond_latent, text_inputs, num_return_sequences=1, max_generate_length=None, input_tokens=None):
+        """Encode the prompt (conditioning latent + text + start mel token [+ input_tokens]) once per distinct prompt
+        and broadcast it to its `num_return_sequences` rows. -> DecodeState holding the logits of the first token.
+        `max_generate_length` counts the input_tokens (as HF's max_length; default max_mel_tokens - 1)."""
         max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
-        with torch.no_grad(), xpu.autocast(text_inputs.device, enabled=self.half):
-            prompt, prompt_ids, row_map, n_mel = self._build_prompt(speech_conditioning_latent, text_inputs,
-                                                                    input_tokens, num_return_sequences)
-            # like HF's max_length, max_generate_length counts the input_tokens, which lead the returned rows
-            max_new = max(1, max_new - (n_mel - 1))
-            self.mel_pos_embedding.check_range(n_mel + max_new - 1 + self._position_offset())
-            codes = self._decode_in_chunks(prompt, prompt_ids, row_map, n_mel, max_new, opts, batch_size)
-            return torch.cat([prompt_ids[row_map, prompt_ids.shape[1] - (n_mel - 1):], codes], dim=1)
+        prompt, prompt_ids, row_map, n_mel = self._build_prompt(cond_latent, text_inputs, input_tokens,
+                                                                num_return_sequences)
+        max_new = max(1, max_new - (n_mel - 1))
+        self.mel_pos_embedding.check_range(n_mel + max_new - 1 + self._position_offset())
+        rows = row_map.shape[0]
+        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=prompt.device)
+        seen.scatter_(1, prompt_ids[row_map], True)
+        state = DecodeState(prompt_ids=prompt_ids[row_map], n_mel=n_mel, prompt_len=prompt.shape[1], max_new=max_new,
+                            seen=seen)
+        if not self.kv_cache:  # recompute the whole sequence at every step (the original without a cache)
+            state.prompt = prompt[row_map]
+            state.latent, state.logits = self._final(self.gpt(inputs_embeds=state.prompt).last_hidden_state[:, -1])
+            return state
+        if self._should_prepack(rows, prompt):
+            self.gpt.prepack(rows)
+        small = self.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt)
+        latent, logits = self._final(self.gpt.prefill(prompt, small)[:, -1])  # once per distinct prompt
+        state.latent, state.logits = latent[row_map], logits[row_map]
+        state.cache = self.gpt.new_cache(rows, prompt.shape[1] + max_new - 1, prompt)
+        state.cache.broadcast_from(small, row_map, prompt.shape[1])
+        return state
+
+    def _should_prepack(self, rows, prompt):
+        return (self.prepack and self._compiled_step is None and rows >= 2 and prompt.device.type == "cpu"
+                and can_prepack(prompt.dtype))
+
+    @torch.no_grad()
+    def step(self, state, tokens):
+        """Feed `tokens` (B,) at the next position of every row; updates `state.logits` / `state.latent`."""
+        t = state.t + 1  # tokens[i] is generated token number t of its row (1-based)
+        mel_pos = state.n_mel + t - 1 + self._position_offset()
+        if state.cache is None:
+            state.generated.append(tokens)
+            gen = torch.stack(state.generated, dim=1)  # (B, t)
+            positions = torch.arange(t, device=gen.device) + state.n_mel + self._position_offset()
+            x = torch.cat([state.prompt, self.mel_embedding(gen) + self.mel_pos_embedding.emb.weight[positions]], 1)
+            hidden = self.gpt(inputs_embeds=x).last_hidden_state[:, -1]
+        else:
+            cache_pos = state.prompt_len + t - 1
+            if self._compiled_step is not None:
+                dev = tokens.device
+                hidden = self._compiled_step(tokens, torch.tensor(mel_pos, device=dev), state.cache.tensors,
+                                             torch.tensor(cache_pos, device=dev))
+            else:
+                hidden = self.gpt.step(self._mel_step_embedding(tokens, mel_pos), state.cache, cache_pos)[:, 0]
+        state.latent, state.logits = self._final(hidden)
+        state.t = t
+
+    def _step_fixed(self, tokens, mel_pos, cache_tensors, cache_pos):
+        """The fixed-shape step torch.compile compiles: every tensor's shape is the same at every step."""
+        x = self._mel_step_embedding(tokens, mel_pos)
+        return self.gpt.step(x, KVCache(cache_tensors), cache_pos, fixed_shape=True)[:, 0]
+
+    def tokens(self, state, sampling):
+        """The n-token loop as a generator: per step, sample every row from `state.logits` (so the random stream is
+        HF's), yield (tokens (B,), latents (B, d) float32: the final-normed states that predicted them), then feed
+        the tokens. Rows that produced the stop token keep emitting it (frozen); ends when every row has stopped or
+        `max_new` tokens were drawn. Nothing is held open across a yield (no grad mode, no autocast)."""
+        unfinished = torch.ones(state.seen.shape[0], dtype=torch.bool, device=state.seen.device)
+        for t in range(state.max_new):
+            chosen = choose_next(state.logits, state.seen, sampling)
+            token = torch.where(unfinished, chosen, self.stop_mel_token)
+            state.seen.scatter_(1, token[:, None], True)
+            unfinished &= token != self.stop_mel_token
+            yield token, state.latent
+            if not bool(unfinished.any()) or t == state.max_new - 1:
+                return
+            self.step(state, token)
+
+    def decode(self, state, sampling, callback=None):
+        """Decode every row to its end -> (B, steps) codes, stop-token padded. `callback(step, tokens)` runs after
+        each step (progress; it may raise to stop)."""
+        out = []
+        for token, _ in self.tokens(state, sampling):
+            out.append(token)
+            if callback is not None:
+                callback(len(out), token)
+        return torch.stack(out, dim=1)
 
     def _build_prompt(self, cond_latent, text_inputs, input_tokens, n):
         """-> prompt embeddings (u, P, d) of the u distinct prompts, HF's prompt ids (u, P) (what the repetition
@@ -409,92 +532,19 @@ class UnifiedVoice(nn.Module):
         ones = torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=emb.device)
         return torch.cat([emb, mel_emb], dim=1), torch.cat([ones, mel_tokens], dim=1), row_map, mel_tokens.shape[1]
 
-    def _decode_in_chunks(self, prompt, prompt_ids, row_map, n_mel, max_new, opts, batch_size):
-        rows = row_map.shape[0]
-        batch_size = min(batch_size or rows, rows)
-        outputs, start = [], 0
-        while start < rows:
-            chunk = row_map[start:start + batch_size]
-            try:
-                outputs.append(self._decode_rows(prompt, prompt_ids, chunk, n_mel, max_new, opts))
-            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
-                if not xpu.is_oom_error(err) or batch_size == 1:
-                    raise
-                batch_size //= 2
-                warnings.warn(f"out of memory while decoding; retrying with batch size {batch_size}")
-                continue
-            start += chunk.shape[0]
-        width = max(o.shape[1] for o in outputs)
-        return torch.cat([F.pad(o, (0, width - o.shape[1]), value=self.stop_mel_token) for o in outputs], dim=0)
 
-    def _decode_rows(self, prompt, prompt_ids, row_map, n_mel, max_new, opts):
-        """Decode len(row_map) rows -> (B, steps) codes. The HF-style loop: sample every row at every step (so the
-        random stream matches), rows that have produced the stop token keep emitting it, stop when all have."""
-        rows = row_map.shape[0]
-        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=prompt.device)
-        seen.scatter_(1, prompt_ids[row_map], True)
-        out = torch.full((rows, max_new), self.stop_mel_token, dtype=torch.long, device=prompt.device)
-        unfinished = torch.ones(rows, dtype=torch.bool, device=prompt.device)
-        next_logits = self._logit_source(prompt, n_mel, row_map, max_new)
-        steps = 0
-        for t in range(max_new):
-            scores = next_logits(out[:, t - 1] if t else None, t)
-            token = torch.where(unfinished, choose_next(scores, seen, opts), self.stop_mel_token)
-            out[:, t] = token
-            seen.scatter_(1, token[:, None], True)
-            unfinished &= token != self.stop_mel_token
-            steps = t + 1
-            if not bool(unfinished.any()):
-                break
-        return out[:, :steps]
-
-    def _logit_source(self, prompt, n_mel_prompt, row_map, max_new):
-        """A function (previous tokens (B,) or None, step t) -> (B, V) logits for token t. n_mel_prompt: mel tokens
-        in the prompt (start + input_tokens); the token generated at step t - 1 sits at mel position
-        n_mel_prompt + t - 1 (+1 with the cached-path quirk)."""
-        offset = self._position_offset()
-        if not self.kv_cache:
-            return self._recompute_source(prompt, n_mel_prompt, row_map, offset)
-        prompt_len = prompt.shape[1]
-        dtype = _compute_dtype(prompt.device, prompt.dtype)
-        rows = row_map.shape[0]
-        if (self.prepack and self._compiled_step is None and rows >= 2 and prompt.device.type == "cpu"
-                and dtype == torch.float32 and can_prepack()):
-            self.gpt.prepack(rows)
-        small = self.gpt.new_cache(prompt.shape[0], prompt_len, prompt.to(dtype))
-        first = self._head(self.gpt.prefill(prompt, small)[:, -1])[row_map]  # prefill once per distinct prompt
-        cache = self.gpt.new_cache(row_map.shape[0], prompt_len + max_new - 1, first.to(dtype))
-        cache.broadcast_from(small, row_map, prompt_len)
-        del small
-
-        def logits(prev, t):
-            if t == 0:
-                return first
-            mel_pos, cache_pos = n_mel_prompt + t - 1 + offset, prompt_len + t - 1
-            if self._compiled_step is not None:
-                dev = prev.device
-                return self._compiled_step(prev, torch.tensor(mel_pos, device=dev), cache.tensors,
-                                           torch.tensor(cache_pos, device=dev))
-            x = self._mel_step_embedding(prev, mel_pos)
-            return self._head(self.gpt.step(x, cache, cache_pos)[:, 0])
-        return logits
-
-    def _step_logits_fixed(self, prev, mel_pos, cache_tensors, cache_pos):
-        """The fixed-shape step torch.compile compiles: every tensor's shape is the same at every step."""
-        x = self._mel_step_embedding(prev, mel_pos)
-        return self._head(self.gpt.step(x, KVCache(cache_tensors), cache_pos, fixed_shape=True)[:, 0])
-
-    def _recompute_source(self, prompt, n_mel_prompt, row_map, offset):
-        """kv_cache=False: rerun the whole sequence at every step (as the original without a cache)."""
-        generated = []
-
-        def logits(prev, t):
-            if t == 0:
-                return self._head(self.gpt(inputs_embeds=prompt).last_hidden_state[:, -1])[row_map]
-            generated.append(prev)
-            tokens = torch.stack(generated, dim=1)  # (B, t)
-            positions = torch.arange(t, device=prompt.device) + n_mel_prompt + offset
-            gen = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[positions]
-            x = torch.cat([prompt[row_map], gen], dim=1)  # (B, P + t, d)
-            return self._head(self.gpt(inputs_embeds=x).last_hidden_state[:, -1])
-        return logits
+@dataclass(eq=False)
+class DecodeState:
+    """Where a decode stands, for B rows: the next token's logits and latent, what each row has seen, and the KV cache
+    (or, recomputing, the prompt rows and the tokens so far)."""
+    prompt_ids: torch.Tensor      # (B, P) HF's prompt ids (ones, start token, input tokens)
+    n_mel: int                    # mel tokens in the prompt (start + input_tokens)
+    prompt_len: int               # prompt positions in the cache
+    max_new: int                  # tokens to draw at most
+    seen: torch.Tensor            # (B, V) bool: ids in each row so far (the repetition penalty's view)
+    logits: torch.Tensor = None   # (B, V) float32: scores of the next token
+    latent: torch.Tensor = None   # (B, d) float32: final-normed hidden state that produced them
+    t: int = 0                    # tokens fed so far
+    cache: KVCache = None         # the cached loop's keys and values
+    prompt: torch.Tensor = None   # recompute mode: (B, P, d) prompt rows
+    generated: list = field(default_factory=list)  # recompute mode: tokens fed so far

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tortoise.models.vocoder import WeightNormFolding, conv_transpose1d
+from tortoise.models.conv import WeightNormFolding, conv_transpose1d
+from tortoise.utils.checkpoints import CheckpointError, load_state_dict, strip_wrapper_prefix
 
 GENERATOR_FILE = "bigvgan_generator.pt"
 CONFIG_FILE = "config.json"
@@ -306,10 +307,12 @@ class BigVGAN(WeightNormFolding, nn.Module):
 
 
 def load_generator_state(path, map_location="cpu"):
-    """The generator state dict of a BigVGAN checkpoint file (``{"generator": sd}`` or a bare state dict)."""
-    sd = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(sd, dict) and "generator" in sd:
+    """The generator state dict of a BigVGAN checkpoint file (``{"generator": sd}`` or a bare state dict), read
+    without running code and onto the CPU (``map_location`` is accepted for NVIDIA's signature; tensors move with the
+    model afterwards). Weight-normed (``weight_g`` / ``weight_v``) and folded layouts both load."""
+    sd = load_state_dict(path)
+    if "generator" in sd:
         sd = sd["generator"]
     if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a BigVGAN generator state dict")
-    return sd
+        raise CheckpointError(f"{path} does not hold a BigVGAN generator state dict")
+    return strip_wrapper_prefix(sd)

@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tortoise.models.arch_util import CheckpointedXTransformerEncoder
 from tortoise.models.transformer import Transformer
-from tortoise.models.xtransformers import Encoder
+from tortoise.models.xtransformers import CheckpointedXTransformerEncoder, Encoder
 
 
 def exists(val):

@@ -37,17 +37,22 @@ class GPT2Config:
 PACKED_ROWS = (2, 256)  # row counts for which the oneDNN-prepacked weight beats MKL's addmm (CPU, fp32)
 
 
-def can_prepack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def can_prepack(dtype=torch.float32) -> bool:
+    """Whether oneDNN can prepack linear weights of ``dtype`` on this CPU (bfloat16 needs native bf16 support)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 class Conv1D(nn.Module):
     """HF GPT-2's linear layer: y = x @ weight + bias with weight stored [in, out].
 
-    On CPU, `prepack(rows)` adds a oneDNN-blocked copy of the weight (what torch.compile's freezing does): small
-    row counts (the decode step at batch 2..256) then run about 1.3-1.4x faster than MKL's addmm on the plain
-    layout; one row (batch-1 decode, memory bound) and large ones keep addmm. The copy is dropped if the weight
-    changes (a new state dict, a move to another device)."""
+    On CPU (float32, or bfloat16 where the CPU has native bf16), `prepack(rows)` adds a oneDNN-blocked copy of the
+    weight (what torch.compile's freezing does): small row counts (the decode step at batch 2..256) then run about
+    1.3-1.4x faster than MKL's addmm on the plain layout; one row (batch-1 decode, memory bound) and large ones keep
+    addmm. The copy is dropped if the weight changes (a new state dict, a move to another device or dtype)."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -89,7 +94,7 @@ class Conv1D(nn.Module):
         return not (torch.is_grad_enabled() and self.weight.requires_grad)
 
     def _use_packed(self, x2d) -> bool:
-        if self._packed is None or x2d.device.type != "cpu" or x2d.dtype != torch.float32:
+        if self._packed is None or x2d.device.type != "cpu" or x2d.dtype != self.weight.dtype:
             return False
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return False

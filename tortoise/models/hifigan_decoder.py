@@ -7,13 +7,13 @@ Weights are stored with weight norm folded; ``convert_checkpoint`` is the explic
 anything else missing or unexpected is an error.
 
 Streaming (the original's ``tts_stream``): latents are decoded chunk by chunk, every decode re-running the decoder on
-all latents so far; ``stream_chunk`` cuts the new audio out of each decode and cross-fades it into the previous one.
+all latents so far; ``ChunkCrossfader`` cuts the new audio out of each decode and cross-fades it into the previous one.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tortoise.models.vocoder import WeightNormFolding, conv_transpose1d, fold_weight_norm
+from tortoise.models.conv import WeightNormFolding, conv_transpose1d, fold_weight_norm
 
 LRELU_SLOPE = 0.1
 LATENT_UPSAMPLE = 1024 / 256          # GPT latents (one per code, 1024 samples at 22.05 kHz) -> frames of hop 256
@@ -173,30 +173,28 @@ def crossfade(prev_tail, new_chunk):
     return torch.cat((head, new_chunk[..., overlap:]), dim=-1)
 
 
-def stream_chunk(wav, prev_length, prev_tail, overlap=STREAM_OVERLAP):
-    """One step of the original's streaming (its ``handle_chunks``), as a pure function.
+class ChunkCrossfader:
+    """The original's streaming stitch (its ``handle_chunks``) as an object. Each :meth:`push` takes the decode of
+    every latent so far ``[S]`` and returns its new samples, less the last ``overlap`` (held back), with their first
+    ``overlap`` samples cross-faded (:func:`crossfade`) against the previous decode's held-back tail.
+    :meth:`finish` returns the last held-back tail, which the original never emits (ours ends with it)."""
 
-    wav: (N,) the decode of all latents so far; prev_length: length of the previous decode (None at the start);
-    prev_tail: its last ``overlap`` samples (None at the start). Returns (chunk to emit, len(wav), new tail).
-    The chunk is wav[prev_length - overlap : -overlap] with its first ``overlap`` samples cross-faded from the
-    previous tail; the last ``overlap`` samples are held back for the next chunk (the original never emits the
-    final tail).
-    """
-    start = 0 if prev_length is None else prev_length - overlap
-    chunk = wav[start:wav.shape[-1] - overlap]
-    if prev_tail is not None:
-        chunk = crossfade(prev_tail, chunk)
-    return chunk, wav.shape[-1], wav[-overlap:]
+    def __init__(self, overlap=STREAM_OVERLAP):
+        self.overlap = overlap
+        self.emitted = 0  # samples of the full signal already returned
+        self.tail = None  # the previous decode's last `overlap` samples (not yet returned)
 
+    def push(self, wav):
+        held = min(self.overlap, max(wav.shape[-1] - self.emitted, 0))
+        chunk = wav[..., self.emitted:wav.shape[-1] - held]
+        if self.tail is not None and chunk.shape[-1]:
+            n = min(self.tail.shape[-1], chunk.shape[-1])
+            chunk = crossfade(self.tail[..., :n], chunk)
+        self.emitted += chunk.shape[-1]
+        self.tail = wav[..., wav.shape[-1] - held:].clone()
+        return chunk
 
-def stream_schedule(total_codes, chunk_codes=STREAM_CHUNK_CODES, first_codes=STREAM_FIRST_CODES):
-    """Code counts at which the original's tts_stream decodes: after max(chunk_codes, 60) codes, then every
-    chunk_codes codes, then once more at the end (chunk_codes <= 0: only at the end)."""
-    points, pending, first = [], 0, first_codes
-    for n in range(1, total_codes + 1):
-        pending += 1
-        if chunk_codes > 0 and pending >= max(chunk_codes, first):
-            points.append(n)
-            pending, first = 0, 0
-    points.append(total_codes)  # the generator's end always triggers a final decode (may repeat the last point)
-    return points
+    def finish(self):
+        tail, self.tail = (self.tail if self.tail is not None else torch.zeros(0)), None
+        self.emitted += tail.shape[-1]
+        return tail

@@ -345,7 +345,27 @@ def checkpoint_wrap_layers(wrapper):
         layers[i] = nn.ModuleList([norms, CheckpointedLayer(block), residual])
 
 
+class CheckpointedXTransformerEncoder(nn.Module):
+    """An x-transformers ``ContinuousTransformerWrapper`` whose blocks sit under ``CheckpointedLayer`` (the released
+    CLVP's key layout, ``transformer.attn_layers.layers.<i>.1.wrap...``), optionally permuting channels-mid input
+    ``[B, C, N]`` to the channels-last layout the transformer expects and back. Inference never checkpoints."""
+
+    def __init__(self, needs_permute=True, exit_permute=True, checkpoint=True, **xtransformer_kwargs):
+        super().__init__()
+        self.transformer = ContinuousTransformerWrapper(**xtransformer_kwargs)
+        self.needs_permute = needs_permute
+        self.exit_permute = exit_permute
+        if checkpoint:
+            checkpoint_wrap_layers(self.transformer)
+
+    def forward(self, x, **kwargs):
+        if self.needs_permute:
+            x = x.permute(0, 2, 1)
+        h = self.transformer(x, **kwargs)
+        return h.permute(0, 2, 1) if self.exit_permute else h
+
+
 __all__ = ["AbsolutePositionalEmbedding", "Attention", "AttentionLayers", "CheckpointedLayer",
            "ContinuousTransformerWrapper", "Decoder", "Encoder", "FeedForward", "GLU", "RMSNorm",
-           "RelativePositionBias", "Residual", "RotaryEmbedding", "apply_rotary_pos_emb", "checkpoint_wrap_layers",
+           "CheckpointedXTransformerEncoder", "RelativePositionBias", "Residual", "RotaryEmbedding", "apply_rotary_pos_emb", "checkpoint_wrap_layers",
            "rotate_half"]

@@ -61,6 +61,10 @@ def _read(path: str):
         raise AudioError(f"cannot read audio file {path}: {e}; {hint}") from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} holds no samples; record or export the clip again")
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:  # only float files can hold these; a NaN clip would make every later tensor NaN
+        raise AudioError(f"audio file {path} holds {bad} NaN or infinite sample(s) of {data.size}: the file is "
+                         f"damaged; export the clip again, e.g. `ffmpeg -i IN -ar 24000 -ac 1 -c:a pcm_s16le OUT.wav`")
     return data, sr, fmt
 
 
@@ -70,18 +74,11 @@ def _libsndfile_version() -> tuple:
     return tuple(int(p) for p in sf.__libsndfile_version__.split(".")[:2] if p.isdigit())
 
 
-def load_wav_to_torch(full_path):
-    """Read a file at its own rate: (FloatTensor [N] or [N, channels] scaled to [-1, 1], sample rate)."""
-    data, sr, _ = _read(os.fspath(full_path))
-    audio = torch.from_numpy(data)
-    return (audio[:, 0] if audio.shape[1] == 1 else audio), sr
-
-
 def load_audio(audiopath, sampling_rate: int, *, allow_silent: bool = False) -> torch.Tensor:
     """Read an audio file as mono float32 ``[1, N]`` at ``sampling_rate``, clipped to [-1, 1].
 
     Multi-channel files are averaged to mono. A silent file is an error (a voice clip must hold speech) unless
-    ``allow_silent`` (e.g. reading back generated output).
+    ``allow_silent`` (e.g. reading back generated output); a file holding NaN or infinite samples always is.
     """
     path = os.fspath(audiopath)
     data, sr, fmt = _read(path)
@@ -115,12 +112,16 @@ def _soxr_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     return np.pad(y, (0, max(0, n - y.shape[-1])))[:n].astype(np.float32)
 
 
-def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT") -> str:
+def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT", comment: str | None = None) -> str:
     """Write ``audio`` ([N], [1, N] or [1, 1, N] mono; [C, N] multi-channel) atomically; returns the path.
 
-    The file appears complete or not at all: it is written to a temporary file beside ``path`` and renamed.
-    ``subtype`` is a soundfile subtype ("FLOAT" = 32-bit float, as the original's torchaudio.save wrote; "PCM_16").
+    The file appears complete or not at all: the WAV is encoded in memory, written to a temporary file beside ``path``
+    and renamed. A failing write (a full disk, a file-size limit) raises the operating system's ``OSError`` and
+    leaves nothing behind. ``subtype`` is a soundfile subtype ("FLOAT" = 32-bit float, as the original's
+    torchaudio.save wrote; "PCM_16"); ``comment`` goes into the WAV's comment field.
     """
+    import io
+
     import soundfile as sf
 
     path = os.fspath(path)
@@ -130,13 +131,19 @@ def save_wav(path, audio: torch.Tensor, sample_rate: int, subtype: str = "FLOAT"
     if data.dim() not in (1, 2):
         raise ValueError(f"save_wav wants audio shaped [N] or [channels, N], got {tuple(audio.shape)}")
     data = data.numpy().T if data.dim() == 2 else data.numpy()  # soundfile wants [frames, channels]
+    buf = io.BytesIO()
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    with sf.SoundFile(buf, "w", sample_rate, channels, subtype=subtype, format="WAV") as f:
+        if comment:
+            f.comment = comment
+        f.write(data)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # A fresh hidden name beside the target (same file system, so the rename is atomic); open() applies the umask.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "xb") as f:
-            sf.write(f, data, sample_rate, subtype=subtype, format="WAV")
+            f.write(buf.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -12,13 +12,17 @@ from pathlib import Path
 
 import torch
 
+from xpu.memory import RELEASED_AR_CONFIG
+
 HUB_REPO = "Manmay/tortoise-tts"
+HUB_REVISION_ENV = "TORTOISE_HUB_REVISION"  # pins a branch, tag or commit of the hub repositories (default: main)
+DEFAULT_HUB_REVISION = "main"
+# Wrappers a training setup puts in front of every key (DataParallel / DistributedDataParallel): stripped on load.
+WRAPPER_PREFIXES = ("module.",)
 
 # Constructor keyword arguments of each released network (those the original implementation passes).
 RELEASED_CONFIGS = {
-    "autoregressive": dict(max_mel_tokens=604, max_text_tokens=402, max_conditioning_inputs=2, layers=30,
-                           model_dim=1024, heads=16, number_text_tokens=255, start_text_token=255,
-                           checkpointing=False, train_solo_embeddings=False),
+    "autoregressive": dict(RELEASED_AR_CONFIG),  # kept in the device layer, which sizes batches for it
     "diffusion": dict(model_channels=1024, num_layers=10, in_channels=100, out_channels=200, in_latent_channels=1024,
                       in_tokens=8193, dropout=0, use_fp16=False, num_heads=16, layer_drop=0,
                       unconditioned_percentage=0),
@@ -67,13 +71,17 @@ class Checkpoint:
     target: str          # "module:Class" of the network
     state_key: str = ""  # the state dict sits under this key of the saved dict ("" = the dict itself)
     hub_repo: str = HUB_REPO
+    # (repository, path in it) tried on the hub when the main repository lacks the file
+    fallbacks: tuple = ()
 
 
 CHECKPOINTS = {c.name: c for c in (
     Checkpoint("autoregressive", "autoregressive.pth", "tortoise.models.autoregressive:UnifiedVoice"),
     Checkpoint("diffusion", "diffusion_decoder.pth", "tortoise.models.diffusion_decoder:DiffusionTts"),
     Checkpoint("clvp", "clvp2.pth", "tortoise.models.clvp:CLVP"),
-    Checkpoint("cvvp", "cvvp.pth", "tortoise.models.cvvp:CVVP"),
+    # cvvp.pth is missing from Manmay/tortoise-tts (original issue #692); the older repository has it under .models/
+    Checkpoint("cvvp", "cvvp.pth", "tortoise.models.cvvp:CVVP",
+               fallbacks=(("jbetker/tortoise-tts-v2", ".models/cvvp.pth"),)),
     Checkpoint("vocoder", "vocoder.pth", "tortoise.models.vocoder:UnivNetGenerator", state_key="model_g"),
     Checkpoint("rlg_auto", "rlg_auto.pth", "tortoise.models.random_latent_generator:RandomLatentConverter"),
     Checkpoint("rlg_diffuser", "rlg_diffuser.pth", "tortoise.models.random_latent_generator:RandomLatentConverter"),
@@ -82,6 +90,10 @@ CHECKPOINTS = {c.name: c for c in (
 )}
 
 CONFIG_FILE = "config.json"
+
+# NVIDIA's BigVGAN checkpoints (the fast fork's vocoders): a directory in NVIDIA's layout (config.json +
+# bigvgan_generator.pt), looked for as MODELS_DIR/<repository name>, else downloaded from the hub.
+BIGVGAN_REPOS = {"bigvgan_base": "nvidia/bigvgan_base_24khz_100band", "bigvgan": "nvidia/bigvgan_24khz_100band"}
 
 
 class CheckpointError(RuntimeError):
@@ -100,11 +112,21 @@ def _spec(name):
         raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}") from None
 
 
-def resolve_checkpoint(name, models_dir=None, path=None, download=True):
+def hub_revision(revision=None):
+    """The hub revision to download from: ``revision`` when given, else ``$TORTOISE_HUB_REVISION``, else ``main``.
+
+    One released file (``hifidecoder.pth``) was replaced upstream once; pinning a revision keeps a setup
+    reproducible. No commit is hard-coded here because none can be verified from this project's build machines."""
+    return revision or os.environ.get(HUB_REVISION_ENV) or DEFAULT_HUB_REVISION
+
+
+def resolve_checkpoint(name, models_dir=None, path=None, download=True, revision=None):
     """Path of checkpoint ``name``: an explicit ``path`` > ``models_dir/<file>`` > the hub (cached under models_dir).
 
     The hub download is the original's (``hf_hub_download(repo, file, cache_dir=models_dir)``), so a models directory
     filled by the original implementation is found too, and ``HF_HUB_OFFLINE=1`` uses only what is cached there.
+    ``revision`` (default :func:`hub_revision`) pins the hub revision. A file the main repository lacks (cvvp.pth)
+    is then looked for in the older repository that has it.
     """
     spec = _spec(name)
     if path is not None:
@@ -118,15 +140,44 @@ def resolve_checkpoint(name, models_dir=None, path=None, download=True):
         return local
     if not download:
         raise CheckpointError(f"{spec.filename} is not in {models_dir}; put it there or pass --models_dir")
+    revision = hub_revision(revision)
+    sources = ((spec.hub_repo, spec.filename, revision),) + tuple((r, f, DEFAULT_HUB_REVISION)
+                                                                  for r, f in spec.fallbacks)
+    first_error = None
+    for repo, filename, rev in sources:
+        try:
+            return _hub_download(repo, filename, models_dir, rev)
+        except Exception as e:  # offline, no network, hub error: try the next source, then one line with the fix
+            first_error = first_error or e
+    reason = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
+    where = " or ".join(f"{repo}@{rev}" for repo, _, rev in sources)
+    raise CheckpointError(
+        f"{spec.filename} is not in {models_dir} and could not be downloaded from the hub repository {where} "
+        f"({type(first_error).__name__}: {reason[:160]}); download it into that directory or pass "
+        f"--models_dir DIR") from first_error
+
+
+def _hub_download(repo, filename, models_dir, revision):
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=str(models_dir), revision=revision))
+
+
+def bigvgan_dir(name, models_dir=None, download=True):
+    """The directory of BigVGAN checkpoint ``name``: ``models_dir/<repository name>`` when present, else downloaded
+    from the hub into the models dir's cache (one line with the fix when that fails)."""
+    repo = BIGVGAN_REPOS[name]
+    models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    local = models_dir / repo.split("/")[-1]
+    if local.is_dir() or not download:
+        return local
     try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo_id=spec.hub_repo, filename=spec.filename, cache_dir=str(models_dir)))
-    except Exception as e:  # offline, no network, hub error: one line with the fix
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=repo, cache_dir=str(models_dir)))
+    except Exception as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
         raise CheckpointError(
-            f"{spec.filename} is not in {models_dir} and could not be downloaded from the hub repository "
-            f"{spec.hub_repo} ({type(e).__name__}: {reason[:160]}); download it into that directory or pass "
-            f"--models_dir DIR") from e
+            f"the {name} vocoder is not in {local} and could not be downloaded from {repo} ({reason}); download it "
+            f"there (config.json + bigvgan_generator.pt) or use --vocoder univnet") from None
 
 
 def model_config(name, models_dir=None):
@@ -166,7 +217,15 @@ def load_state_dict(path, state_key=""):
         sd = sd[state_key]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict; is it the right checkpoint?")
-    return sd
+    return strip_wrapper_prefix(sd)
+
+
+def strip_wrapper_prefix(state_dict):
+    """Drop a ``module.`` prefix that DataParallel / DistributedDataParallel training puts in front of every key."""
+    for prefix in WRAPPER_PREFIXES:
+        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def check_state_dict(model, state_dict, source="checkpoint"):
@@ -194,20 +253,32 @@ def build_model(name, config):
     return model_class(name)(**config)
 
 
-def load_model(name, models_dir=None, path=None, device="cpu", config=None):
+def load_model(name, models_dir=None, path=None, device="cpu", config=None, revision=None):
     """Build network ``name`` from its config and load its checkpoint strictly; returned in eval mode on ``device``.
 
-    A network may define ``convert_checkpoint(state_dict) -> state_dict`` (a classmethod mapping legacy key names
-    of released files) and ``prepare_inference()`` (e.g. folding weight norm) and they are applied here.
+    Tensors are read onto the CPU whatever device they were saved from (``hifidecoder.pth`` was saved on CUDA).
+    A network may define three classmethod / method hooks, applied here in this order:
+    ``config_for_checkpoint(config, state_dict) -> config`` (a size the checkpoint itself fixes, e.g. a fine-tune's
+    text vocabulary), ``convert_checkpoint(state_dict) -> state_dict`` (the explicit key map of released files: legacy
+    buffers checked and dropped, weight norm folded) and ``prepare_inference()``. Every key the network needs must
+    then be present, with its shape, and no other key may be: each mismatch is a one-line error naming the key.
+    Floating-point tensors of another dtype (fp16 fine-tunes) are cast to the network's dtype.
     """
     spec = _spec(name)
-    ckpt = resolve_checkpoint(name, models_dir=models_dir, path=path)
-    cfg = config if config is not None else model_config(name, models_dir)
-    model = build_model(name, cfg)
+    ckpt = resolve_checkpoint(name, models_dir=models_dir, path=path, revision=revision)
+    cls = model_class(name)
     sd = load_state_dict(ckpt, spec.state_key)
-    convert = getattr(model, "convert_checkpoint", None)
-    if convert is not None:
-        sd = convert(sd)
+    cfg = config if config is not None else model_config(name, models_dir)
+    try:
+        adapt = getattr(cls, "config_for_checkpoint", None)
+        if adapt is not None:
+            cfg = adapt(cfg, sd)
+        convert = getattr(cls, "convert_checkpoint", None)
+        if convert is not None:
+            sd = convert(sd)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{ckpt}: {str(e).strip(chr(39))}") from e
+    model = build_model(name, cfg)
     check_state_dict(model, sd, source=str(ckpt))
     model.load_state_dict(sd, strict=True)
     model.eval()

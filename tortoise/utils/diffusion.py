@@ -199,7 +199,7 @@ class GaussianDiffusion:
         return torch.randn(*shape, device=device)
 
     def _steps(self, progress):
-        return tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="diffusion")
+        return _progress_steps(range(self.num_timesteps - 1, -1, -1), progress, "diffusion")
 
     @staticmethod
     def _reject_cond_fn(cond_fn):
@@ -347,7 +347,7 @@ def sample_dpmpp_2m(denoise, x, alphas, sigmas, progress=False):
     al, sg = alphas.tolist(), sigmas.tolist()
     n = len(lam)
     x0_prev, h_prev = None, None
-    for k in tqdm(range(n), disable=not progress, desc="dpm++2m"):
+    for k in _progress_steps(range(n), progress, "dpm++2m"):
         x0 = denoise(x, k)
         if k == n - 1:
             return x0
@@ -360,6 +360,21 @@ def sample_dpmpp_2m(denoise, x, alphas, sigmas, progress=False):
         x = (sg[k + 1] / sg[k]) * x - (al[k + 1] * math.expm1(-h)) * d
         x0_prev, h_prev = x0, h
     return x
+
+
+def _progress_steps(steps, progress, desc):
+    """Iterate ``steps``, reporting progress: ``progress`` True draws a tqdm bar (the original's ``progress=True``), a
+    callable is called as ``progress(done, total)`` after each step, False reports nothing."""
+    if callable(progress):
+        return _reporting(steps, progress)
+    return tqdm(steps, disable=not progress, desc=desc)
+
+
+def _reporting(steps, callback):
+    total = len(steps)
+    for done, step in enumerate(steps, 1):
+        yield step
+        callback(done, total)  # runs once the loop body of this step has finished
 
 
 def _step_index(t):

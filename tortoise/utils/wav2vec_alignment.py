@@ -11,14 +11,28 @@ character by character to the expected text (:func:`max_alignment`), each expect
 later frame whose argmax is that character, and characters the model did not hear are interpolated between their
 neighbours. Where the original stops with an assertion, this version interpolates as well.
 """
+import os
+import re
 from pathlib import Path
 
 import torch
+
+from tortoise.utils.checkpoints import CheckpointError
 
 W2V_MODEL = "jbetker/wav2vec2-large-robust-ft-libritts-voxpopuli"
 W2V_TOKENIZER = "jbetker/tacotron-symbols"
 W2V_SAMPLE_RATE = 16000
 SKIP = "~"
+# Files from_pretrained needs: the model's config and weights (safetensors first, as transformers looks), the
+# tokenizer's character vocabulary.
+MODEL_FILES = ("config.json",)
+MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("vocab.json",)
+_SPOKEN = re.compile(r"\w")  # a kept part without a letter or digit ("", " ", ".") speaks nothing
+
+
+class AlignerUnavailable(CheckpointError):
+    """The wav2vec2 aligner that redaction needs cannot be found or fetched; the message says the fix."""
 
 
 def max_alignment(s1, s2, skip_character=SKIP, record=None):
@@ -95,6 +109,93 @@ def _source(repo, models_dir):
         if local.is_dir():
             return str(local)
     return repo
+
+
+def check_redaction(texts, models_dir=None, enabled=True):
+    """Before any generation: refuse what redaction cannot do, at once and in one line.
+
+    ``texts`` are the clips the text was split into. When redaction is ``enabled`` and some clip has [brackets]:
+    unmatched brackets and text that is entirely in brackets (nothing would be spoken) raise ``ValueError``; an
+    aligner that cannot be had (offline and not in ``models_dir`` nor the Hugging Face cache) raises
+    :class:`AlignerUnavailable`. Online, the aligner's files are downloaded now rather than after the first clip.
+    """
+    if not enabled:
+        return
+    bracketed = [(i, t) for i, t in enumerate(texts) if "[" in t or "]" in t]
+    if not bracketed:
+        return
+    spoken = {i: _spoken(t) for i, t in bracketed}  # raises for unmatched brackets
+    if not any(spoken.values()) and len(bracketed) == len(texts):
+        raise ValueError("the text is entirely in [brackets], so nothing would be spoken (bracketed words only shape "
+                         "the voice): add the words to speak outside the brackets, or pass --disable_redaction to "
+                         "speak the bracketed text")
+    for i, t in bracketed:
+        if not spoken[i]:
+            short = t if len(t) <= 60 else t[:57] + "..."
+            raise ValueError(f"clip {i} ({short!r}) is entirely in [brackets], so nothing of it would be spoken: "
+                             "keep bracketed words in the sentence they shape (or raise --text_split), or pass "
+                             "--disable_redaction to speak them")
+    ensure_aligner_files(models_dir)
+
+
+def _spoken(text):
+    bare, keep = split_redactions(text)
+    return any(_SPOKEN.search(bare[a:b + 1]) for a, b in keep)
+
+
+def _hub_offline():
+    from huggingface_hub import constants
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes",
+                                                                                               "on")
+
+
+def ensure_aligner_files(models_dir=None):
+    """Make sure the aligner can be loaded without building it: its ``save_pretrained`` directories in
+    ``models_dir`` (default: the package's models directory), else its files in the Hugging Face cache, fetched now
+    when online. Raises :class:`AlignerUnavailable` with the fix."""
+    from tortoise.utils.checkpoints import default_models_dir
+    models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    for repo, files, weights in ((W2V_MODEL, MODEL_FILES, MODEL_WEIGHTS), (W2V_TOKENIZER, TOKENIZER_FILES, ())):
+        local = models_dir / repo.split("/")[-1]
+        if local.is_dir():
+            missing = [f for f in files if not (local / f).is_file()]
+            if weights and not any((local / w).is_file() or (local / f"{w}.index.json").is_file() for w in weights):
+                missing.append(" or ".join(weights))
+            if missing:
+                raise AlignerUnavailable(f"{local} lacks {', '.join(missing)}: save the aligner there again with "
+                                         f"save_pretrained (from {repo}), or pass --disable_redaction")
+            continue
+        _fetch(repo, files, weights, models_dir)
+
+
+def _fetch(repo, files, weights, models_dir):
+    from huggingface_hub import hf_hub_download
+    offline = _hub_offline()
+
+    def get(name):
+        return hf_hub_download(repo_id=repo, filename=name, local_files_only=offline)
+
+    try:
+        for name in files:
+            get(name)
+        if weights:
+            errors = []
+            for name in weights:
+                try:
+                    get(name)
+                    break
+                except Exception as e:  # this name is absent: try the next one, as from_pretrained does
+                    errors.append(e)
+            else:
+                raise errors[-1]
+    except Exception as e:
+        where = "offline (HF_HUB_OFFLINE is set)" if offline else f"from the hub ({type(e).__name__})"
+        name = repo.split("/")[-1]
+        raise AlignerUnavailable(
+            f"redaction of [bracketed] text needs the wav2vec2 aligner {repo}, which is not in {models_dir} nor in "
+            f"the Hugging Face cache and cannot be downloaded {where}: download it once with network access, or "
+            f"save it with save_pretrained as {models_dir / name}, or pass --disable_redaction to speak the bracketed "
+            "text") from None
 
 
 class Wav2VecAlignment:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from tortoise.webui import device_info
-from tortoise.webui.generation import (Job, load_history, readable_error, run_job, save_history, StageCapture)
-from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, RANGES, Settings, default_settings_path,
-                                     load_settings, save_settings)
-from tortoise.webui.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
+from tortoise.progress import STAGE_LABELS
+from tortoise.webui import device_info, original_voices
+from tortoise.webui.generation import Job, load_history, readable_error, run_job, save_history, split_text
+from tortoise.webui.settings import (COND_FREE_CHOICES, LATENT_MODES, PATH_FIELDS, RANGES, Settings,
+                                     default_settings_path, load_settings, paths_locked, pinned_paths, save_settings)
+from tortoise.utils.voice_upload import ALLOWED_EXTENSIONS, MAX_CLIP_BYTES, UploadError, create_voice
 
 PRESET_DEFAULT = "preset default"
 HISTORY_SHOWN = 10
@@ -70,18 +71,34 @@ def cached_device_choices() -> tuple[list[str], str | None]:
 
 # ---- session state ---------------------------------------------------------------------------------------------
 
+def locked_paths() -> bool:
+    """Whether the server-side paths are read-only here: the server listens beyond localhost (Streamlit's
+    server.address; unset means every interface) or `turtle --lock-paths`."""
+    return paths_locked(st.get_option("server.address"))
+
+
 def init_session() -> None:
-    """On a session's first run: settings from the file into the widgets, history from the output directory."""
+    """On a session's first run: settings from the file into the widgets (paths the server pins replace the file's),
+    history from the output directory."""
     ss = st.session_state
     if "_settings_loaded" in ss:
         return
     settings, warning = load_settings()
+    ss["_saved_settings"] = dataclasses.asdict(settings)
+    ss["_file_paths"] = {name: getattr(settings, name) for name in PATH_FIELDS}
+    settings = dataclasses.replace(settings, **pinned_paths(locked_paths()))
     for f in dataclasses.fields(Settings):
         ss[K + f.name] = getattr(settings, f.name)
-    ss["_saved_settings"] = dataclasses.asdict(settings)
     ss["_settings_warning"] = warning
     ss["history"] = load_history(settings.output_dir)
     ss["_settings_loaded"] = True
+
+
+def enforce_server_paths() -> None:
+    """Read-only paths: every run puts the server's values back, whatever a client sent for those widgets."""
+    if locked_paths():
+        for name, value in pinned_paths(True).items():
+            st.session_state[K + name] = value
 
 
 def fit_choice(key: str, options: list, fallback) -> None:
@@ -92,11 +109,16 @@ def fit_choice(key: str, options: list, fallback) -> None:
 
 def current_settings() -> Settings:
     ss = st.session_state
-    return Settings(**{f.name: ss[K + f.name] for f in dataclasses.fields(Settings) if K + f.name in ss})
+    settings = Settings(**{f.name: ss[K + f.name] for f in dataclasses.fields(Settings) if K + f.name in ss})
+    return dataclasses.replace(settings, **pinned_paths(True)) if locked_paths() else settings
 
 
 def remember_settings(settings: Settings) -> None:
-    """Write the settings file when anything changed (atomic write; a failure is a warning, not an error)."""
+    """Write the settings file when anything changed (atomic write; a failure is a warning, not an error). Paths the
+    server pins are not the page's to remember: the file keeps its own."""
+    pinned = pinned_paths(locked_paths())
+    settings = dataclasses.replace(settings, **{name: st.session_state.get("_file_paths", {}).get(name, value)
+                                                for name, value in pinned.items()})
     data = dataclasses.asdict(settings)
     if data == st.session_state.get("_saved_settings"):
         return
@@ -109,15 +131,28 @@ def remember_settings(settings: Settings) -> None:
 
 # ---- controls --------------------------------------------------------------------------------------------------
 
+SERVER_SET = ("Set by the server when it starts (turtle --models-dir, --voices-dir, --output-dir, --ar-checkpoint, "
+              "--diff-checkpoint); read-only here because the page is reachable from other machines (or turtle "
+              "--lock-paths).")
+
+
+def path_input(label: str, name: str, help: str, locked: bool, **kw) -> None:
+    st.text_input(label, key=K + name, help=SERVER_SET if locked else help, disabled=locked, **kw)
+
+
 def sidebar(choices: dict) -> None:
+    locked = locked_paths()
     with st.sidebar:
         st.header("Model")
-        st.text_input("Models directory", key=K + "models_dir",
-                      help="Where the checkpoints are (downloaded there when missing).")
-        st.text_input("Autoregressive checkpoint", key=K + "ar_checkpoint", placeholder="released autoregressive.pth",
-                      help="Path of a fine-tuned GPT checkpoint (.pth); empty for the released one.")
-        st.text_input("Diffusion checkpoint", key=K + "diff_checkpoint", placeholder="released diffusion_decoder.pth",
-                      help="Path of a fine-tuned diffusion checkpoint (.pth); empty for the released one.")
+        if locked:
+            st.caption("Paths on the server are set when it starts and shown read-only: this page may be reached "
+                       "from other machines and has no login.")
+        path_input("Models directory", "models_dir", "Where the checkpoints are (downloaded there when missing).",
+                   locked)
+        path_input("Autoregressive checkpoint", "ar_checkpoint", "Path of a fine-tuned GPT checkpoint (.pth); empty "
+                   "for the released one.", locked, placeholder="released autoregressive.pth")
+        path_input("Diffusion checkpoint", "diff_checkpoint", "Path of a fine-tuned diffusion checkpoint (.pth); "
+                   "empty for the released one.", locked, placeholder="released diffusion_decoder.pth")
         for key, what in (("ar_checkpoint", "Autoregressive"), ("diff_checkpoint", "Diffusion")):
             path = st.session_state[K + key].strip()
             if path and not Path(path).expanduser().is_file():
@@ -134,10 +169,10 @@ def sidebar(choices: dict) -> None:
         st.checkbox("Half precision", key=K + "half", help="fp16/bf16 where the device does it well.")
         st.checkbox("KV cache", key=K + "kv_cache", help="Much faster autoregressive decoding; uses more memory.")
         st.header("Directories")
-        st.text_input("Extra voices directory", key=K + "extra_voices_dir",
-                      help="Searched before the package's voices; uploaded voices are saved here.")
-        st.text_input("Output directory", key=K + "output_dir", help="Each run writes its clips into a new "
-                      "subdirectory here.")
+        path_input("Extra voices directory", "extra_voices_dir", "Searched before the package's voices; uploaded "
+                   "voices are saved here.", locked)
+        path_input("Output directory", "output_dir", "Each run writes its clips into a new subdirectory here.",
+                   locked)
         with st.expander("Device panel"):
             if st.button("Refresh report", key="refresh_doctor"):
                 cached_doctor_report.clear()
@@ -255,6 +290,8 @@ def generate(s: Settings) -> None:
     if "random" in s.voices and s.combine_voices and len(s.voices) > 1:
         st.error("The random voice cannot be blended with other voices; untick 'Blend' or remove 'random'.")
         return
+    if not redaction_ready(s):
+        return
     status = st.status("Loading the models…", expanded=True)
     lock = generation_lock()
     if not lock.acquire(blocking=False):
@@ -270,6 +307,20 @@ def generate(s: Settings) -> None:
         summarise(record.to_dict(), status, record.seconds)
 
 
+def redaction_ready(s: Settings) -> bool:
+    """[bracketed] text: refused now (text only in brackets, no aligner offline) rather than after a clip."""
+    from tortoise.utils.wav2vec_alignment import check_redaction
+    try:
+        chunks = split_text(s.text, int(s.min_chars_to_split))
+        if any("[" in c or "]" in c for c in chunks):
+            with st.spinner("Checking the aligner that cuts [bracketed] text…"):
+                check_redaction(chunks, str(Path(s.models_dir).expanduser()) if s.models_dir else None)
+    except Exception as e:
+        st.error(readable_error(e))
+        return False
+    return True
+
+
 def load_and_run(s: Settings, status):
     try:
         with status:
@@ -280,15 +331,18 @@ def load_and_run(s: Settings, status):
         st.error(f"Could not load the models: {readable_error(e)}")
         return None
     bar = status.progress(0.0, text="Starting")
-    stage = status.empty()  # the pipeline's own stage lines (its messages and progress bars)
+    stage = status.empty()  # the pipeline's current stage (its progress callback)
 
     def on_progress(message: str, done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"{message} ({done}/{total} clips done)")
         status.update(label=message)
 
+    def on_stage(name: str, done: int, total: int) -> None:
+        stage.caption(f"{STAGE_LABELS.get(name, name)}: {done}/{total}")
+
     try:
-        with StageCapture(lambda line: stage.caption(line)):
-            return run_job(tts, build_job(s), s.output_dir, on_progress, lambda r: keep_in_history(s, r.to_dict()))
+        return run_job(tts, build_job(s), s.output_dir, on_progress, lambda r: keep_in_history(s, r.to_dict()),
+                       on_stage)
     except Exception as e:  # nothing was rendered (bad text, unwritable output directory, ...)
         status.update(label="Generation failed", state="error")
         st.error(f"Generation failed: {readable_error(e)}")
@@ -368,6 +422,7 @@ def history_section() -> None:
 def render() -> None:
     st.set_page_config(page_title="Tortoise TTS", page_icon="🐢", layout="wide", initial_sidebar_state="expanded")
     init_session()
+    enforce_server_paths()
     ss = st.session_state
     if ss.get("_select_voice"):
         ss[K + "voices"] = [ss.pop("_select_voice")]
@@ -386,6 +441,7 @@ def render() -> None:
     main_controls(choices, voices)
     if note:
         st.caption(note)
+    original_voices.section()
     settings = current_settings()
     upload_section(settings, voices)
     remember_settings(settings)

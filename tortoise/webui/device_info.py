@@ -10,7 +10,6 @@ import sys
 from typing import Any, Mapping
 
 AUTO = "auto"
-_INTEL_ENV = ("ONEAPI_ROOT", "SETVARS_COMPLETED", "ONEAPI_DEVICE_SELECTOR", "ZE_AFFINITY_MASK")
 
 
 def device_choices() -> list[str]:
@@ -25,13 +24,11 @@ def doctor_report(device: str | None = None) -> str:
     return doctor.format_report(doctor.build_report(None if device in (None, AUTO) else device))
 
 
-def xpu_relevant(env: Mapping[str, str] | None = None) -> bool:
-    """Whether the Intel XPU checks concern this machine: an XPU build of PyTorch, an XPU device asked for, or a
-    oneAPI / Level Zero environment set up."""
-    from xpu.device import DEVICE_ENV, compiled_with
-    env = os.environ if env is None else env
-    return (compiled_with("xpu") or env.get(DEVICE_ENV, "").strip().startswith("xpu")
-            or any(env.get(k) for k in _INTEL_ENV))
+def xpu_relevant(env: Mapping[str, str] | None = None, fs: Any = None) -> bool:
+    """Whether the Intel XPU checks concern this machine (the device layer's `oneapi_applicability`: an XPU build
+    of PyTorch, an Intel GPU present, an XPU device asked for, or a oneAPI environment set up)."""
+    from xpu import oneapi_applicability
+    return oneapi_applicability(env, fs).applicable
 
 
 def environment_check(env: Mapping[str, str] | None = None, fs: Any = None) -> list[str]:
@@ -42,8 +39,9 @@ def environment_check(env: Mapping[str, str] | None = None, fs: Any = None) -> l
     dev = xpu.resolve_device(None, env)
     info = xpu.describe(dev, env)
     lines = [f"device {dev} ({info.name}); found: {', '.join(xpu.available_devices())}"]
-    if not xpu_relevant(env):
-        return lines + ["no Intel XPU stack in use; oneAPI checks skipped (`python -m xpu` prints the full report)"]
+    scope = xpu.oneapi_applicability(env, fs, device_type=dev.type)
+    if not scope.applicable:
+        return lines + [f"oneAPI checks not applicable: {scope.reason}"]
     names = [info.name] if dev.type == "xpu" else []
     findings = xpu.oneapi_findings(env, fs, device_names=names)
     if not findings:

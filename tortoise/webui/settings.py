@@ -14,6 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 SETTINGS_ENV = "TURTLE_SETTINGS"  # path of the settings file; `turtle --settings PATH` sets it for the app
+# Server-side paths come from `turtle`'s flags (which set these variables for the app) or the environment. Beyond
+# localhost the page shows them read-only: a visitor must not point the server at its own files.
+SERVER_PATH_ENV = {"models_dir": "TURTLE_MODELS_DIR", "extra_voices_dir": "TURTLE_VOICES_DIR",
+                   "output_dir": "TURTLE_OUTPUT_DIR", "ar_checkpoint": "TURTLE_AR_CHECKPOINT",
+                   "diff_checkpoint": "TURTLE_DIFF_CHECKPOINT"}
+PATH_FIELDS = tuple(SERVER_PATH_ENV)
+LOCK_PATHS_ENV = "TURTLE_LOCK_PATHS"  # "1": read-only paths even on localhost (e.g. behind a reverse proxy)
 SETTINGS_VERSION = 1
 
 LATENT_MODES = (  # index = latent_averaging_mode of get_conditioning_latents
@@ -155,3 +162,45 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
     payload = {"version": SETTINGS_VERSION, "settings": dataclasses.asdict(settings)}
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+# ---- server-side paths -------------------------------------------------------------------------------------------
+
+def is_local_address(address: str | None) -> bool:
+    """Whether a server listening on `address` is reachable from this machine only. Streamlit listens on every
+    interface when no address is set, so None / "" is not local."""
+    import ipaddress
+    host = (address or "").strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an interface address: reachable from elsewhere
+
+
+def paths_locked(address: str | None, env=None) -> bool:
+    """Read-only paths in the page: always beyond localhost, and on localhost when `TURTLE_LOCK_PATHS=1`."""
+    env = os.environ if env is None else env
+    return env.get(LOCK_PATHS_ENV, "").strip().lower() in ("1", "true", "yes", "on") or not is_local_address(address)
+
+
+def server_paths(env=None) -> dict[str, str]:
+    """The paths the server was started with (`turtle --models-dir` ... or the TURTLE_* variables), by field."""
+    env = os.environ if env is None else env
+    return {name: env[var] for name, var in SERVER_PATH_ENV.items() if env.get(var, "").strip()}
+
+
+def pinned_paths(locked: bool, env=None) -> dict[str, str]:
+    """Path fields the page may not take from the settings file or a visitor: those the server set, and when
+    `locked` every path (the server's value, else the default: $TORTOISE_MODELS_DIR, ~/.local/share/tortoise/voices,
+    results)."""
+    given = server_paths(env)
+    if not locked:
+        return given
+    defaults = Settings()
+    return {name: given.get(name, getattr(defaults, name)) for name in PATH_FIELDS}
+
+
+def with_server_paths(settings: Settings, locked: bool, env=None) -> Settings:
+    return dataclasses.replace(settings, **pinned_paths(locked, env))

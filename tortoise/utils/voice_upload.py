@@ -1,7 +1,9 @@
 """Creating a voice from uploaded clips: validate every clip, sanitise the name, write without overwriting.
 
-A voice is a directory of clips inside a voices directory (see `tortoise.utils.voices`). Nothing is written unless
-every clip passes; a new voice appears in one rename, so a half-created voice is never visible.
+Shared by the front ends that accept uploads (the web UI and the speech server). A voice is a directory of clips
+inside a voices directory (see `tortoise.utils.voices`). Nothing is written unless every clip passes; a new voice
+appears in one rename, so a half-created voice is never visible. Each front end words its own way of asking to add
+clips to an existing voice (`add_hint`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ RESERVED_NAMES = ("random", "all")  # words the voice syntax gives a meaning
 _NAME_OK = re.compile(r"[A-Za-z0-9_.-]")
 
 
+WEBUI_ADD_HINT = "tick 'add the clips to an existing voice'"
+
+
 class UploadError(ValueError):
     """A refused upload; the message is one or more readable lines, each saying what to change."""
+
+
+class VoiceExistsError(UploadError):
+    """The voice name is taken (here or in another voices directory) and adding to it was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,7 @@ def inspect_clip(filename: str, data: bytes) -> ClipInfo:
         info = sf.info(io.BytesIO(data))
         audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad data
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UploadError(f"{label}: cannot be read as audio ({reason}); export it again as wav or flac.") from None
+        raise UploadError(_unreadable(label, e)) from None
     detected = FORMAT_EXTENSION.get(info.format)
     if detected is None:
         raise UploadError(f"{label}: {info.format} audio is not accepted; convert it to wav or flac.")
@@ -102,6 +110,17 @@ def inspect_clip(filename: str, data: bytes) -> ClipInfo:
         raise UploadError(f"{label}: the clip is silent or damaged; record it again.")
     return ClipInfo(filename=label, extension=detected, seconds=seconds, sample_rate=int(rate),
                     channels=int(audio.shape[1]))
+
+
+def _unreadable(label: str, exc: Exception) -> str:
+    """Words for a file libsndfile cannot decode. Its own message starts with the repr of the in-memory buffer
+    ("Error opening <_io.BytesIO object at 0x...>: ..."), which means nothing to the user: only the reason is kept."""
+    reason = getattr(exc, "error_string", None) or (str(exc).splitlines() or [""])[0]
+    reason = re.sub(r"^Error opening <[^>]*>:\s*", "", reason).strip().rstrip(".")
+    if not reason or re.search(r"not recogni[sz]ed|unknown format", reason, re.I):
+        return (f"{label}: this is not an audio file (its contents are not wav, flac, ogg or mp3, whatever its name "
+                f"says); upload a recording in one of those formats.")
+    return f"{label}: a damaged or unsupported audio file ({reason}); export it again as wav or flac."
 
 
 def validate_clips(clips: list[tuple[str, bytes]]) -> list[ClipInfo]:
@@ -143,11 +162,13 @@ def _unique_names(infos: list[ClipInfo], taken: set[str]) -> list[str]:
 
 
 def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple[str, bytes]],
-                 known_voices: list[str] | tuple[str, ...] = (), add_to_existing: bool = False) -> CreatedVoice:
+                 known_voices: list[str] | tuple[str, ...] = (), add_to_existing: bool = False,
+                 add_hint: str = WEBUI_ADD_HINT) -> CreatedVoice:
     """Write the clips as voice `raw_name` (sanitised) under `voices_dir`.
 
     An existing voice (in this directory or any other voices directory: `known_voices`) is never changed unless
-    `add_to_existing`, and even then no existing file is overwritten.
+    `add_to_existing`, and even then no existing file is overwritten. `add_hint` says how the caller's user asks to
+    add clips to an existing voice.
     """
     if not str(voices_dir).strip():
         raise UploadError("Set the voices directory (in the sidebar) before uploading a voice.")
@@ -160,10 +181,9 @@ def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple
     if exists_here and not target.is_dir():
         raise UploadError(f"{target} exists and is not a voice directory; choose another name.")
     if (exists_here or known_elsewhere) and not add_to_existing:
-        raise UploadError(f"A voice named '{name}' already exists; choose another name, or tick "
-                          f"'add the clips to an existing voice'.")
+        raise VoiceExistsError(f"A voice named '{name}' already exists; choose another name, or {add_hint}.")
     if known_elsewhere:
-        raise UploadError(f"The voice '{name}' lives in another voices directory, not in {voices_dir}; "
+        raise VoiceExistsError(f"The voice '{name}' lives in another voices directory, not in {voices_dir}; "
                           f"choose another name.")
     data = [d for _, d in clips]
     if exists_here:
@@ -182,7 +202,7 @@ def create_voice(voices_dir: str | os.PathLike, raw_name: str, clips: list[tuple
         try:
             os.rename(staging, target)  # atomic; fails if the name appeared meanwhile (never merges or overwrites)
         except OSError:
-            raise UploadError(f"A voice named '{name}' appeared while uploading; choose another name.") from None
+            raise VoiceExistsError(f"A voice named '{name}' appeared while uploading; choose another name.") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""The package's layers, checked on the source: no import cycles (imports inside functions included: a cycle hidden
+in a function is still a cycle), the device layer imports nothing from `tortoise`, the networks nothing from the
+pipeline or the front ends, and the pipeline core nothing from the front ends."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("tortoise", "xpu")
+FRONT_ENDS = ("tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.ray_reader", "tortoise.distributed",
+              "tortoise.get_conditioning_latents", "tortoise.is_this_from_tortoise", "tortoise.export",
+              "tortoise.voices.cli", "tortoise.voices.__main__")
+CORE = ("tortoise.api", "tortoise.api_fast", "tortoise.pipeline", "tortoise.loading", "tortoise.render",
+        "tortoise.options", "tortoise.progress")
+
+
+def module_name(path):
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules():
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def imports(path, name, known):
+    """Every project module ``name`` imports, anywhere in the file."""
+    found = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def graph():
+    known = modules()
+    return {name: imports(path, name, known) for name, path in known.items()}
+
+
+def in_layer(name, prefixes):
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_no_import_cycles():
+    g = graph()
+    state, stack, cycles = {}, [], []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in sorted(g[n]):
+            if state.get(m) == "open":
+                cycles.append(stack[stack.index(m):] + [m])
+            elif m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = "done"
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n)
+    # a package's __init__ re-exporting its own modules is not a cycle between layers
+    cycles = [c for c in cycles if not all(x == c[0] or x.startswith(c[0] + ".") for x in c)]
+    assert cycles == []
+
+
+def test_device_layer_imports_nothing_from_tortoise():
+    g = graph()
+    assert {n: sorted(m for m in deps if m.startswith("tortoise")) for n, deps in g.items()
+            if n.startswith("xpu") and any(m.startswith("tortoise") for m in deps)} == {}
+
+
+def test_networks_and_core_do_not_reach_up():
+    g = graph()
+    bad = {}
+    for n, deps in g.items():
+        if n.startswith(("tortoise.models", "tortoise.utils")):
+            up = [m for m in deps if in_layer(m, CORE + FRONT_ENDS)]
+        elif in_layer(n, CORE):
+            up = [m for m in deps if in_layer(m, FRONT_ENDS)]
+        else:
+            continue
+        if up:
+            bad[n] = sorted(up)
+    assert bad == {}

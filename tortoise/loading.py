@@ -1,0 +1,111 @@
+"""The networks of one pipeline: loaded on first use, placed on the device, in the precision decided once.
+
+Precision is decided here and nowhere else. ``dtype`` None means float32; a half dtype (the device layer's choice
+for ``--half``: float16 on CUDA / MPS / Arc A-series, bfloat16 on Arc B-series and on CPUs with native bf16) casts
+the weights of the networks that tolerate it (:data:`HALF_NETWORKS`) once, when they are loaded. From then on the
+dtype follows the tensors: no autocast anywhere. Inside those networks the numerically delicate parts stay float32
+(the AR model's final norm and heads, the diffusion model's GroupNorms); every stage hands float32 tensors to the
+next. The vocoders, the random-voice generators and the classifier always run in float32.
+
+Low-VRAM mode keeps every network on the CPU and moves one onto the device for its stage (:meth:`ModelSet.stage`).
+"""
+from contextlib import contextmanager
+
+import torch
+
+import xpu
+from tortoise.models.vocoder import load_vocoder
+from tortoise.utils import checkpoints
+
+HALF_NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion")
+NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder",
+            "classifier")
+
+
+class ModelSet:
+    """Loads and holds the networks; ``get(name)`` returns one (loading it the first time).
+
+    :param device: where the networks compute.
+    :param dtype: None (float32) or the half dtype for :data:`HALF_NETWORKS`.
+    :param high_vram: True keeps every network on ``device``; False keeps them on the CPU between stages.
+    :param paths: explicit checkpoint files by network name (``--ar_checkpoint`` ...), else the models dir.
+    :param vocoder: ``univnet``, ``bigvgan_base`` or ``bigvgan``.
+    :param ar_settings: ``post_init_gpt2_config`` keywords (kv_cache, position_mode, compile, int8).
+    :param check_ar: called with the autoregressive model once loaded (e.g. the tokenizer check), before it is kept.
+    """
+
+    def __init__(self, device, models_dir, dtype=None, high_vram=True, paths=None, vocoder="univnet",
+                 ar_settings=None, revision=None, check_ar=None):
+        self.device = torch.device(device)
+        self.models_dir = str(models_dir)
+        self.dtype = dtype
+        self.high_vram = high_vram
+        self.paths = dict(paths or {})
+        self.vocoder_name = vocoder
+        self.ar_settings = dict(ar_settings or {})
+        self.revision = revision
+        self.check_ar = check_ar
+        self._models = {}
+
+    @property
+    def home(self):
+        """Where networks live between stages."""
+        return self.device if self.high_vram else torch.device("cpu")
+
+    def loaded(self, name):
+        return name in self._models
+
+    def name_of(self, model):
+        """The name under which ``model`` was loaded."""
+        return next(n for n, m in self._models.items() if m is model)
+
+    def get(self, name):
+        """Network ``name``, loaded the first time (in eval mode, on :attr:`home`, in its precision)."""
+        if name not in self._models:
+            with torch.random.fork_rng(devices=[]):  # building a network draws init weights: keep seeds intact
+                model = self._load(name)
+            self._models[name] = model
+        return self._models[name]
+
+    def _load(self, name):
+        if name == "vocoder" and self.vocoder_name != "univnet":
+            path = checkpoints.bigvgan_dir(self.vocoder_name, self.models_dir)
+            return load_vocoder(self.vocoder_name, path, device=self.home)
+        model = checkpoints.load_model(name, models_dir=self.models_dir, path=self.paths.get(name),
+                                       device=self.home, revision=self.revision)
+        half = self.dtype if name in HALF_NETWORKS else None
+        if name == "autoregressive":
+            if self.check_ar is not None:
+                self.check_ar(model)
+            model.post_init_gpt2_config(half=half or False, **self.ar_settings)
+        elif half is not None:
+            model.to(half)
+        if self.device.type == "xpu":  # the Intel Extension, when a version-matched one is installed
+            model = xpu.optimize(model, dtype=half)
+        return model
+
+    def acquire(self, *names):
+        """The named networks on the device (moved there in low-VRAM mode), in order; pair with :meth:`release`."""
+        models = [self.get(n) for n in names]
+        if not self.high_vram:
+            for m in models:
+                m.to(self.device)
+        return models
+
+    def release(self, *names):
+        """Low-VRAM mode: the named networks back to the CPU, and the device's cache emptied."""
+        if self.high_vram:
+            return
+        for n in names:
+            self._models[n].to("cpu")
+        xpu.empty_cache(self.device)
+
+    @contextmanager
+    def stage(self, *names):
+        """The named networks on the device for one stage (see :meth:`acquire`). Yields them in order (one network:
+        the network itself)."""
+        models = self.acquire(*names)
+        try:
+            yield models[0] if len(models) == 1 else models
+        finally:
+            self.release(*names)

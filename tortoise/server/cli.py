@@ -1,0 +1,203 @@
+"""The ``tortoise-server`` command: parse options, load the models once, serve OpenAI's speech API with uvicorn.
+
+Model and device options are the command line's own (:func:`tortoise.cli.add_model_arguments`). Bad options exit 2
+with one line; models that fail to load stop the server with exit 1 and one line.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import ipaddress
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
+from tortoise.distributed import serve as ray_serve  # imports no Ray until --ray is used
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, one_line
+
+API_KEY_ENV = "TORTOISE_API_KEY"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser():
+    p = _Parser(prog="tortoise-server",
+                description="Tortoise text to speech as a server speaking OpenAI's speech API "
+                            "(POST /v1/audio/speech): models loaded once, requests served in order.",
+                epilog="Example:  tortoise-server --voices_dir ~/voices --port 8000   then   curl "
+                       "http://127.0.0.1:8000/v1/audio/speech -H 'Content-Type: application/json' -d "
+                       "'{\"model\": \"tts-1\", \"input\": \"Hello.\", \"voice\": \"random\"}' -o hello.mp3")
+    g = p.add_argument_group("server")
+    g.add_argument(*_flag("host"), default=DEFAULT_HOST,
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    g.add_argument(*_flag("port"), type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    g.add_argument(*_flag("api_key"), default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 routes (default ${API_KEY_ENV}; none: open)")
+    g.add_argument(*_flag("queue_size"), type=int, default=8,
+                   help="requests that may wait behind the one being generated; more get 429 (default 8)")
+    g.add_argument(*_flag("timeout"), type=float, default=600.0,
+                   help="seconds a request may take from arrival to its last byte, waiting included; "
+                        "0: no limit (default 600)")
+    g.add_argument("-V", *_flag("voices_dir"), default=None,
+                   help="directory of voices (one subdirectory per voice); a comma separates several; uploaded "
+                        "voices are written to the first (created when missing)")
+    g.add_argument(*_flag("no_upload"), action="store_true", help="refuse POST /v1/audio/voices")
+    g.add_argument(*_flag("log_level"), default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default info: one line per request)")
+    a = p.add_argument_group("models and device")
+    s = p.add_argument_group("speed")
+    add_model_arguments(a, s)
+    ray_serve.add_arguments(p.add_argument_group("Ray Serve (pip install 'tortoise-tts-xpu[ray]')"))
+    return p
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_warning(host, api_key):
+    """The warning printed when the server listens beyond this machine without a key (None when there is none)."""
+    if api_key or is_loopback(host):
+        return None
+    return (f"tortoise-server: warning: listening on {host} without an API key: anyone who can reach this port can "
+            f"use the server and upload voices; set --api_key or ${API_KEY_ENV}")
+
+
+def check_args(args):
+    check_model_args(args)
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port: use 1..65535")
+    if args.queue_size < 0:
+        raise UsageError("--queue_size must be 0 or more")
+    if args.timeout < 0:
+        raise UsageError("--timeout must be 0 (no limit) or more seconds")
+    if args.api_key is not None and not args.api_key.strip():
+        raise UsageError("--api_key is empty: give a key, or leave the option out for an open server")
+
+
+def voices_dirs(args, say):
+    """The voices directories; the first (the upload directory) is created when missing, the others must exist."""
+    dirs = [Path(d).expanduser() for d in (args.voices_dir or "").split(",") if d.strip()]
+    for i, d in enumerate(dirs):
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"--voices_dir {d} is a file: give a directory")
+        if not d.exists():
+            if i > 0:
+                raise UsageError(f"--voices_dir {d} does not exist: create it or drop it")
+            d.mkdir(parents=True)
+            say(f"Created the voices directory {d}")
+    return dirs
+
+
+def load_models(args, vocoder, say):
+    """The :class:`TextToSpeech` of the options, its text and audio front ends used once: the number cleaner imports
+    inflect and the filter banks librosa and scipy, seconds that belong to start-up, not to the first request."""
+    from tortoise.cli import make_tts
+    from tortoise.utils.audio import TorchMelSpectrogram, univnet_stft
+    tts = make_tts(args, vocoder, say, stream=False)
+    tts.tokenizer.encode("Warming up 1 text cleaner.")
+    TorchMelSpectrogram()
+    univnet_stft()
+    return tts
+
+
+def _missing_server_packages():
+    return [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+
+
+def build_app(args, say, on_fatal=None):
+    """The speech server's application and its engine (its models load on the engine's thread once started)."""
+    from tortoise.server.app import ServerConfig, create_app
+    from tortoise.server.engine import Engine
+    from tortoise.utils.voices import expected_latent_widths
+    dirs = voices_dirs(args, say)
+    vocoder = choose_vocoder(args.vocoder, args.models_dir)
+    engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=on_fatal)
+    config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
+                          api_key=api_key_of(args), timeout=args.timeout or None,
+                          latent_widths=expected_latent_widths(args.models_dir))
+    return create_app(config, engine), engine
+
+
+def api_key_of(args):
+    return args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+
+
+def replica_app(args):
+    """A Ray Serve replica's application (``tortoise-server --ray``): built on the replica, which waits for its models
+    so that a replica that cannot load them fails to start, and Serve reports its error in one line."""
+    app, engine = build_app(args, lambda message: print(message, flush=True))
+    engine.start()
+    engine.wait_loaded()
+    if engine.error is not None:
+        raise engine.error
+    return app
+
+
+def serve(args, say):
+    check_args(args)
+    warning = host_warning(args.host, api_key_of(args))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    ray_options = ray_serve.options_from_args(args)  # bad flags, or Ray missing: one line, exit 2
+    if ray_options is not None:
+        voices_dirs(args, say)  # created or checked on the driver, before any replica starts
+        return ray_serve.run(functools.partial(replica_app, args), ray_options, say)
+    import uvicorn
+    failure = []
+
+    def fatal(error):
+        failure.append(error)
+        print(f"tortoise-server: error: the models could not be loaded: {type(error).__name__}: {one_line(error)}",
+              file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    app, engine = build_app(args, say, on_fatal=fatal)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    engine.start()
+    server.run()
+    if failure:
+        return EXIT_FAILED
+    return 0 if server.started else EXIT_FAILED
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"tortoise-server: warning: {' '.join(str(message).split())}\n"
+
+
+def main(argv=None):
+    """Console entry point ``tortoise-server``; returns the exit status."""
+    missing = _missing_server_packages()
+    if missing:
+        print(f"tortoise-server: error: the server needs {', '.join(missing)}: pip install 'tortoise-tts-xpu[server]'",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        args = build_parser().parse_args(argv)
+        saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # "tortoise-server: warning: ..."
+        try:
+            return serve(args, lambda message: print(message, flush=True))
+        finally:
+            warnings.formatwarning = saved
+    except UsageError as e:
+        print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ray_serve.ServeFailed as e:
+        print(f"tortoise-server: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
