@@ -156,32 +156,30 @@ def test_greedy_and_seeded_codes_equal_torch(exports, backend):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_original_position_rule_and_step_api(exports, backend):
-    """The cached-path quirk (mel positions one ahead) and the prefill/step calls the stream path makes."""
+def test_decode_state_api_and_original_position_rule(exports, backend):
+    """UnifiedVoice's prefill / step / tokens on the graphs, with the cached-path quirk (positions one ahead)."""
+    from tortoise.utils.sampling import SamplingOptions
     ar = _torch("autoregressive", exports.models_dir)
     ar.post_init_gpt2_config(kv_cache=True, position_mode="original")
     graph = _load("autoregressive", exports, backend)
     graph.post_init_gpt2_config(kv_cache=True, position_mode="original")
     gen = torch.Generator().manual_seed(3)
     cond, text = torch.randn(1, ar.model_dim, generator=gen), torch.randint(1, 200, (1, 9), generator=gen)
-    with torch.no_grad():
-        want = ar.inference_speech(cond, text, do_sample=False, num_return_sequences=1, max_generate_length=25)
-    assert torch.equal(graph.inference_speech(cond, text, do_sample=False, max_generate_length=25), want)
-    logits, hidden, cache = graph.prefill(cond, text)
-    with torch.no_grad():
-        start = torch.full((1, 1), ar.start_mel_token)
-        prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)],
-                           dim=1)
-        torch_cache = ar.gpt.new_cache(1, prompt.shape[1] + 2, prompt)
-        torch_hidden = ar.final_norm(ar.gpt.prefill(prompt, torch_cache)[:, -1])
-        assert torch.allclose(hidden, torch_hidden, rtol=0, atol=1e-4 * torch_hidden.abs().max())
-        token = logits.argmax(-1)
-        logits2, hidden2, cache2 = graph.step(token, 2, cache)  # mel position 1 + offset 1
-        x = ar._mel_step_embedding(token, 2)
-        torch_hidden2 = ar.final_norm(ar.gpt.step(x, torch_cache, prompt.shape[1])[:, 0])
-    assert cache2.length == cache.length + 1
-    assert torch.allclose(hidden2, torch_hidden2, rtol=0, atol=1e-4 * torch_hidden2.abs().max())
-    assert torch.allclose(logits2, ar.mel_head(torch_hidden2), rtol=0, atol=1e-4 * logits2.abs().max())
+    want, got = ar.prefill(cond, text, 2, 25), graph.prefill(cond, text, 2, 25)
+    assert (got.n_mel, got.prompt_len, got.max_new) == (want.n_mel, want.prompt_len, want.max_new)
+    assert torch.equal(got.prompt_ids, want.prompt_ids) and torch.equal(got.seen, want.seen)
+    for _ in range(3):
+        _close(got.logits, want.logits, 1e-4)
+        _close(got.latent, want.latent, 1e-4)
+        token = want.logits.argmax(-1)
+        ar.step(want, token)
+        graph.step(got, token)
+    assert got.t == want.t == 3 and got.cache.length == want.prompt_len + 3
+    greedy = SamplingOptions.from_generate_kwargs(do_sample=False)
+    assert torch.equal(graph.decode(graph.prefill(cond, text, 1, 25), greedy), ar.decode(ar.prefill(cond, text, 1, 25),
+                                                                                            greedy))
+    with pytest.raises(ValueError, match="learned positions"):
+        graph.prefill(cond, text, 1, graph.mel_positions)
 
 
 def _close(got, want, tol=1e-3):
@@ -258,12 +256,15 @@ def test_stages_within_1e3_of_torch(exports, backend):
 def test_openvino_reports_precision_and_stale_cache_is_refused(exports):
     from tortoise.backends import BackendError
     graph = _load("autoregressive", exports, "openvino", precision="f32")
-    logits, _, cache = graph.prefill(torch.randn(2, 64), torch.randint(1, 200, (2, 5)))
-    _, _, cache1 = graph.step(logits.argmax(-1), 1, cache)
-    _, _, cache2 = graph.step(logits.argmax(-1), 2, cache1)
+    decoder = graph.graphs.decoder()
+    start = torch.full((2, 1), graph.start_mel_token)
+    logits, _, cache = decoder.prefill({"cond_latent": torch.randn(2, 64), "text_tokens": torch.randint(1, 200, (2, 5)),
+                                        "mel_tokens": start})
+    _, _, cache1 = decoder.step(logits.argmax(-1), 1, cache)
+    _, _, cache2 = decoder.step(logits.argmax(-1), 2, cache1)
     assert cache2.length == cache.length + 2 and cache2.select(torch.tensor([1, 1, 0])).batch == 3
     with pytest.raises(BackendError, match="superseded"):
-        graph.step(logits.argmax(-1), 2, cache1)
+        decoder.step(logits.argmax(-1), 2, cache1)
     assert graph.graphs.decoder().precision == "f32" and "stateful" in graph.graphs.decoder().describe()
     default = _load("clvp", exports, "openvino")
     default.encode_speech(torch.randint(0, 100, (1, 8)))

@@ -3,10 +3,13 @@
 =====================  ========================================================================================
 torch network          graph object and its calls (tensors in and out are torch; shapes as the torch methods)
 =====================  ========================================================================================
-UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; ``prefill(cond_latent, text_tokens,
-                       mel_tokens=None) -> (logits, hidden, cache)``; ``step(tokens, position, cache) -> (logits,
-                       hidden, cache)``; ``inference_speech(...)`` (the decode loop, sampling in torch);
-                       ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``
+UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; the decode loop's ``prefill(cond, text,
+                       num_return_sequences, max_generate_length, input_tokens) -> DecodeState``, ``step(state,
+                       tokens)``, ``tokens(state, sampling)``, ``decode(state, sampling, callback)``,
+                       ``inference_speech(...)`` (UnifiedVoice's own loop functions; sampling in torch); the latent
+                       pass ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``.
+                       Underneath, ``graphs.decoder()``: ``prefill(feeds) -> (logits, latent, cache)`` and
+                       ``step(tokens, mel_position, cache) -> (logits, latent, cache)`` (`tortoise.backends.common`)
 CLVP                   `ClvpGraphs`: ``encode_text``, ``encode_speech``, ``score(text, codes)``, ``__call__(text,
                        codes, return_loss=False)``
 DiffusionTts           `DiffusionGraphs`: ``get_conditioning``, ``timestep_independent``, ``forward_guided``,
@@ -24,6 +27,7 @@ import inspect
 
 import torch
 
+from tortoise.models.autoregressive import UnifiedVoice
 from tortoise.utils.diffusion import output_length
 
 
@@ -116,70 +120,56 @@ class AutoregressiveGraphs(_GraphObject):
             mels = mels.unsqueeze(1)
         return self.graphs.runner("ar_conditioning").run({"mels": mels})[0]
 
-    # -- decoding ----------------------------------------------------------------------------------------------------
-    def prefill(self, cond_latent, text_tokens, mel_tokens=None):
-        """cond_latent (B, d), text tokens (B, t) (without start/stop), mel tokens (B, m) (default: the start token)
-        -> logits (B, V), final-normed hidden state (B, d) of the last prompt position, KV cache."""
-        if mel_tokens is None:
-            mel_tokens = torch.full((cond_latent.shape[0], 1), self.start_mel_token, dtype=torch.long,
-                                    device=cond_latent.device)
-        return self.graphs.decoder().prefill({"cond_latent": cond_latent, "text_tokens": text_tokens,
-                                              "mel_tokens": mel_tokens})
+    # -- decoding: UnifiedVoice's own loop (tokens / decode / inference_speech) over the graphs' prefill and step --
+    def prefill(self, cond_latent, text_inputs, num_return_sequences=1, max_generate_length=None, input_tokens=None):
+        """`UnifiedVoice.prefill` on the graphs: the prompt graph runs once per distinct prompt, its KV cache is
+        broadcast to the ``num_return_sequences`` rows of each -> a `DecodeState` whose ``cache`` is the graphs'."""
+        from tortoise.models.autoregressive import DecodeState
+        device = cond_latent.device
+        b, p0 = text_inputs.shape[0], 1 + text_inputs.shape[1] + 2  # conditioning latent, start, text, stop
+        n = num_return_sequences
+        if input_tokens is None:
+            mel_tokens = torch.full((b, 1), self.start_mel_token, dtype=torch.long, device=device)
+            row_map = torch.arange(b, device=device).repeat_interleave(n)
+        else:
+            if b != 1 or n % input_tokens.shape[0] != 0:
+                raise ValueError("input_tokens needs one conditioning latent/text row and num_return_sequences "
+                                 "divisible by its number of rows")
+            r = input_tokens.shape[0]
+            mel_tokens = torch.cat([torch.full((r, 1), self.start_mel_token, dtype=torch.long, device=device),
+                                    input_tokens.long()], dim=1)
+            cond_latent, text_inputs = cond_latent.expand(r, -1), text_inputs.expand(r, -1)
+            row_map = (torch.arange(n, device=device) % r).repeat_interleave(n)  # as UnifiedVoice._build_prompt
+        n_mel = mel_tokens.shape[1]
+        max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
+        max_new = max(1, max_new - (n_mel - 1))
+        if n_mel + max_new - 1 + self.position_offset >= self.mel_positions:  # UnifiedVoice's check_range
+            raise ValueError(f"mel position {n_mel + max_new - 1 + self.position_offset} exceeds the model's "
+                             f"{self.mel_positions} learned positions; lower max_generate_length (or the length "
+                             f"of input_tokens)")
+        prompt_ids = torch.cat([torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=device), mel_tokens],
+                               dim=1)[row_map]
+        seen = torch.zeros(row_map.shape[0], self.number_mel_codes, dtype=torch.bool, device=device)
+        seen.scatter_(1, prompt_ids, True)
+        logits, latent, cache = self.graphs.decoder().prefill({"cond_latent": cond_latent, "text_tokens": text_inputs,
+                                                               "mel_tokens": mel_tokens})
+        state = DecodeState(prompt_ids=prompt_ids, n_mel=n_mel, prompt_len=cache.length, max_new=max_new, seen=seen)
+        state.logits, state.latent, state.cache = logits[row_map], latent[row_map], cache.select(row_map)
+        return state
 
-    def step(self, tokens, position, cache):
-        """tokens (B,) at mel position ``position`` (int) -> logits (B, V), hidden (B, d), the cache one longer."""
-        if not 0 <= int(position) < self.mel_positions:
-            raise ValueError(f"mel position {int(position)} exceeds the model's {self.mel_positions} learned "
-                             f"positions; lower max_generate_length")
-        return self.graphs.decoder().step(tokens, int(position), cache)
+    def step(self, state, tokens):
+        """`UnifiedVoice.step`: feed ``tokens`` (B,) at the next position of every row (the mel position rule of
+        the cached loop, see `UnifiedVoice._position_offset`); updates ``state.logits`` / ``state.latent``."""
+        t = state.t + 1
+        mel_pos = state.n_mel + t - 1 + self.position_offset
+        state.logits, state.latent, state.cache = self.graphs.decoder().step(tokens, mel_pos, state.cache)
+        state.t = t
 
-    def inference_speech(self, speech_conditioning_latent, text_inputs, input_tokens=None, num_return_sequences=1,
-                         max_generate_length=None, typical_sampling=False, typical_mass=.9, *, batch_size=None,
-                         **hf_generate_kwargs):
-        """`UnifiedVoice.inference_speech` on the graphs: (b, d), (b, t) -> (b * n, steps) codes, each row ending in
-        the stop token and padded with it. Same keywords, same sampling filters and random draws."""
-        from tortoise.utils.sampling import SamplingOptions
-        if input_tokens is not None:
-            raise ValueError("input_tokens (continuing given codes) is not supported by the graph backends; use "
-                             "--backend torch")
-        opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
-        max_new = max(1, self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length)
-        if max_new + self.position_offset >= self.mel_positions:  # the bound UnifiedVoice checks
-            raise ValueError(f"max_generate_length {max_new} needs more than the model's {self.mel_positions} "
-                             f"learned mel positions; lower it")
-        with torch.no_grad():
-            logits, _, cache = self.prefill(speech_conditioning_latent, text_inputs)
-            rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(num_return_sequences)
-            n = rows.shape[0]
-            size = min(batch_size or n, n)
-            outs = [self._decode_rows(logits[rows[i:i + size]], cache.select(rows[i:i + size]), max_new, opts)
-                    for i in range(0, n, size)]
-        width = max(o.shape[1] for o in outs)
-        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=self.stop_mel_token)
-                          for o in outs])
-
-    def _decode_rows(self, first_logits, cache, max_new, opts):
-        """The HF-style loop of `UnifiedVoice._decode_rows`: sample every row at every step, finished rows keep
-        emitting the stop token, stop when all rows have."""
-        from tortoise.utils.sampling import choose_next
-        rows, device = first_logits.shape[0], first_logits.device
-        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=device)
-        seen[:, 1] = True  # the prompt ids HF's repetition penalty sees: ones, then the start token
-        seen[:, self.start_mel_token] = True
-        out = torch.full((rows, max_new), self.stop_mel_token, dtype=torch.long, device=device)
-        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-        logits, steps = first_logits, 0
-        for t in range(max_new):
-            if t:  # token t - 1 sits at mel position t (the start token is position 0), +1 with the cached quirk
-                logits, _, cache = self.step(out[:, t - 1], t + self.position_offset, cache)
-            token = torch.where(unfinished, choose_next(logits, seen, opts), self.stop_mel_token)
-            out[:, t] = token
-            seen.scatter_(1, token[:, None], True)
-            unfinished &= token != self.stop_mel_token
-            steps = t + 1
-            if not bool(unfinished.any()):
-                break
-        return out[:, :steps]
+    # The n-token loop, decode-to-the-end and generate are UnifiedVoice's own functions: the same sampling filters
+    # in the same order, the same random draws.
+    tokens = UnifiedVoice.tokens
+    decode = UnifiedVoice.decode
+    inference_speech = UnifiedVoice.inference_speech
 
     # -- latent pass -------------------------------------------------------------------------------------------------
     def latents(self, cond_latent, text_tokens, codes):
