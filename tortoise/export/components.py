@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tortoise.export import graphs
+import tortoise.export.graphs as graphs
 from tortoise.utils.diffusion import output_length
 
 AR_COND_FRAMES = 517         # mel frames of a 132,300-sample AR conditioning clip (22.05 kHz, hop 256, centred)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tortoise.export import cache
+import tortoise.export.cache as cache
 from tortoise.export.components import COMPONENTS, Shapes
 
 DEFAULT_OPSET = 18
