@@ -455,13 +455,9 @@ def tts_arguments(args, vocoder, stream=None):
 
 
 def new_tts(kwargs, stream=False):
-    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (the streaming path loads only the AR
-    model and the HiFi-GAN decoder)."""
-    from tortoise.api import TextToSpeech
-    tts = TextToSpeech(**kwargs)
-    if stream:
-        tts.preload(("autoregressive", "hifidecoder"))
-    return tts
+    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (see :func:`tortoise.api.load_tts`)."""
+    from tortoise.api import load_tts
+    return load_tts(kwargs, stream)
 
 
 def make_tts(args, vocoder, say, stream=None):
