@@ -408,7 +408,8 @@ def run(args, say):
     say(summary(job, result))
     if result.failed:
         failed = ", ".join(f"{label}_{idx:02d} ({why})" for label, idx, why in result.failed)
-        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {errors.one_line(ValueError(failed))}; the "
+        failed = errors.one_line(ValueError(failed))
+        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {failed}; the "
               f"finished clips are in {job.out_dir}: rerun with --skip_existing to render the missing ones",
               file=sys.stderr)
         return EXIT_FAILED
