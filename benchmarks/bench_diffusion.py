@@ -1,4 +1,4 @@
-"""Diffusion decoder benchmark: full-size DiffusionTts (random weights), CPU, fp32 (ours also --dtype bfloat16), stage by stage.
+"""Diffusion decoder benchmark: full-size DiffusionTts (random weights), CPU, fp32 (ours also --dtype), stage by stage.
 
     python benchmarks/bench_diffusion.py                      # ours
     /work/origenv/bin/python benchmarks/bench_diffusion.py --impl original

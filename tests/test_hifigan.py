@@ -5,7 +5,8 @@ import torch
 
 from conftest import load_parity_fixture
 from test_vocoder import assert_close, checksum, recipe_weights
-from tortoise.models.hifigan_decoder import ChunkCrossfader, HifiganGenerator, crossfade, decoded_length, upsample_latents
+from tortoise.models.hifigan_decoder import (ChunkCrossfader, HifiganGenerator, crossfade, decoded_length,
+                                             upsample_latents)
 from tortoise.utils.checkpoints import RELEASED_CONFIGS
 
 

@@ -113,7 +113,7 @@ def test_upload_voice_then_failures_are_shown_and_others_kept(app_env):
     errors = messages(at)
     assert any(e.startswith("Voice broken: Cannot read voice clip") for e in errors), errors
     assert any("Tone_Speaker · clip 1" in e and "Text too long" in e for e in errors), errors
-    assert len(at.get("audio")) == 1  # Tone_Speaker's second chunk survived both failures
+    assert len(at.get("audio")) == 1, errors  # Tone_Speaker's second chunk survived both failures
     run = next(p for p in app_env["out"].iterdir() if p.is_dir())
     assert sorted(p.name for p in run.iterdir()) == ["Tone_Speaker_01_00.wav"]  # no combined file with a hole
 

@@ -77,6 +77,15 @@ def resolve_dtype(device_info, half=False, dtype=None):
     return chosen
 
 
+def load_tts(kwargs, stream=False):
+    """A :class:`TextToSpeech` of the constructor keywords ``kwargs``, its models loaded; ``stream``: only those the
+    streaming fast path needs (the AR model and the HiFi-GAN decoder)."""
+    tts = TextToSpeech(**kwargs)
+    if stream:
+        tts.preload(("autoregressive", "hifidecoder"))
+    return tts
+
+
 class TextToSpeech:
     """Main entry point into Tortoise."""
 

@@ -408,7 +408,8 @@ def run(args, say):
     say(summary(job, result))
     if result.failed:
         failed = ", ".join(f"{label}_{idx:02d} ({why})" for label, idx, why in result.failed)
-        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {errors.one_line(ValueError(failed))}; the "
+        failed = errors.one_line(ValueError(failed))
+        print(f"tortoise-tts: error: {len(result.failed)} of {len(tasks)} clip(s) failed: {failed}; the "
               f"finished clips are in {job.out_dir}: rerun with --skip_existing to render the missing ones",
               file=sys.stderr)
         return EXIT_FAILED
@@ -455,13 +456,9 @@ def tts_arguments(args, vocoder, stream=None):
 
 
 def new_tts(kwargs, stream=False):
-    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (the streaming path loads only the AR
-    model and the HiFi-GAN decoder)."""
-    from tortoise.api import TextToSpeech
-    tts = TextToSpeech(**kwargs)
-    if stream:
-        tts.preload(("autoregressive", "hifidecoder"))
-    return tts
+    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (see :func:`tortoise.api.load_tts`)."""
+    from tortoise.api import load_tts
+    return load_tts(kwargs, stream)
 
 
 def make_tts(args, vocoder, say, stream=None):

@@ -385,9 +385,9 @@ def _glob_escape(text):
 
 def render(tts, job, progress=silent, say=None, on_clip=None, tasks=None):
     """Run ``job`` in this process: every clip rendered or kept per :func:`plan`, written as it finishes, then each
-    voice's combined file. ``say(message)`` gets one line per clip; ``on_clip(task, paths, error)`` runs after every
-    clip (kept clips included); ``progress`` is the pipeline's callback, plus ``("clips", done, total)`` as clips
-    finish.
+    voice's combined file. ``say(message)`` gets one line per clip; ``on_clip(task, paths, error)`` (``error``: a
+    failed clip's exception, else None) runs after every clip (kept clips included); ``progress`` is the pipeline's
+    callback, plus ``("clips", done, total)`` as clips finish.
 
     A failing clip stops the run (its finished clips stay on disk) unless ``job.keep_going``; then it is reported
     in the result and the voice gets no combined file."""

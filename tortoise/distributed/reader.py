@@ -118,8 +118,8 @@ class ClipRenderer:
             torch.set_num_threads(threads)
         self.tts, self.error = None, None
         try:
-            from tortoise.cli import new_tts
-            self.tts = new_tts(tts_kwargs, stream)
+            from tortoise.api import load_tts
+            self.tts = load_tts(tts_kwargs, stream)
         except Exception as e:  # noqa: BLE001 - reported by ready()
             self.error = _one_line(f"{type(e).__name__}: {e}")
 

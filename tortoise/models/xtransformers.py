@@ -367,5 +367,6 @@ class CheckpointedXTransformerEncoder(nn.Module):
 
 __all__ = ["AbsolutePositionalEmbedding", "Attention", "AttentionLayers", "CheckpointedLayer",
            "ContinuousTransformerWrapper", "Decoder", "Encoder", "FeedForward", "GLU", "RMSNorm",
-           "CheckpointedXTransformerEncoder", "RelativePositionBias", "Residual", "RotaryEmbedding", "apply_rotary_pos_emb", "checkpoint_wrap_layers",
+           "CheckpointedXTransformerEncoder", "RelativePositionBias", "Residual", "RotaryEmbedding",
+           "apply_rotary_pos_emb", "checkpoint_wrap_layers",
            "rotate_half"]

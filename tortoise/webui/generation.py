@@ -157,7 +157,7 @@ def run_job(tts, job: Job, output_dir: str | os.PathLike, progress: Progress | N
     def after_clip(task, paths, error):
         voice = names.get(task.voice.label, task.voice.label)
         if error is not None:
-            record.clips.append(asdict(Clip(voice, task.index, 0, task.text, error=error)))
+            record.clips.append(asdict(Clip(voice, task.index, 0, task.text, error=readable_error(error))))
         for cand, path in enumerate(paths):
             record.clips.append(asdict(Clip(voice, task.index, cand, task.text, file=Path(path).name)))
         on_update(record)
