@@ -86,6 +86,34 @@ def load_tts(kwargs, stream=False):
     return tts
 
 
+BACKEND_ENV = "TORTOISE_BACKEND"
+
+
+def resolve_backend(backend=None):
+    """``backend``, else ``$TORTOISE_BACKEND``, else ``torch``; one of :data:`tortoise.loading.BACKENDS`."""
+    import os
+
+    from tortoise.loading import BACKENDS
+    name = (backend or os.environ.get(BACKEND_ENV) or "torch").lower()
+    check(name in BACKENDS, f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def backend_options(backend, device, ort_provider="cpu", ov_device="CPU", precision=None):
+    """The runtime options of a graph backend (see :func:`tortoise.backends.load`), checked: a runtime that is not
+    installed is one line naming the extra to install."""
+    if backend == "torch":
+        return {}
+    from tortoise import backends
+    backends.require(backend)
+    if backend == "onnxruntime":
+        check(ort_provider in ("cpu", "cuda", "openvino"),
+              f"unknown ONNX Runtime provider {ort_provider!r}: use cpu, cuda or openvino")
+        return {"provider": ort_provider}
+    check(precision in (None, "f32", "bf16", "f16"), f"unknown precision {precision!r}: use f32, bf16 or f16")
+    return {"device": ov_device, "precision": precision}
+
+
 class TextToSpeech:
     """Main entry point into Tortoise."""
 
@@ -95,7 +123,8 @@ class TextToSpeech:
                  high_vram=None, kv_cache=True, half=False, ar_checkpoint=None, clvp_checkpoint=None,
                  diff_checkpoint=None, vocoder="univnet", use_deepspeed=False, tokenizer_vocab_file=None,
                  tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
-                 hub_revision=None, dtype=None):
+                 hub_revision=None, dtype=None, backend=None, ort_provider="cpu", ov_device="CPU",
+                 backend_precision=None):
         """
         :param autoregressive_batch_size: samples per AR batch; None lets the device layer pick the largest that fits.
         :param models_dir: where checkpoints live (default ``$TORTOISE_MODELS_DIR`` or ``~/.cache/tortoise/models``);
@@ -124,6 +153,12 @@ class TextToSpeech:
                         vocabulary size must equal the checkpoint's; the released one ships with the package).
         :param hub_revision: branch, tag or commit of the hub repository to download from (default
                         ``$TORTOISE_HUB_REVISION``, else ``main``).
+        :param backend: ``torch`` (default, or ``$TORTOISE_BACKEND``), ``onnxruntime`` or ``openvino``: run the AR,
+                        CLVP, diffusion, vocoder and HiFi-GAN networks as exported graphs on that runtime (exported,
+                        verified against torch and cached on first use; sampling stays in torch). ``ort_provider``:
+                        ``cpu``, ``cuda`` or ``openvino``; ``ov_device``: ``CPU``, ``GPU`` or ``AUTO``;
+                        ``backend_precision``: OpenVINO's inference precision (None: the device's default, e.g.
+                        bf16 on CPUs with native bf16; ``f32``, ``bf16``, ``f16``).
         :param preload: load the AR, CLVP, diffusion and vocoder models now (errors surface early); the rest
                         (CVVP, random-voice generators, HiFi-GAN decoder, aligner, classifier) load when first used.
         """
@@ -146,9 +181,12 @@ class TextToSpeech:
         high_vram = self._default_high_vram() if high_vram is None else bool(high_vram)
         ar_settings = dict(kv_cache=kv_cache, compile=bool(compile), int8=bool(int8),
                            position_mode="contiguous" if kv_cache_positions == "contiguous" else "original")
+        self.backend = resolve_backend(backend)
         self.models = ModelSet(self.device, self.models_dir, dtype=self.half_dtype, high_vram=high_vram,
                                paths=self.checkpoint_paths, vocoder=vocoder, ar_settings=ar_settings,
-                               revision=hub_revision, check_ar=self._check_tokenizer_fits)
+                               revision=hub_revision, check_ar=self._check_tokenizer_fits, backend=self.backend,
+                               backend_options=backend_options(self.backend, self.device, ort_provider, ov_device,
+                                                               backend_precision))
         self._aligner = None
         self._latent_cache = pipeline.LatentCache(self.LATENT_CACHE_SIZE)
         if preload:

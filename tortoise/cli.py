@@ -150,6 +150,15 @@ def add_model_arguments(a, s):
                    help="CPU: int8 dynamic quantization of the autoregressive model (faster, slightly different)")
     s.add_argument(*_flag("original_kv_positions"), action="store_true",
                    help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
+    s.add_argument(*_flag("backend"), default=None, choices=("torch", "onnxruntime", "openvino"),
+                   help="run the networks as exported graphs on ONNX Runtime or OpenVINO (default $TORTOISE_BACKEND, "
+                        "else torch); graphs are exported and verified on first use")
+    s.add_argument(*_flag("ort_provider"), default="cpu", choices=("cpu", "cuda", "openvino"),
+                   help="ONNX Runtime execution provider (default cpu)")
+    s.add_argument(*_flag("ov_device"), default="CPU", type=str.upper, choices=("CPU", "GPU", "AUTO"),
+                   help="OpenVINO device (default CPU)")
+    s.add_argument(*_flag("backend_precision"), default=None, choices=("f32", "bf16", "f16"),
+                   help="OpenVINO inference precision (default: the device's, e.g. bf16 on CPUs with native bf16)")
 
 
 # ---------------------------------------------------------------- input checks (all before any model loads)
@@ -286,6 +295,13 @@ def check_ray_args(args):
 
 def check_model_args(args):
     """The checks of :func:`add_model_arguments`' options that need no model (before anything loads)."""
+    from tortoise.api import backend_options, resolve_backend
+    from tortoise.backends import MissingRuntime
+    try:
+        args.backend = resolve_backend(args.backend)
+        backend_options(args.backend, None, args.ort_provider, args.ov_device, args.backend_precision)
+    except MissingRuntime as e:
+        raise UsageError(str(e)) from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
     if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
@@ -343,7 +359,8 @@ def model_identity(args, vocoder):
     from tortoise.render import model_identity as identity
     return identity(args.models_dir, vocoder, args.half, args.dtype, args.ar_checkpoint, args.clvp_checkpoint,
                     args.diff_checkpoint, args.tokenizer, args.int8,
-                    "original" if args.original_kv_positions else "contiguous", not args.no_cache)
+                    "original" if args.original_kv_positions else "contiguous", not args.no_cache,
+                    args.backend or "torch", args.backend_precision)
 
 
 def make_job(args, texts, opts, voices, vocoder):
@@ -452,7 +469,9 @@ def tts_arguments(args, vocoder, stream=None):
                 clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
                 vocoder="univnet" if stream else vocoder, preload=not stream, compile=args.compile,
                 int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
-                kv_cache_positions="original" if args.original_kv_positions else "contiguous")
+                kv_cache_positions="original" if args.original_kv_positions else "contiguous",
+                backend=args.backend, ort_provider=args.ort_provider, ov_device=args.ov_device,
+                backend_precision=args.backend_precision)
 
 
 def new_tts(kwargs, stream=False):

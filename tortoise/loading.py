@@ -18,6 +18,10 @@ from tortoise.models.vocoder import load_vocoder
 from tortoise.utils import checkpoints
 
 HALF_NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion")
+# Networks a graph backend (ONNX Runtime, OpenVINO) runs; CVVP, the random-voice generators and the classifier stay
+# in torch (small, or used rarely).
+GRAPH_NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "hifidecoder")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder",
             "classifier")
 
@@ -35,7 +39,7 @@ class ModelSet:
     """
 
     def __init__(self, device, models_dir, dtype=None, high_vram=True, paths=None, vocoder="univnet",
-                 ar_settings=None, revision=None, check_ar=None):
+                 ar_settings=None, revision=None, check_ar=None, backend="torch", backend_options=None):
         self.device = torch.device(device)
         self.models_dir = str(models_dir)
         self.dtype = dtype
@@ -45,6 +49,8 @@ class ModelSet:
         self.ar_settings = dict(ar_settings or {})
         self.revision = revision
         self.check_ar = check_ar
+        self.backend = backend
+        self.backend_options = dict(backend_options or {})
         self._models = {}
 
     @property
@@ -68,6 +74,8 @@ class ModelSet:
         return self._models[name]
 
     def _load(self, name):
+        if self.backend != "torch" and name in GRAPH_NETWORKS:
+            return self._load_graphs(name)
         if name == "vocoder" and self.vocoder_name != "univnet":
             path = checkpoints.bigvgan_dir(self.vocoder_name, self.models_dir)
             return load_vocoder(self.vocoder_name, path, device=self.home)
@@ -82,6 +90,23 @@ class ModelSet:
             model.to(half)
         if self.device.type == "xpu":  # the Intel Extension, when a version-matched one is installed
             model = xpu.optimize(model, dtype=half)
+        return model
+
+    def _load_graphs(self, name):
+        """The network as exported graphs on ONNX Runtime or OpenVINO (:mod:`tortoise.backends`): exported, verified
+        and cached under a fingerprint of checkpoint, config and versions the first time; same calls as the torch
+        network. The half dtype does not apply (a runtime has its own precision setting)."""
+        from tortoise import backends
+        network = self.vocoder_name if name == "vocoder" else name
+        checkpoint = self.paths.get(name)
+        if network in ("bigvgan_base", "bigvgan"):
+            checkpoint = checkpoints.bigvgan_dir(network, self.models_dir)
+        model = backends.load(network, self.models_dir, self.backend, checkpoint=checkpoint, **self.backend_options)
+        if name == "autoregressive":
+            if self.check_ar is not None:
+                self.check_ar(model)
+            model.post_init_gpt2_config(**{k: v for k, v in self.ar_settings.items()
+                                           if k in ("kv_cache", "position_mode")})
         return model
 
     def acquire(self, *names):

@@ -29,6 +29,7 @@ LATENT_MODES = (  # index = latent_averaging_mode of get_conditioning_latents
     "average per clip",
 )
 COND_FREE_CHOICES = ("preset default", "on", "off")
+BACKEND_CHOICES = ("torch", "onnxruntime", "openvino")
 RANGES = {  # inclusive bounds of the numeric controls (the page's number inputs use the same)
     "candidates": (1, 16), "latent_mode": (0, len(LATENT_MODES) - 1), "steps": (0, 1000), "ar_samples": (0, 1024),
     "seed": (-1, 2**32 - 1), "max_mel_tokens": (10, 600), "min_chars_to_split": (20, 1000),
@@ -85,6 +86,7 @@ class Settings:
     min_chars_to_split: int = 200
     vocoder: str = ""                     # "" = the API's default vocoder
     device: str = "auto"
+    backend: str = "torch"                # one of BACKEND_CHOICES: torch, or exported graphs on a runtime
 
 
 def _in_range(name: str, value: int) -> bool:
