@@ -51,6 +51,15 @@ def ensure_finite(tensor, what, hint="try again without --half, or with another 
     return tensor
 
 
+def ensure_sampleable(logits, what, hint="check the voice's latents"):
+    """Logits ``[B, V]`` a sampler can draw from: no NaN, no +inf, and some finite score in every row (-inf is a
+    masked token, as a logits processor or a caller's mask may set)."""
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any() or
+            not torch.isfinite(logits).any(dim=-1).all()):
+        raise NonFiniteError(f"the {what} hold NaN or infinite values; {hint}")
+    return logits
+
+
 # ---------------------------------------------------------------- conditioning
 
 @dataclass(frozen=True)
@@ -250,7 +259,7 @@ def sample_codes(models, cond, text_tokens, opts, batch, progress=silent, genera
 
             def run(n=n, base=base, span=span):
                 state = ar.prefill(cond.auto_latent, text_tokens, n, opts.max_mel_tokens)
-                ensure_finite(state.logits, "autoregressive model's first logits", "check the voice's latents")
+                ensure_sampleable(state.logits, "autoregressive model's first logits")
                 return ar.decode(state, sampling, lambda step, _: progress("autoregressive", base + step * n, span))
             progress("autoregressive", base, span)
             codes = batch.attempt(run, n)
@@ -415,7 +424,7 @@ def stream(ar, decoder, cond, text_tokens, sampling, max_mel_tokens, chunk_size,
     fader = ChunkCrossfader(overlap)
     latents, pending, first = [], 0, max(chunk_size, STREAM_FIRST_CODES)
     state = ar.prefill(cond.auto_latent, text_tokens, 1, max_mel_tokens)
-    ensure_finite(state.logits, "autoregressive model's first logits", "check the voice's latents")
+    ensure_sampleable(state.logits, "autoregressive model's first logits")
     progress("streaming", 0, max_mel_tokens)
     for token, latent in ar.tokens(state, sampling):
         latents.append(latent[0])
