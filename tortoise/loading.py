@@ -97,7 +97,7 @@ class ModelSet:
         and cached under a fingerprint of checkpoint, config and versions the first time; same calls as the torch
         network. The half dtype does not apply (a runtime has its own precision setting)."""
         from tortoise import backends
-        network = self.vocoder_name if name == "vocoder" else name
+        network = self.vocoder_name if name == "vocoder" and self.vocoder_name != "univnet" else name
         checkpoint = self.paths.get(name)
         if network in ("bigvgan_base", "bigvgan"):
             checkpoint = checkpoints.bigvgan_dir(network, self.models_dir)
