@@ -200,7 +200,7 @@ def _torch_steps(ar, cond, text, tokens, batch, args, state):
     def step():
         t = state["t"]
         x = ar._mel_step_embedding(tokens[t], 1 + t)
-        state["out"] = ar._head(ar.gpt.step(x, cache, prompt.shape[1] + t)[:, 0])
+        state["out"] = ar._final(ar.gpt.step(x, cache, prompt.shape[1] + t)[:, 0])[1]
         state["t"] = t + 1
     for _ in range(args.past):
         step()
@@ -261,7 +261,8 @@ def stage_inputs(stage, args):
 
 # ---------------------------------------------------------------------------------------------------------------
 def run_stage(label, make, variants, args, ar_only):
-    """Time every variant of one stage and print its rows."""
+    """Time every variant of one stage and print its rows; -> the number of variants that failed."""
+    failed = 0
     torch_out, torch_time = None, None
     for variant in args.variants:
         reason = variants.available(variant, ar_only) if variant != "torch" else None
@@ -276,6 +277,7 @@ def run_stage(label, make, variants, args, ar_only):
         except Exception as e:  # noqa: BLE001 - one variant failing must not hide the others
             print(f"{label:<14}{variant:<10}{'':>10}  failed: {type(e).__name__}: {' '.join(str(e).split())[:150]}",
                   flush=True)
+            failed += 1
             continue
         per = args.steps if label.startswith("ar_step") else 1
         wall, cpu = wall / per, cpu / per
@@ -285,6 +287,7 @@ def run_stage(label, make, variants, args, ar_only):
         ratio = f"{wall / torch_time:.2f}" if torch_time else "-"
         diff = f"{rel_diff(out, torch_out):.1e}" if torch_out is not None and variant != "torch" else "-"
         print(f"{label:<14}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9}{diff:>11}", flush=True)
+    return failed
 
 
 def main(argv=None):
@@ -315,14 +318,15 @@ def main(argv=None):
     print(f"{'stage':<14}{'variant':<10}{'precision':>10}{'wall s':>10}{'cpu s':>10}{'x torch':>9}{'max diff':>11}")
     variants = Variants(args)
     stages = args.stages.split(",")
+    failed = 0
     with torch.no_grad():
         if "ar_step" in stages or "prefill" in stages:
             ar = load("autoregressive", args)
             for batch in (int(b) for b in args.batches.split(",")) if "ar_step" in stages else ():
-                run_stage(f"ar_step b{batch}", lambda v, b=batch: ar_step_stage(ar, b, args, variants, v), variants,
-                          args, True)
+                failed += run_stage(f"ar_step b{batch}", lambda v, b=batch: ar_step_stage(ar, b, args, variants, v),
+                                    variants, args, True)
             if "prefill" in stages:
-                run_stage("prefill", lambda v: prefill_stage(ar, args, variants, v), variants, args, True)
+                failed += run_stage("prefill", lambda v: prefill_stage(ar, args, variants, v), variants, args, True)
             del ar
         for stage in (s for s in stages if s not in ("ar_step", "prefill")):
             try:
@@ -330,9 +334,11 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 - e.g. no BigVGAN directory
                 print(f"{stage:<14}skipped: {' '.join(str(e).split())[:150]}")
                 continue
-            run_stage(stage, lambda v: graph_stage(component, net, reference, inputs, variants, v), variants, args,
-                      False)
-    return 0
+            failed += run_stage(stage, lambda v: graph_stage(component, net, reference, inputs, variants, v),
+                                variants, args, False)
+    if failed:
+        print(f"{failed} variant(s) failed (the rows above say why)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

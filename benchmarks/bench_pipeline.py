@@ -60,11 +60,13 @@ class StageTimer:
 
 def fix_length(ar, codes):
     """Mask the stop token until ``codes`` codes are drawn, then force it: every sample is exactly that long.
-    Works for both implementations: each decode step calls ``mel_head`` once (the prefill's last position too)."""
-    state = {"step": 0}
+    Works for both implementations: each decode step calls ``mel_head`` once (the prefill's last position too); ours
+    on graph backends has no ``mel_head``, so there its prefill and step results are edited instead.
+    -> the state dict (``state["codes"]`` may be changed, e.g. for a short warm-up)."""
+    state = {"step": 0, "codes": codes}
 
-    def hook(_module, _inputs, out):
-        if state["step"] < codes:
+    def edit(out):
+        if state["step"] < state["codes"]:
             out[..., STOP_TOKEN] = -float("inf")
         else:
             keep = out[..., STOP_TOKEN].clone()
@@ -73,14 +75,29 @@ def fix_length(ar, codes):
         state["step"] += 1
         return out
 
-    ar.mel_head.register_forward_hook(hook)
     start = "prefill" if hasattr(ar, "prefill") else "inference_speech"  # ours decodes from prefill; the original
     real = getattr(ar, start)
+    if hasattr(ar, "mel_head"):
+        ar.mel_head.register_forward_hook(lambda _module, _inputs, out: edit(out))
 
-    def restart(*a, **kw):
-        state["step"] = 0
-        return real(*a, **kw)
+        def restart(*a, **kw):
+            state["step"] = 0
+            return real(*a, **kw)
+    else:  # graphs: the DecodeState's logits after the prefill and after each step
+        real_step = ar.step
+
+        def restart(*a, **kw):
+            state["step"] = 0
+            decode = real(*a, **kw)
+            edit(decode.logits)
+            return decode
+
+        def step(decode, tokens):
+            real_step(decode, tokens)
+            edit(decode.logits)
+        ar.step = step
     setattr(ar, start, restart)
+    return state
 
 
 def timed_original(tts, api_module, codes):
@@ -100,7 +117,13 @@ def timed_ours(tts, codes):
     """Fix the generation length and time each of our pipeline's stage functions."""
     from tortoise import pipeline
     timer = StageTimer()
-    fix_length(tts.autoregressive, codes)
+    length = fix_length(tts.autoregressive, codes)
+    if tts.backend != "torch":  # untimed: export / verify the graphs on first use and open their sessions
+        length["codes"] = 2
+        with torch.no_grad():
+            tts.tts_with_preset(TEXT, preset="ultra_fast", voice_samples=synthetic_clips(), k=1, verbose=False,
+                                num_autoregressive_samples=tts.autoregressive_batch_size, diffusion_iterations=2)
+        length["codes"] = codes
     for fn, stage in (("condition", "conditioning"), ("sample_codes", "ar_sampling"), ("rank", "clvp"),
                       ("ar_latents", "latent_pass"), ("diffuse", "diffusion"), ("vocode", "vocoder")):
         timer.wrap(pipeline, fn, stage)
@@ -110,7 +133,8 @@ def timed_ours(tts, codes):
 def build_ours(args):
     from tortoise import api
     tts = api.TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False,
-                           autoregressive_batch_size=args.batch_size, half=args.half, dtype=args.dtype)
+                           autoregressive_batch_size=args.batch_size, half=args.half, dtype=args.dtype,
+                           backend=args.backend, backend_precision=args.backend_precision)
     return timed_ours(tts, args.codes)
 
 
@@ -155,16 +179,17 @@ def run_impl(args):
             runs.append(dict(timer.times, total=total, audio_s=wav.shape[-1] / 24000))
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         med["other"] = med["total"] - sum(med[s] for s in STAGES)
-        rows.append({"impl": args.impl, "preset": preset, "batch": batch, "codes": args.codes, **med})
+        impl = args.impl if getattr(args, "backend", "torch") == "torch" else f"ours-{args.backend}"
+        rows.append({"impl": impl, "preset": preset, "batch": batch, "codes": args.codes, **med})
     return rows
 
 
 def print_table(rows):
     cols = list(STAGES) + ["other", "total"]
-    print(f"{'impl':9} {'preset':20} {'batch':>5} " + " ".join(f"{c:>12}" for c in cols) + f" {'RTF':>7}")
+    print(f"{'impl':17} {'preset':20} {'batch':>5} " + " ".join(f"{c:>12}" for c in cols) + f" {'RTF':>7}")
     for r in rows:
         rtf = r["total"] / max(r["audio_s"], 1e-9)
-        print(f"{r['impl']:9} {r['preset']:20} {r['batch']:>5} " + " ".join(f"{r[c]:>11.2f}s" for c in cols)
+        print(f"{r['impl']:17} {r['preset']:20} {r['batch']:>5} " + " ".join(f"{r[c]:>11.2f}s" for c in cols)
               + f" {rtf:>7.1f}")
 
 
@@ -183,6 +208,9 @@ def main():
     p.add_argument("--half", action="store_true", help="the device's half dtype (ours: none on a CPU without bf16)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="ours only: force this dtype for the half-tolerant networks (e.g. bf16 on any CPU)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
+                   help="ours: run the networks as exported graphs (exported and verified on first use, untimed)")
+    p.add_argument("--backend_precision", default=None, help="ours, OpenVINO: f32 / bf16 / f16 (default: the device's)")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines (the driver reads these)")
     p.add_argument("--original_python", default="/work/origenv/bin/python")
     args = p.parse_args()
@@ -223,6 +251,8 @@ def _forward_args(args, impl):
         out += ["--presets", *args.presets]
     if impl == "ours":
         out += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
+        out += ["--backend", args.backend] + (["--backend_precision", args.backend_precision]
+                                              if args.backend_precision else [])
     return out
 
 

@@ -24,3 +24,8 @@ run diffusion python3 benchmarks/bench_diffusion.py --impl both --repeats "$reps
   --original-python "$orig"
 run pipeline python3 benchmarks/bench_pipeline.py --impl both --models_dir "$models" --repeats 1 \
   --original_python "$orig"
+# The graph backends (pip install -e '.[onnx,openvino]'; nncf for ov-int8w): per stage, then end to end on ONNX
+# Runtime. The first run exports full-size graphs into MODELS_DIR/exported (about 10 GB, many minutes; untimed).
+run backends python3 benchmarks/bench_backends.py --models_dir "$models" --repeats "$reps"
+run pipeline_onnxruntime python3 benchmarks/bench_pipeline.py --impl ours --backend onnxruntime --models_dir "$models" \
+  --repeats 1

@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny random-weight models in the released checkpoint format, parity fixture loading, the
 original Tortoise voices fetched once per session."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from tortoise.utils.checkpoints import TINY_CONFIGS
 
 PARITY_FIXTURES = Path(__file__).parent / "parity" / "fixtures"
 
@@ -68,3 +71,53 @@ def original_voices(tmp_path_factory):
     from tortoise.voices.original import release
     return SimpleNamespace(cache=cache, originals=cache / "original", archive=kept / release().filename,
                            stdout=proc.stdout, stderr=proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models for the exported-graph tests (test_export_backends, test_backend_pipeline)
+# ---------------------------------------------------------------------------------------------------------------
+# Two upsampling stages of 16 (still hop 256), fewer residual branches: the same blocks, less graph to trace.
+SMALL_CONFIGS = {
+    "vocoder": dict(TINY_CONFIGS["vocoder"], dilations=[1, 3], strides=[16, 16]),
+    "hifidecoder": dict(TINY_CONFIGS["hifidecoder"], resblock_kernel_sizes=[3, 7],
+                        resblock_dilation_sizes=[[1, 3, 5]] * 2, upsample_factors=[16, 16],
+                        upsample_kernel_sizes=[32, 32]),
+    "diffusion": dict(TINY_CONFIGS["diffusion"], num_layers=1),
+}
+BIGVGAN_SMALL = dict(upsample_initial_channel=32, upsample_rates=[16, 16], upsample_kernel_sizes=[32, 32],
+                     resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
+
+
+def write_bigvgan(models_dir, seed=0):
+    """A tiny BigVGAN directory in NVIDIA's layout (weight-normed generator) under its hub repository's name."""
+    from tortoise.models.bigvgan import BigVGAN
+    from tortoise.models.vocoder import BIGVGAN_BASE_24KHZ_100BAND
+    config = dict(BIGVGAN_BASE_24KHZ_100BAND, **BIGVGAN_SMALL)
+    torch.manual_seed(seed)
+    net = BigVGAN(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    directory = models_dir / "bigvgan_base_24khz_100band"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    torch.save({"generator": net.released_state_dict()}, directory / "bigvgan_generator.pt")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def export_models(tmp_path_factory):
+    """Tiny models with graph-friendly vocoders and diffusion trunk (and a BigVGAN); their graphs are cached in the
+    default place, ``<dir>/exported``, so every test that needs a graph exports it once per session."""
+    from tortoise.utils.make_test_models import write_models
+    out = tmp_path_factory.mktemp("export_models")
+    write_models(out, size="tiny", seed=0, configs={**TINY_CONFIGS, **SMALL_CONFIGS})
+    write_bigvgan(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _export_cache_beside_the_models(monkeypatch):
+    """Graphs go to the default cache beside the test's checkpoints, never to a developer's $TORTOISE_EXPORT_DIR."""
+    monkeypatch.delenv("TORTOISE_EXPORT_DIR", raising=False)

@@ -1,8 +1,9 @@
 """The graph backends inside the pipeline: TextToSpeech(backend=...), tortoise-tts --backend, TORTOISE_BACKEND.
 
-The same tiny checkpoints run as torch modules and as exported graphs on ONNX Runtime and OpenVINO (exported and
-verified on first use, cached beside the checkpoints); sampling stays in torch, so with the same seed the codes are
-the same and the waveform equals torch's within 1e-3.
+The same tiny checkpoints (conftest's ``export_models``) run as torch modules and as exported graphs on ONNX Runtime
+and OpenVINO (exported and verified on first use, cached beside the checkpoints, where test_export_backends finds
+them too); sampling stays in torch, so with the same seed the codes are the same and the waveform equals torch's
+within 1e-3.
 """
 import os
 import subprocess
@@ -38,16 +39,16 @@ def monkeypatch_module():
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_models_dir, codes_seen):
-    tts = api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", autoregressive_batch_size=2,
+def reference(export_models, codes_seen):
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
                            enable_redaction=False)
     wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
     return wav, codes_seen[-1]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_pipeline_on_a_graph_backend_equals_torch(tiny_models_dir, reference, codes_seen, backend):
-    tts = api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", autoregressive_batch_size=2,
+def test_pipeline_on_a_graph_backend_equals_torch(export_models, reference, codes_seen, backend):
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
                            enable_redaction=False, backend=backend, backend_precision="f32")
     assert type(tts.autoregressive).__module__ == "tortoise.backends.networks"  # graphs, not torch modules
     assert type(tts.diffusion).__module__ == "tortoise.backends.networks"
@@ -58,20 +59,20 @@ def test_pipeline_on_a_graph_backend_equals_torch(tiny_models_dir, reference, co
     torch.testing.assert_close(wav, ref_wav, atol=1e-3, rtol=0)
 
 
-def test_streaming_on_a_graph_backend(tiny_models_dir):
+def test_streaming_on_a_graph_backend(export_models):
     kw = dict(verbose=False, use_deterministic_seed=2, max_mel_tokens=16, stream_chunk_size=8)
-    ref = torch.cat(list(api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", preload=False)
+    ref = torch.cat(list(api.TextToSpeech(models_dir=export_models, device="cpu", preload=False)
                          .tts_stream(TEXT, **kw)))
-    tts = api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", preload=False, backend="onnxruntime")
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", preload=False, backend="onnxruntime")
     wav = torch.cat(list(tts.tts_stream(TEXT, **kw)))
     assert wav.shape == ref.shape
     torch.testing.assert_close(wav, ref, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_cli_speaks_on_a_backend(tiny_models_dir, tmp_path, backend):
+def test_cli_speaks_on_a_backend(export_models, tmp_path, backend):
     out = tmp_path / "o"
-    proc = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(tiny_models_dir), "-p",
+    proc = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(export_models), "-p",
                            "ultra_fast", "--num_autoregressive_samples", "2", "--steps", "2", "--max_mel_tokens", "16",
                            "--seed", "1", "-q", "--backend", backend, "-O", str(out), "Hello there."],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -80,26 +81,26 @@ def test_cli_speaks_on_a_backend(tiny_models_dir, tmp_path, backend):
     assert rate == 24000 and audio.size > 0
 
 
-def test_backend_from_the_environment_and_bad_names(tiny_models_dir, monkeypatch):
+def test_backend_from_the_environment_and_bad_names(export_models, monkeypatch):
     monkeypatch.setenv(api.BACKEND_ENV, "OpenVINO")
-    assert api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", preload=False).backend == "openvino"
+    assert api.TextToSpeech(models_dir=export_models, device="cpu", preload=False).backend == "openvino"
     monkeypatch.setenv(api.BACKEND_ENV, "tensorrt")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
-        api.TextToSpeech(models_dir=tiny_models_dir, device="cpu", preload=False)
+        api.TextToSpeech(models_dir=export_models, device="cpu", preload=False)
 
 
-def test_a_missing_runtime_is_one_line_naming_the_extra(tiny_models_dir, tmp_path):
+def test_a_missing_runtime_is_one_line_naming_the_extra(export_models, tmp_path):
     """The runtime made unimportable for real (a None entry in sys.modules makes `import openvino` fail)."""
     code = ("import sys; sys.modules['openvino'] = None; from tortoise.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "--models_dir", str(tiny_models_dir), "--backend",
+    proc = subprocess.run([sys.executable, "-c", code, "--models_dir", str(export_models), "--backend",
                            "openvino", "-O", str(tmp_path / "o"), "Hi."], capture_output=True, text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "pip install 'tortoise-tts-xpu[openvino]'" in lines[0] and not (tmp_path / "o").exists()
 
 
-def test_a_backend_change_makes_earlier_clips_stale(tiny_models_dir):
-    torch_id = model_identity(tiny_models_dir)
-    assert model_identity(tiny_models_dir, backend="openvino") != torch_id
-    assert model_identity(tiny_models_dir, backend="torch") == torch_id
+def test_a_backend_change_makes_earlier_clips_stale(export_models):
+    torch_id = model_identity(export_models)
+    assert model_identity(export_models, backend="openvino") != torch_id
+    assert model_identity(export_models, backend="torch") == torch_id

@@ -2,8 +2,9 @@
 
 Every component is exported with dynamic axes (what the pipeline uses) and verified for both formats; the graph
 objects then reproduce the torch networks: the same greedy (and seeded sampled) codes, stage outputs within 1e-3.
-The vocoders, the HiFi-GAN decoder and the diffusion trunk are narrower / shallower here than the tiny models
-elsewhere (same architectures): exporting with symbolic shapes costs time per layer, not per weight.
+The models are conftest's ``export_models``: the vocoders, the HiFi-GAN decoder and the diffusion trunk are narrower /
+shallower than the tiny models elsewhere (same architectures): exporting with symbolic shapes costs time per layer,
+not per weight.
 """
 import json
 import subprocess
@@ -15,48 +16,10 @@ import torch
 from tortoise.export import cli, exporter
 from tortoise.export.components import COMPONENTS, Shapes
 from tortoise.export.exporter import ExportOptions, VerificationError, export
-from tortoise.utils.checkpoints import TINY_CONFIGS
 
 FORMATS = ("onnx", "openvino")
 BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
-# Two upsampling stages of 16 (still hop 256), fewer residual branches: the same blocks, less graph to trace.
-SMALL_CONFIGS = {
-    "vocoder": dict(TINY_CONFIGS["vocoder"], dilations=[1, 3], strides=[16, 16]),
-    "hifidecoder": dict(TINY_CONFIGS["hifidecoder"], resblock_kernel_sizes=[3, 7],
-                        resblock_dilation_sizes=[[1, 3, 5]] * 2, upsample_factors=[16, 16],
-                        upsample_kernel_sizes=[32, 32]),
-    "diffusion": dict(TINY_CONFIGS["diffusion"], num_layers=1),
-}
 SHORT_CLIPS = Shapes(cond_frames=40)
-BIGVGAN_SMALL = dict(upsample_initial_channel=32, upsample_rates=[16, 16], upsample_kernel_sizes=[32, 32],
-                     resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
-
-
-def write_bigvgan(models_dir, seed=0):
-    """A tiny BigVGAN directory in NVIDIA's layout (weight-normed generator) under its hub repository's name."""
-    from tortoise.models.bigvgan import BigVGAN
-    from tortoise.models.vocoder import BIGVGAN_BASE_24KHZ_100BAND
-    config = dict(BIGVGAN_BASE_24KHZ_100BAND, **BIGVGAN_SMALL)
-    torch.manual_seed(seed)
-    net = BigVGAN(config)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    directory = models_dir / "bigvgan_base_24khz_100band"
-    directory.mkdir()
-    (directory / "config.json").write_text(json.dumps(config))
-    torch.save({"generator": net.released_state_dict()}, directory / "bigvgan_generator.pt")
-    return directory
-
-
-@pytest.fixture(scope="session")
-def export_models(tmp_path_factory):
-    from tortoise.utils.make_test_models import write_models
-    out = tmp_path_factory.mktemp("export_models")
-    write_models(out, size="tiny", seed=0, configs={**TINY_CONFIGS, **SMALL_CONFIGS})
-    write_bigvgan(out)
-    return out
 
 
 class Exports:
@@ -74,7 +37,8 @@ class Exports:
 
 @pytest.fixture(scope="session")
 def exports(export_models, tmp_path_factory):
-    return Exports(export_models, tmp_path_factory.mktemp("exported"))
+    # The default cache beside the checkpoints, shared with test_backend_pipeline (same graphs, exported once).
+    return Exports(export_models, export_models / "exported")
 
 
 def _load(network, exports, backend, **options):

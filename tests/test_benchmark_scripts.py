@@ -1,0 +1,48 @@
+"""The benchmark scripts still run against the code they measure (on tiny models; no timing is asserted).
+
+A benchmark that reaches into a network's internals breaks silently when those change; these runs catch it. Their
+numbers are meaningless at this size: the real figures come from full-size models (README, "Speed").
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script, *args, timeout=600):
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=BENCH, timeout=timeout)
+
+
+def test_bench_pipeline_runs_every_stage_of_ours(tiny_models_dir):
+    proc = _run("bench_pipeline.py", "--models_dir", tiny_models_dir, "--codes", 8, "--samples", 2, "--steps", 2,
+                "--batch_size", 2, "--presets", "ultra_fast", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["impl"], r["preset"], r["codes"]) for r in rows] == [("ours", "ultra_fast", 8)]
+    for stage in ("conditioning", "ar_sampling", "clvp", "latent_pass", "diffusion", "vocoder"):
+        assert rows[0][stage] > 0, stage  # each stage function was found and timed
+    assert rows[0]["audio_s"] > 0
+
+
+def test_bench_backends_runs_every_variant_and_the_graphs_match_torch(export_models):
+    proc = _run("bench_backends.py", "--models_dir", export_models,
+                "--stages", "ar_step,prefill,diffusion,univnet,hifigan", "--variants", "torch,ort,ov-f32",
+                "--batches", "1,2", "--text_tokens", 8, "--past", 4, "--steps", 2, "--frames", 64, "--repeats", 1,
+                "--threads", 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed" not in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    timed = {}
+    for r in rows:
+        if len(r) >= 6 and r[0] in ("ar_step", "prefill", "diffusion", "univnet", "hifigan"):
+            stage = " ".join(r[:2]) if r[0] == "ar_step" else r[0]
+            rest = r[2:] if r[0] == "ar_step" else r[1:]
+            timed[stage, rest[0]] = rest[-1]  # the largest difference from torch ("-" for torch itself)
+    stages = ("ar_step b1", "ar_step b2", "prefill", "diffusion", "univnet", "hifigan")
+    assert set(timed) == {(s, v) for s in stages for v in ("torch", "ort", "ov-f32")}, proc.stdout
+    for (stage, variant), diff in timed.items():
+        if variant != "torch":
+            assert float(diff) < 1e-3, (stage, variant, diff)
