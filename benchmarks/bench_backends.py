@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from timing import median_wall_cpu  # benchmarks/timing.py
+from timing import cpu_model, median_wall_cpu  # benchmarks/timing.py
 
 VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8w", "ort-int8")
 STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan")
@@ -38,25 +38,16 @@ STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan
 @contextlib.contextmanager
 def quiet():
     """Keep the quantizers' progress bars and advice out of the table."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(), logging.getLogger("nncf")]  # nncf's logger has its own handler and level
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def rel_diff(got, want):

@@ -19,26 +19,17 @@ given, e.g. a full-size clip timed on one GPU with ``tortoise-tts``); they are e
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from timing import cpu_model  # benchmarks/timing.py
+
 SENTENCES = ["The first sentence is short.", "Here comes the second one.", "A third sentence follows it.",
              "Then there is a fourth.", "The fifth is nearly the last.", "And this is the sixth.",
              "A seventh line of text.", "The eighth one closes the book."]
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_job(models_dir, out, n_clips):

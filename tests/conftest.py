@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from tortoise.utils.checkpoints import TINY_CONFIGS
@@ -18,6 +20,16 @@ PARITY_FIXTURES = Path(__file__).parent / "parity" / "fixtures"
 def load_parity_fixture(area, name):
     """A fixture written by ``tests/parity/make_<area>_fixtures.py`` in the original implementation's environment."""
     return torch.load(PARITY_FIXTURES / area / name, map_location="cpu", weights_only=True)
+
+
+def write_tone(path, seconds=1.0, f0=220.0, sr=22050, tremolo=False):
+    """A 0.3-amplitude sine written as a float wav; with ``tremolo`` its level swings at 3 Hz (a little more like a
+    voice)."""
+    t = np.arange(int(sr * seconds)) / sr
+    wav = 0.3 * np.sin(2 * np.pi * f0 * t)
+    if tremolo:
+        wav = wav * (0.6 + 0.4 * np.sin(6 * np.pi * t))
+    sf.write(str(path), wav.astype(np.float32), sr)
 
 
 @pytest.fixture(scope="session")

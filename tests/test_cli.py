@@ -1,5 +1,6 @@
 """The tortoise-tts command end to end on tiny random-weight models: files, voices, resume, regeneration, streaming,
 and every bad-input case exiting non-zero with one line (no traceback) and keeping finished clips."""
+import functools
 import io
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import write_tone
 from tortoise import cli
 
 QUICK = ["--num_autoregressive_samples", "2", "--max_mel_tokens", "20", "--steps", "2", "--vocoder", "univnet",
@@ -23,10 +25,7 @@ def offline(monkeypatch):
     monkeypatch.delenv("TORTOISE_DEVICE", raising=False)
 
 
-def tone(path, seconds, f0, sr=22050):
-    t = np.arange(int(sr * seconds)) / sr
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t) * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32),
-             sr)
+tone = functools.partial(write_tone, tremolo=True)  # (path, seconds, f0)
 
 
 @pytest.fixture(scope="module")

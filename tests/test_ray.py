@@ -3,6 +3,7 @@ here (``ray.init(num_cpus=2)``, stopped at the end), with tiny random-weight mod
 same audio with 1 actor and with 2 (and as the single-process loop renders it), an actor killed mid-run, and a run
 resumed after its driver was killed mid-run."""
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -17,6 +18,7 @@ import ray
 import soundfile as sf
 import torch
 
+from conftest import write_tone
 from tortoise import cli, render
 from tortoise.distributed import reader
 
@@ -28,10 +30,7 @@ QUICK = ["--num_autoregressive_samples", "2", "--max_mel_tokens", "20", "--steps
 ENV = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
 
 
-def tone(path, seconds, f0, sr=22050):
-    t = np.arange(int(sr * seconds)) / sr
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t) * (0.6 + 0.4 * np.sin(6 * np.pi * t))).astype(np.float32),
-             sr)
+tone = functools.partial(write_tone, tremolo=True)  # (path, seconds, f0)
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +261,6 @@ def test_speech_server_on_ray_serve(cluster, models_dir, voices, reference, tmp_
     """A replica behind Serve's HTTP proxy on 127.0.0.1 builds the app (and its models) itself, renders the same audio
     as one process does, and never gets more than max_ongoing_requests at once; past max_queued_requests Serve
     answers 503. Stopping the server shuts Serve down."""
-    import functools
     import socket
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -319,7 +317,6 @@ def test_tortoise_server_ray_serves_the_speech_api(cluster, models_dir, voices, 
     """``tortoise-server --ray``: the real speech server's application, built on a Serve replica by the server's own
     ``replica_app``; the openai client gets speech through Serve's proxy, /ready and /health answer, and a request
     the server refuses is still OpenAI's 400."""
-    import functools
     import socket
     import threading
 

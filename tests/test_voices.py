@@ -2,17 +2,14 @@
 import os
 import pickle
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
+from conftest import write_tone
 from tortoise.utils import voices as V
 
 
-def tone(path, seconds=1.0, sr=22050, f0=220.0):
-    t = np.arange(int(sr * seconds)) / sr
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), sr)
+tone = write_tone
 
 
 @pytest.fixture

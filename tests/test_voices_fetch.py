@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import write_tone
 from tortoise import cli as tts_cli
 from tortoise.utils import voices as V
 from tortoise.voices import catalog, original
@@ -54,9 +55,7 @@ def leftovers(cache):
     return sorted(p.name for p in Path(cache).iterdir()) if Path(cache).exists() else []
 
 
-def tone(path, seconds, f0=220.0, sr=22050):
-    t = np.arange(int(sr * seconds)) / sr
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), sr)
+tone = write_tone
 
 
 # ---------------------------------------------------------------- the real fetch
