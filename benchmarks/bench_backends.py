@@ -115,21 +115,18 @@ class Variants:
             ov.save_model(model, str(out), compress_to_fp16=False)
         return out
 
-    def runner(self, component, variant):
-        path = self.path(component, variant)
+    def runtime(self, variant):
+        """The backend object (tortoise.backends) that runs ``variant``'s graphs on the CPU."""
+        from tortoise.backends import get_backend
         if variant.startswith("ort"):
-            from tortoise.backends.onnxruntime import OrtRunner
-            return OrtRunner(path, "cpu", threads=self.args.threads)
-        from tortoise.backends.openvino import OvRunner
-        return OvRunner(path, "CPU", precision=self.precision(variant), threads=self.args.threads)
+            return get_backend("onnxruntime", provider="cpu", threads=self.args.threads)
+        return get_backend("openvino", device="CPU", precision=self.precision(variant), threads=self.args.threads)
+
+    def runner(self, component, variant):
+        return self.runtime(variant).runner(self.path(component, variant))
 
     def decoder(self, variant):
-        prefill, decode = self.path("ar_prefill", variant), self.path("ar_decode", variant)
-        if variant.startswith("ort"):
-            from tortoise.backends.onnxruntime import OrtDecoder
-            return OrtDecoder(prefill, decode, "cpu", threads=self.args.threads)
-        from tortoise.backends.openvino import OvDecoder
-        return OvDecoder(prefill, decode, "CPU", precision=self.precision(variant), threads=self.args.threads)
+        return self.runtime(variant).decoder(self.path("ar_prefill", variant), self.path("ar_decode", variant))
 
     @staticmethod
     def precision(variant):

@@ -96,12 +96,18 @@ def test_cache_layout(exports):
 # ---------------------------------------------------------------------------------------------------------------
 # the graph objects reproduce the torch networks
 # ---------------------------------------------------------------------------------------------------------------
+def _ar_pair(exports, backend, position_mode):
+    """The torch AR model and its graphs on ``backend``, both with the cached loop's ``position_mode``."""
+    ar = _torch("autoregressive", exports.models_dir)
+    graph = _load("autoregressive", exports, backend)
+    for model in (ar, graph):
+        model.post_init_gpt2_config(kv_cache=True, position_mode=position_mode)
+    return ar, graph
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_greedy_and_seeded_codes_equal_torch(exports, backend):
-    ar = _torch("autoregressive", exports.models_dir)
-    ar.post_init_gpt2_config(kv_cache=True, position_mode="contiguous")
-    graph = _load("autoregressive", exports, backend)
-    graph.post_init_gpt2_config(kv_cache=True, position_mode="contiguous")
+    ar, graph = _ar_pair(exports, backend, "contiguous")
     gen = torch.Generator().manual_seed(7)
     cond = torch.randn(1, ar.model_dim, generator=gen)
     text = torch.randint(1, 200, (1, 15), generator=gen, dtype=torch.int32)  # the pipeline's IntTensor
@@ -123,10 +129,7 @@ def test_greedy_and_seeded_codes_equal_torch(exports, backend):
 def test_decode_state_api_and_original_position_rule(exports, backend):
     """UnifiedVoice's prefill / step / tokens on the graphs, with the cached-path quirk (positions one ahead)."""
     from tortoise.utils.sampling import SamplingOptions
-    ar = _torch("autoregressive", exports.models_dir)
-    ar.post_init_gpt2_config(kv_cache=True, position_mode="original")
-    graph = _load("autoregressive", exports, backend)
-    graph.post_init_gpt2_config(kv_cache=True, position_mode="original")
+    ar, graph = _ar_pair(exports, backend, "original")
     gen = torch.Generator().manual_seed(3)
     cond, text = torch.randn(1, ar.model_dim, generator=gen), torch.randint(1, 200, (1, 9), generator=gen)
     want, got = ar.prefill(cond, text, 2, 25), graph.prefill(cond, text, 2, 25)

@@ -227,6 +227,16 @@ def steps(n, pause=0.0, fail_at=None):
     return work
 
 
+def gated(item):
+    """A job's work that waits (at most 5 s) for the returned gate, then yields ``item`` -> (gate, work)."""
+    gate = threading.Event()
+
+    def work(tts, progress):
+        gate.wait(5)
+        yield item
+    return gate, work
+
+
 class Loop:
     """An event loop on its own thread, as uvicorn runs one."""
 
@@ -283,11 +293,7 @@ def test_jobs_run_in_order_and_failures_stay_with_their_job(loop):
 
 def test_full_queue_refuses_with_a_retry_estimate(loop):
     engine = ready_engine(queue_size=1)
-    gate = threading.Event()
-
-    def blocked(tts, progress):
-        gate.wait(5)
-        yield "done"
+    gate, blocked = gated("done")
     running = engine.submit(blocked, loop.loop)
     assert running.started.wait(5)
     waiting = engine.submit(steps(1), loop.loop)
@@ -305,11 +311,7 @@ def test_full_queue_refuses_with_a_retry_estimate(loop):
 
 def test_queue_size_zero_serves_one_at_a_time(loop):
     engine = ready_engine(queue_size=0)
-    gate = threading.Event()
-
-    def blocked(tts, progress):
-        gate.wait(5)
-        yield 1
+    gate, blocked = gated(1)
     first = engine.submit(blocked, loop.loop)
     assert first.started.wait(5)
     with pytest.raises(QueueFull):
