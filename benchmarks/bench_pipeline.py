@@ -210,7 +210,8 @@ def main():
                    help="ours only: force this dtype for the half-tolerant networks (e.g. bf16 on any CPU)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
                    help="ours: run the networks as exported graphs (exported and verified on first use, untimed)")
-    p.add_argument("--backend_precision", default=None, help="ours, OpenVINO: f32 / bf16 / f16 (default: the device's)")
+    p.add_argument("--backend_precision", default=None,
+                   help="ours, on a graph backend: f32 / bf16 / f16 (default f32; with --half the device's half)")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines (the driver reads these)")
     p.add_argument("--original_python", default="/work/origenv/bin/python")
     args = p.parse_args()

@@ -9,6 +9,7 @@ import torch
 
 from tortoise import api, pipeline
 from tortoise.pipeline import Conditioning
+from xpu.testing import cpu_features
 
 TEXT = "Hello there, world."
 FAST = dict(num_autoregressive_samples=4, max_mel_tokens=24, diffusion_iterations=3)
@@ -294,13 +295,13 @@ def test_classifier_probability(models_dir):
     assert 0.0 <= p <= 1.0 and np.isfinite(p)
 
 
-def test_half_casts_the_weights_once_where_the_device_has_a_half_dtype(models_dir, clips, monkeypatch):
-    """A device whose policy is bf16 (faked at the device-layer boundary: this CPU has no native bf16)."""
-    import xpu
-    monkeypatch.setattr(xpu, "half_dtype", lambda info: torch.bfloat16)
+@pytest.mark.parametrize("amx", [False, True], ids=["avx512-bf16", "amx"])
+def test_half_casts_the_weights_once_where_the_device_has_a_half_dtype(models_dir, clips, monkeypatch, amx):
+    """A CPU with native bf16 (faked at the device-layer boundary, whatever CPU runs the test): --half is bf16."""
+    cpu_features(monkeypatch, bf16=True, amx=amx)
     tts = api.TextToSpeech(models_dir=models_dir, device="cpu", autoregressive_batch_size=4, half=True,
                            enable_redaction=False)
-    assert tts.half_dtype == torch.bfloat16
+    assert tts.half_dtype == torch.bfloat16 and tts.precision == "bf16"
     assert next(tts.diffusion.parameters()).dtype == torch.bfloat16
     assert tts.autoregressive.dtype == torch.bfloat16 and tts.autoregressive.mel_head.weight.dtype == torch.float32
     assert next(tts.clvp.parameters()).dtype == torch.bfloat16
@@ -312,14 +313,16 @@ def test_half_casts_the_weights_once_where_the_device_has_a_half_dtype(models_di
         tts.tts(TEXT, verbose=False, half=False, **FAST)
 
 
-def test_half_without_a_native_half_dtype_runs_float32_and_says_so(models_dir):
+def test_half_without_a_native_half_dtype_runs_float32_and_says_so(models_dir, monkeypatch):
+    """A CPU without native bf16 (AVX2 only; faked at the device-layer boundary, whatever CPU runs the test)."""
     import xpu.dtype
+    cpu_features(monkeypatch, bf16=False)
     xpu.dtype._WARNED.discard("half-cpu")
     with pytest.warns(UserWarning, match="running float32"):
         tts = api.TextToSpeech(models_dir=models_dir, device="cpu", half=True, preload=False)
-    assert tts.half_dtype is None and tts.autoregressive.dtype == torch.float32
+    assert tts.half_dtype is None and tts.autoregressive.dtype == torch.float32 and tts.precision == "f32"
     forced = api.TextToSpeech(models_dir=models_dir, device="cpu", dtype="bfloat16", preload=False)
-    assert forced.autoregressive.dtype == torch.bfloat16
+    assert forced.autoregressive.dtype == torch.bfloat16 and forced.precision == "bf16"  # bf16 even without it
     with pytest.raises(ValueError, match="unknown dtype"):
         api.TextToSpeech(models_dir=models_dir, device="cpu", dtype="int4", preload=False)
 
@@ -378,3 +381,50 @@ def test_latents_that_overflow_the_model_stop_with_the_stage_named(tts):
     huge = (torch.full((1, tts.autoregressive.model_dim), 1e30), torch.zeros(1, 128))
     with pytest.raises(pipeline.NonFiniteError, match="first logits"):
         tts.tts(TEXT, conditioning_latents=huge, verbose=False, **FAST)
+
+
+# (backend, half, dtype, ort provider, OpenVINO device, --backend_precision, CPU with native bf16) -> precision
+GRAPH_PRECISIONS = [
+    ("openvino", False, None, "cpu", "CPU", None, True, "f32"),  # never the plugin's own bf16 default
+    ("openvino", False, None, "cpu", "CPU", None, False, "f32"),
+    ("openvino", True, None, "cpu", "CPU", None, True, "bf16"),
+    ("openvino", True, None, "cpu", "CPU", None, False, "f32"),  # as torch: said once, runs float32
+    ("openvino", True, None, "cpu", "GPU", None, False, "f16"),  # Arc
+    ("openvino", True, None, "cpu", "AUTO", None, True, "f16"),
+    ("openvino", False, "bfloat16", "cpu", "CPU", None, False, "bf16"),  # a forced dtype wins
+    ("openvino", True, None, "cpu", "CPU", "f32", True, "f32"),  # and --backend_precision over both
+    ("openvino", False, None, "cpu", "CPU", "bf16", False, "bf16"),
+    ("onnxruntime", False, None, "cpu", "CPU", None, True, "f32"),
+    ("onnxruntime", True, None, "cpu", "CPU", None, True, "f32"),  # no half CPU path in ONNX Runtime: said once
+    ("onnxruntime", True, None, "cuda", "CPU", None, False, "f16"),  # float16 graphs
+    ("onnxruntime", False, "float16", "cuda", "CPU", None, False, "f16"),
+    ("torch", True, None, "cpu", "CPU", None, True, None),
+]
+
+
+@pytest.mark.parametrize("backend,half,dtype,provider,ov_device,override,bf16,want", GRAPH_PRECISIONS)
+def test_half_means_the_same_on_every_backend(monkeypatch, backend, half, dtype, provider, ov_device, override, bf16,
+                                              want):
+    cpu_features(monkeypatch, bf16=bf16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert api.graph_precision(backend, half, dtype, provider, ov_device, override) == want
+        if backend != "torch":
+            assert api.run_precision(backend, "cpu", half, dtype, provider, ov_device, override) == want
+
+
+def test_run_precision_of_torch_follows_the_cpu_and_the_warnings_say_why(monkeypatch):
+    import xpu.dtype
+    cpu_features(monkeypatch, bf16=True, amx=True)
+    assert api.run_precision("torch", "cpu", half=True) == "bf16"
+    assert api.run_precision("torch", "cpu") == "f32"
+    cpu_features(monkeypatch, bf16=False)
+    xpu.dtype._WARNED.discard("half-cpu")
+    with pytest.warns(UserWarning, match="running float32"):
+        assert api.run_precision("torch", "cpu", half=True) == "f32"
+    assert api.run_precision("torch", "cpu", dtype="bfloat16") == "bf16"
+    xpu.dtype._WARNED.discard("half-ort-cpu")
+    with pytest.warns(UserWarning, match="ONNX Runtime's cpu provider computes float32.*--backend openvino"):
+        assert api.graph_precision("onnxruntime", True) == "f32"
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        api.graph_precision("openvino", override="int4")

@@ -15,6 +15,7 @@ import torch
 
 from tortoise import api, pipeline
 from tortoise.render import model_identity
+from xpu.testing import cpu_features
 
 TEXT = "Hello there, world."
 FAST = dict(num_autoregressive_samples=2, max_mel_tokens=16, diffusion_iterations=3, sampler="ddim")
@@ -46,10 +47,17 @@ def reference(export_models, codes_seen):
     return wav, codes_seen[-1]
 
 
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["avx2-cpu", "bf16-cpu"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_pipeline_on_a_graph_backend_equals_torch(export_models, reference, codes_seen, backend):
+def test_pipeline_on_a_graph_backend_equals_torch(export_models, reference, codes_seen, backend, native_bf16,
+                                                  monkeypatch):
+    """Without --half every backend computes f32 whatever the CPU (OpenVINO is told so: left to itself it runs bf16
+    on CPUs with native bf16), so a seed draws torch's codes. The CPU kind is faked at the device layer; OpenVINO
+    sees the real one, which is why the f32 hint must be explicit."""
+    cpu_features(monkeypatch, bf16=native_bf16)
     tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
-                           enable_redaction=False, backend=backend, backend_precision="f32")
+                           enable_redaction=False, backend=backend)
+    assert tts.precision == "f32" and tts.autoregressive.graphs.decoder().precision == "f32"
     assert type(tts.autoregressive).__module__ == "tortoise.backends.networks"  # graphs, not torch modules
     assert type(tts.diffusion).__module__ == "tortoise.backends.networks"
     wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
@@ -104,3 +112,35 @@ def test_a_backend_change_makes_earlier_clips_stale(export_models):
     torch_id = model_identity(export_models)
     assert model_identity(export_models, backend="openvino") != torch_id
     assert model_identity(export_models, backend="torch") == torch_id
+    assert model_identity(export_models, backend="openvino", precision="bf16") != \
+        model_identity(export_models, backend="openvino", precision="f32")
+
+
+def _openvino_runs_bf16():
+    import openvino as ov
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_half_on_openvino_runs_the_cpus_half_and_says_what_ran(export_models, reference, codes_seen, monkeypatch):
+    """--half on OpenVINO asks for bf16 on a CPU with native bf16 (faked at the device layer) and the decoder reports
+    what OpenVINO compiled (bf16 where its CPU plugin has it: a CPU without it runs the bf16 hint as f32); the audio
+    is finite and has the reference's length budget. On a CPU without native bf16, --half is f32 and says so, as it
+    does for torch, and draws torch's codes."""
+    cpu_features(monkeypatch, bf16=True)
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
+                           enable_redaction=False, backend="openvino", half=True)
+    assert tts.precision == "bf16"
+    wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
+    assert tts.autoregressive.graphs.decoder().precision == ("bf16" if _openvino_runs_bf16() else "f32")
+    assert torch.isfinite(wav).all() and wav.numel() > 0
+
+    cpu_features(monkeypatch, bf16=False)
+    import xpu.dtype
+    xpu.dtype._WARNED.discard("half-cpu")
+    with pytest.warns(UserWarning, match="running float32"):
+        tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
+                               enable_redaction=False, backend="openvino", half=True)
+    assert tts.precision == "f32"
+    wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
+    assert torch.equal(codes_seen[-1], reference[1])
+    torch.testing.assert_close(wav, reference[0], atol=1e-3, rtol=0)

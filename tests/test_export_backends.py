@@ -233,9 +233,19 @@ def test_openvino_reports_precision_and_stale_cache_is_refused(exports):
     with pytest.raises(BackendError, match="superseded"):
         decoder.step(logits.argmax(-1), 2, cache1)
     assert graph.graphs.decoder().precision == "f32" and "stateful" in graph.graphs.decoder().describe()
-    default = _load("clvp", exports, "openvino")
-    default.encode_speech(torch.randint(0, 100, (1, 8)))
-    assert default.graphs.runner("clvp_speech").precision in ("f32", "bf16", "f16")
+    default = _load("clvp", exports, "openvino")  # f32 unless asked: never the CPU plugin's own bf16 default
+    codes = torch.randint(0, 100, (1, 8))
+    want = _torch("clvp", exports.models_dir).encode_speech(codes)
+    _close(default.encode_speech(codes), want, 1e-4)
+    assert default.graphs.runner("clvp_speech").precision == "f32"
+    half = _load("clvp", exports, "openvino", precision="bf16")
+    got = half.encode_speech(codes)
+    import openvino as ov  # what runs is read back: bf16 where the CPU plugin has it, else the hint runs as f32
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert half.graphs.runner("clvp_speech").precision == ("bf16" if native else "f32")
+    _close(got, want, 5e-2)  # bf16: 8 mantissa bits
+    with pytest.raises(BackendError, match="unknown OpenVINO precision 'f8'"):
+        _load("clvp", exports, "openvino", precision="f8")
 
 
 def test_devices_and_providers_absent_here_are_one_line_errors(exports):

@@ -155,11 +155,12 @@ def test_describe_cpu_for_real(cpu_only):
 
 
 def test_cpu_policy_follows_native_bf16(monkeypatch, cpu_only):
-    caps = dict(torch.cpu.get_capabilities(), avx512_bf16=True)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert xpu.half_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps, avx512_bf16=False, amx_bf16=False))
-    assert xpu.half_dtype("cpu") is None
+    from xpu.testing import cpu_features
+    for bf16, amx in ((True, False), (False, True)):  # AVX512-BF16 (Zen 4/5, Cooper Lake), AMX (Sapphire Rapids on)
+        cpu_features(monkeypatch, bf16=bf16, amx=amx)
+        assert xpu.half_dtype("cpu") == torch.bfloat16 and xpu.describe("cpu", env={}).supports_bf16
+    cpu_features(monkeypatch, bf16=False)
+    assert xpu.half_dtype("cpu") is None and not xpu.describe("cpu", env={}).supports_bf16
 
 
 # ---------------------------------------------------------------- primitives

@@ -99,19 +99,73 @@ def resolve_backend(backend=None):
     return name
 
 
-def backend_options(backend, device, ort_provider="cpu", ov_device="CPU", precision=None):
-    """The runtime options of a graph backend (see :func:`tortoise.backends.load`), checked: a runtime that is not
-    installed is one line naming the extra to install."""
+PRECISIONS = ("f32", "bf16", "f16")
+_DTYPE_PRECISION = {None: "f32", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def precision_name(dtype):
+    """A torch half dtype (None: float32) as a precision name: ``f32``, ``bf16`` or ``f16``."""
+    return _DTYPE_PRECISION[dtype]
+
+
+def graph_precision(backend, half=False, dtype=None, ort_provider="cpu", ov_device="CPU", override=None):
+    """The precision a graph backend computes in, decided as torch decides its own (:func:`resolve_dtype`):
+
+    - no ``half``: ``f32`` on every device and CPU (set explicitly: OpenVINO's CPU plugin would otherwise pick bf16
+      by itself on CPUs with native bf16, and its codes would no longer be torch's);
+    - ``half``: the device's half precision. OpenVINO CPU: ``bf16`` where the CPU has native bf16 (AVX512-BF16 /
+      AMX), else ``f32`` (said once, as for torch); OpenVINO GPU / AUTO: ``f16`` (Arc's XMX precision; on AUTO the
+      CPU plugin maps it to its own half type). ONNX Runtime CUDA: ``f16`` graphs; ONNX Runtime's CPU and OpenVINO
+      providers: ``f32`` (said once: ONNX Runtime has no half-precision CPU path);
+    - ``override`` (``--backend_precision``), else ``dtype`` (a forced torch dtype), wins over ``half``.
+    """
+    if backend == "torch":
+        return None
+    check(override in (None,) + PRECISIONS, f"unknown precision {override!r}: use f32, bf16 or f16")
+    if override is not None:
+        wanted = override
+    elif dtype is not None:
+        wanted = precision_name(resolve_dtype(None, dtype=dtype))
+    else:
+        wanted = "half" if half else "f32"
+    if wanted == "f32":
+        return "f32"
+    if backend == "onnxruntime":
+        if ort_provider == "cuda":
+            return "f16"
+        xpu.warn_once(f"half-ort-{ort_provider}", f"--half: ONNX Runtime's {ort_provider} provider computes float32 "
+                      "here (no half-precision CPU path); --backend openvino runs bf16 on CPUs with native bf16")
+        return "f32"
+    if wanted != "half":
+        return wanted
+    if ov_device.split(".")[0].upper() == "CPU":
+        return precision_name(resolve_dtype(xpu.describe("cpu"), half=True))
+    return "f16"
+
+
+def backend_options(backend, device, ort_provider="cpu", ov_device="CPU", precision=None, half=False, dtype=None):
+    """The runtime options of a graph backend (see :func:`tortoise.backends.load`), checked, with the precision it
+    computes in (:func:`graph_precision`): a runtime that is not installed is one line naming the extra to
+    install."""
     if backend == "torch":
         return {}
     from tortoise import backends
     backends.require(backend)
+    check(backend != "onnxruntime" or ort_provider in ("cpu", "cuda", "openvino"),
+          f"unknown ONNX Runtime provider {ort_provider!r}: use cpu, cuda or openvino")
+    computes = graph_precision(backend, half, dtype, ort_provider, ov_device, precision)
     if backend == "onnxruntime":
-        check(ort_provider in ("cpu", "cuda", "openvino"),
-              f"unknown ONNX Runtime provider {ort_provider!r}: use cpu, cuda or openvino")
-        return {"provider": ort_provider}
-    check(precision in (None, "f32", "bf16", "f16"), f"unknown precision {precision!r}: use f32, bf16 or f16")
-    return {"device": ov_device, "precision": precision}
+        return {"provider": ort_provider, "precision": computes}
+    return {"device": ov_device, "precision": computes}
+
+
+def run_precision(backend="torch", device=None, half=False, dtype=None, ort_provider="cpu", ov_device="CPU",
+                  backend_precision=None):
+    """The precision (f32, bf16, f16) a pipeline with these settings computes in: a graph backend's
+    (:func:`graph_precision`), else that of the torch networks on ``device`` (:func:`resolve_dtype`)."""
+    if backend and backend != "torch":
+        return graph_precision(backend, half, dtype, ort_provider, ov_device, backend_precision)
+    return precision_name(resolve_dtype(xpu.describe(xpu.resolve_device(device)), half, dtype))
 
 
 class TextToSpeech:
@@ -157,8 +211,9 @@ class TextToSpeech:
                         CLVP, diffusion, vocoder and HiFi-GAN networks as exported graphs on that runtime (exported,
                         verified against torch and cached on first use; sampling stays in torch). ``ort_provider``:
                         ``cpu``, ``cuda`` or ``openvino``; ``ov_device``: ``CPU``, ``GPU`` or ``AUTO``;
-                        ``backend_precision``: OpenVINO's inference precision (None: the device's default, e.g.
-                        bf16 on CPUs with native bf16; ``f32``, ``bf16``, ``f16``).
+                        ``backend_precision``: OpenVINO's inference precision (``f32``, ``bf16``, ``f16``), else
+                        decided by ``half`` as for torch: f32 without it on every CPU, bf16 with it on CPUs with
+                        native bf16 (:func:`graph_precision`).
         :param preload: load the AR, CLVP, diffusion and vocoder models now (errors surface early); the rest
                         (CVVP, random-voice generators, HiFi-GAN decoder, aligner, classifier) load when first used.
         """
@@ -182,11 +237,14 @@ class TextToSpeech:
         ar_settings = dict(kv_cache=kv_cache, compile=bool(compile), int8=bool(int8),
                            position_mode="contiguous" if kv_cache_positions == "contiguous" else "original")
         self.backend = resolve_backend(backend)
+        graph_options = backend_options(self.backend, self.device, ort_provider, ov_device, backend_precision,
+                                        half=half, dtype=dtype)
+        #: the precision the networks compute in: f32, bf16 or f16 (a graph backend's, else the torch networks')
+        self.precision = graph_options.get("precision") or precision_name(self.half_dtype)
         self.models = ModelSet(self.device, self.models_dir, dtype=self.half_dtype, high_vram=high_vram,
                                paths=self.checkpoint_paths, vocoder=vocoder, ar_settings=ar_settings,
                                revision=hub_revision, check_ar=self._check_tokenizer_fits, backend=self.backend,
-                               backend_options=backend_options(self.backend, self.device, ort_provider, ov_device,
-                                                               backend_precision))
+                               backend_options=graph_options)
         self._aligner = None
         self._latent_cache = pipeline.LatentCache(self.LATENT_CACHE_SIZE)
         if preload:

@@ -158,7 +158,8 @@ def add_model_arguments(a, s):
     s.add_argument(*_flag("ov_device"), default="CPU", type=str.upper, choices=("CPU", "GPU", "AUTO"),
                    help="OpenVINO device (default CPU)")
     s.add_argument(*_flag("backend_precision"), default=None, choices=("f32", "bf16", "f16"),
-                   help="OpenVINO inference precision (default: the device's, e.g. bf16 on CPUs with native bf16)")
+                   help="graph backend's precision (default f32; with --half bf16 on CPUs with native bf16, f16 on "
+                        "GPUs and ONNX Runtime CUDA)")
 
 
 # ---------------------------------------------------------------- input checks (all before any model loads)
@@ -299,8 +300,9 @@ def check_model_args(args):
     from tortoise.backends import MissingRuntime
     try:
         args.backend = resolve_backend(args.backend)
-        backend_options(args.backend, None, args.ort_provider, args.ov_device, args.backend_precision)
-    except MissingRuntime as e:
+        backend_options(args.backend, None, args.ort_provider, args.ov_device, args.backend_precision, args.half,
+                        args.dtype)
+    except (MissingRuntime, ValueError) as e:
         raise UsageError(str(e)) from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
@@ -356,11 +358,14 @@ def run_mode(args):
 
 
 def model_identity(args, vocoder):
+    from tortoise.api import run_precision
     from tortoise.render import model_identity as identity
+    precision = run_precision(args.backend, args.device, args.half, args.dtype, args.ort_provider, args.ov_device,
+                              args.backend_precision)
     return identity(args.models_dir, vocoder, args.half, args.dtype, args.ar_checkpoint, args.clvp_checkpoint,
                     args.diff_checkpoint, args.tokenizer, args.int8,
                     "original" if args.original_kv_positions else "contiguous", not args.no_cache,
-                    args.backend or "torch", args.backend_precision)
+                    args.backend or "torch", precision)
 
 
 def make_job(args, texts, opts, voices, vocoder):

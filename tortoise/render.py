@@ -97,10 +97,11 @@ class RenderSettings:
 
 def model_identity(models_dir=None, vocoder="univnet", half=False, dtype=None, ar_checkpoint=None,
                    clvp_checkpoint=None, diff_checkpoint=None, tokenizer=None, int8=False,
-                   kv_cache_positions="contiguous", kv_cache=True, backend="torch", backend_precision=None):
+                   kv_cache_positions="contiguous", kv_cache=True, backend="torch", precision=None):
     """What about the networks changes the audio: where each checkpoint comes from (with its size and time when it
     is a local file), the vocoder, the precision, the autoregressive decoding settings and the backend (a graph
-    runtime sums in another order)."""
+    runtime sums in another order). ``precision``: what the networks compute in (f32, bf16, f16; see
+    :func:`tortoise.api.run_precision`), which ``half`` alone does not say (bf16 on one CPU, f32 on another)."""
     from tortoise.utils.checkpoints import CHECKPOINTS, default_models_dir
     home = Path(models_dir).expanduser() if models_dir else default_models_dir()
     explicit = {"autoregressive": ar_checkpoint, "clvp": clvp_checkpoint, "diffusion": diff_checkpoint}
@@ -114,7 +115,7 @@ def model_identity(models_dir=None, vocoder="univnet", half=False, dtype=None, a
     return {"files": files, "config": config.read_text() if config.is_file() else None, "vocoder": vocoder,
             "half": bool(half), "dtype": str(dtype) if dtype else None, "tokenizer": str(tokenizer or ""),
             "int8": bool(int8), "kv_cache_positions": kv_cache_positions, "kv_cache": bool(kv_cache),
-            "backend": backend or "torch", "backend_precision": backend_precision}
+            "backend": backend or "torch", "precision": precision}
 
 
 def clip_seed(run_seed, index):

@@ -91,3 +91,27 @@ class HealthyXpuSystem:
 
     def intel_gpus(self):
         return ["/sys/class/drm/card0"]
+
+
+# CPU features the device layer reads from ``torch.cpu.get_capabilities()``: native bf16 (AVX512-BF16 or AMX-BF16),
+# AMX tiles, AVX512. A test that needs "a CPU with (or without) native bf16" sets them here instead of relying on the
+# machine it runs on: the build machines are AMD EPYCs with AVX2 only or with AVX512-BF16, and Intel Xeons with AMX.
+BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+AMX_FEATURES = ("amx_bf16", "amx_tile", "amx_int8", "amx_fp16")
+
+
+def cpu_features(mp, *, bf16: bool, amx: bool = False) -> None:
+    """Fake this CPU's capabilities: native bf16 or not, AMX or not (AMX implies bf16); the rest as the machine's."""
+    real = torch.cpu.get_capabilities
+
+    def capabilities():
+        caps = dict(real())
+        for name in BF16_FEATURES + AMX_FEATURES:
+            caps[name] = False
+        if bf16 or amx:
+            caps["avx512_bf16"] = True
+        if amx:
+            caps.update(dict.fromkeys(AMX_FEATURES, True))
+        return caps
+
+    mp.setattr(torch.cpu, "get_capabilities", capabilities)

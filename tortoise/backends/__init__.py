@@ -6,9 +6,10 @@
 
 ``load(network, models_dir, backend, **options)`` returns an object with the calls the pipeline makes on the torch
 network (`tortoise.backends.networks`); graphs are exported, verified and cached by `tortoise.export` the first
-time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvino"), ``threads``; OpenVINO
-``device`` ("CPU", "GPU", "AUTO"), ``precision`` (None: the device's default, e.g. bf16 on CPUs with native bf16;
-"f32", "bf16", "f16"), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
+time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvino"), ``precision`` ("f32", or
+"f16": float16 graphs, for CUDA), ``threads``; OpenVINO ``device`` ("CPU", "GPU", "AUTO"), ``precision`` ("f32" by
+default on every device, "bf16", "f16": set as the inference precision hint, so a CPU with native bf16 does not pick
+bf16 by itself), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
 """
 from tortoise.backends.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401
 
@@ -19,9 +20,13 @@ NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "bigvgan_base", "b
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, provider="cpu", threads=None, device_id=0):
+    def __init__(self, provider="cpu", threads=None, device_id=0, precision="f32"):
         require("onnxruntime")
-        self.provider, self.threads, self.device_id = provider, threads, device_id
+        if precision not in ("f32", "f16"):
+            raise BackendError(f"ONNX Runtime runs f32 or f16 graphs, not {precision!r}; for bf16 use --backend "
+                               f"openvino")
+        self.provider, self.threads, self.device_id, self.precision = provider, threads, device_id, precision
+        self.half_graphs = precision == "f16"  # the graphs are exported in float16
 
     def runner(self, path):
         from tortoise.backends.onnxruntime import OrtRunner
@@ -32,16 +37,18 @@ class OnnxRuntimeBackend:
         return OrtDecoder(prefill_path, decode_path, self.provider, self.threads, self.device_id)
 
     def describe(self):
-        return f"onnxruntime {self.provider}"
+        return f"onnxruntime {self.provider} {self.precision}"
 
 
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, device="CPU", precision=None, threads=None):
+    half_graphs = False  # f32 IR; the precision is the compiled model's inference precision hint
+
+    def __init__(self, device="CPU", precision="f32", threads=None):
         require("openvino")
-        from tortoise.backends.openvino import check_device
-        self.device, self.precision, self.threads = check_device(device), precision, threads
+        from tortoise.backends.openvino import check_device, check_precision
+        self.device, self.precision, self.threads = check_device(device), check_precision(precision), threads
 
     def runner(self, path):
         from tortoise.backends.openvino import OvRunner
@@ -52,7 +59,7 @@ class OpenVinoBackend:
         return OvDecoder(prefill_path, decode_path, self.device, self.precision, self.threads)
 
     def describe(self):
-        return f"openvino {self.device} {self.precision or 'default precision'}"
+        return f"openvino {self.device} {self.precision}"
 
 
 def get_backend(name, **options):

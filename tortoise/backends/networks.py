@@ -43,7 +43,8 @@ class GraphSet:
 
     def path(self, component):
         from tortoise.export.exporter import ensure_exported
-        return ensure_exported(component, self.models_dir, self.backend.name, **self.export_kwargs)
+        return ensure_exported(component, self.models_dir, self.backend.name, half=self.backend.half_graphs,
+                               **self.export_kwargs)
 
     def runner(self, component):
         if component not in self._runners:

@@ -1,8 +1,9 @@
 """OpenVINO backend: runs the IR `tortoise-export --format openvino` writes, on an OpenVINO device (CPU, GPU, AUTO).
 
-Precision: ``precision=None`` leaves OpenVINO's default inference precision, which is bf16 on CPUs with native bf16
-(AVX512-BF16 / AMX) and f16 on GPUs; ``"f32"``, ``"bf16"`` or ``"f16"`` ask for one. Whatever ran is reported by
-``describe()`` / ``precision`` (read back from the compiled model). Verification always runs in f32.
+Precision: ``"f32"`` (the default), ``"bf16"`` or ``"f16"``, always set as the inference precision hint. Left unset,
+OpenVINO would pick its device default (bf16 on CPUs with native bf16, AVX512-BF16 / AMX; f16 on GPUs), and the same
+call would compute differently from one CPU to the next. What runs is reported by ``describe()`` / ``precision``
+(read back from the compiled model: a CPU without bf16 runs ``"bf16"`` as f32). Verification always runs in f32.
 
 The AR decode graph is stored *stateful* (OpenVINO's MakeStateful transformation): its ``past.*`` inputs and
 ``present.*`` outputs become internal variables, so the KV cache stays inside the runtime between steps (the form
@@ -32,15 +33,20 @@ def check_device(device):
                        f"for an Intel GPU install its driver (intel-opencl-icd / level-zero), or use --ov_device CPU")
 
 
-def compile_model(model_or_path, device="CPU", precision=None, threads=None):
-    """Read (if a path) and compile an OpenVINO model -> (compiled model, precision that runs)."""
+def check_precision(precision):
+    """``precision`` as OpenVINO names it (f32, bf16, f16); None is f32."""
+    if precision is None:
+        return "f32"
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown OpenVINO precision {precision!r}; choose one of f32, bf16, f16")
+    return PRECISIONS[precision]
+
+
+def compile_model(model_or_path, device="CPU", precision="f32", threads=None):
+    """Read (if a path) and compile an OpenVINO model at ``precision`` -> (compiled model, precision that runs)."""
     ov, core = _core()
     device = check_device(device)
-    config = {}
-    if precision is not None:
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown OpenVINO precision {precision!r}; choose one of f32, bf16, f16")
-        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+    config = {"INFERENCE_PRECISION_HINT": check_precision(precision)}
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
@@ -74,7 +80,7 @@ class OvRunner(Runner):
 
     runtime = "openvino"
 
-    def __init__(self, path, device="CPU", precision=None, threads=None):
+    def __init__(self, path, device="CPU", precision="f32", threads=None):
         super().__init__(path)
         self.compiled, self.precision = compile_model(path, device, precision, threads)
         self.device = device.upper()
@@ -92,7 +98,7 @@ class OvDecoder(Decoder):
 
     runtime = "openvino"
 
-    def __init__(self, prefill_path, decode_path, device="CPU", precision=None, threads=None):
+    def __init__(self, prefill_path, decode_path, device="CPU", precision="f32", threads=None):
         self.prefill_runner = OvRunner(prefill_path, device, precision, threads) if prefill_path else None
         self.step_runner = OvRunner(decode_path, device, precision, threads)
         self.precision = self.step_runner.precision
