@@ -13,6 +13,7 @@ average over the padding, change slightly: ``exact_ranking=True`` pads as the or
 latents of a voice are cached; models stay on the device unless low-VRAM mode offloads them stage by stage; an
 out-of-memory error halves the autoregressive batch for the rest of the run.
 """
+import os
 import random
 from time import time
 
@@ -34,6 +35,30 @@ from tortoise.utils.checkpoints import bigvgan_dir  # noqa: F401 (the CLI's voco
 
 
 # ---------------------------------------------------------------- the original's module-level helpers
+
+DEFAULT_MODELS_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tortoise", "models")
+#: ``$TORTOISE_MODELS_DIR`` as it was when this module was imported, else the default cache (the original's rule)
+MODELS_DIR = str(checkpoints.default_models_dir())
+#: file name -> where the hub serves it, for every released checkpoint (the original's ``MODELS``)
+MODELS = {c.filename: f"https://huggingface.co/{c.hub_repo}/resolve/main/{c.filename}"
+          for c in checkpoints.CHECKPOINTS.values()}
+
+
+def get_model_path(model_name, models_dir=MODELS_DIR):
+    """The path of released checkpoint file ``model_name`` (``"autoregressive.pth"``...): the file in
+    ``models_dir`` when it is there (no network), else the hub's copy downloaded into ``models_dir``'s hub cache
+    (the original's ``hf_hub_download(..., cache_dir=models_dir)``; ``HF_HUB_OFFLINE=1`` uses only that cache)."""
+    names = {c.filename: c.name for c in checkpoints.CHECKPOINTS.values()}
+    if model_name not in names:
+        raise ValueError(f"Model {model_name} not found in available models: {', '.join(names)}")
+    return str(checkpoints.resolve_checkpoint(names[model_name], models_dir=models_dir))
+
+
+def pick_best_batch_size_for_gpu():
+    """The autoregressive batch the device layer finds fits on the automatic device (:func:`xpu.pick_batch_size`:
+    the largest power of two whose weights, KV cache and activations fit its free memory) for the released model."""
+    return xpu.pick_batch_size(xpu.resolve_device(None))  # the released model's config is its default
+
 
 def load_discrete_vocoder_diffuser(trained_diffusion_steps=4000, desired_diffusion_steps=200, cond_free=True,
                                    cond_free_k=1, sampler="p"):
@@ -91,8 +116,6 @@ BACKEND_ENV = "TORTOISE_BACKEND"
 
 def resolve_backend(backend=None):
     """``backend``, else ``$TORTOISE_BACKEND``, else ``torch``; one of :data:`tortoise.loading.BACKENDS`."""
-    import os
-
     from tortoise.loading import BACKENDS
     name = (backend or os.environ.get(BACKEND_ENV) or "torch").lower()
     check(name in BACKENDS, f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import xpu
 from tortoise.models.hifigan_decoder import STREAM_FIRST_CODES, ChunkCrossfader
 from tortoise.progress import silent
-from tortoise.utils.audio import TorchMelSpectrogram, resample, wav_to_univnet_mel
+from tortoise.utils.sound import TorchMelSpectrogram, resample, wav_to_univnet_mel
 from tortoise.utils.diffusion import do_spectrogram_diffusion, make_diffuser
 from tortoise.utils.sampling import SamplingOptions
 

@@ -222,7 +222,7 @@ def read_record(path):
 def write_audio(path, audio, record=None, subtype="FLOAT"):
     """Write ``audio`` ([S] float32, 24 kHz) to ``path`` atomically, with ``record`` in its comment field. An OS
     error (disk full, no permission) is one line naming the path; nothing half-written is left."""
-    from tortoise.utils.audio import save_wav
+    from tortoise.utils.sound import save_wav
     try:
         save_wav(path, audio.reshape(1, -1), SAMPLE_RATE, subtype=subtype,
                  comment=record.to_comment() if record else None)
@@ -233,13 +233,43 @@ def write_audio(path, audio, record=None, subtype="FLOAT"):
 
 
 def read_audio(path):
-    from tortoise.utils.audio import load_audio
+    from tortoise.utils.sound import load_audio
     return load_audio(str(path), SAMPLE_RATE, allow_silent=True).reshape(-1)
 
 
 # ---------------------------------------------------------------- a run
 
 MODES = ("new", "skip_existing", "regenerate", "overwrite")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run's files go, as format strings under the output directory. Fields: ``label`` (the voice group's
+    file name), ``voice`` (its place in the run's voice list), ``idx`` (the clip), ``cand`` (the candidate), ``name``.
+    ``single`` names the clip when there is one candidate, ``clip`` when there are several; ``combined`` is the
+    voice's combined file (None: none is written)."""
+    clip: str = "{label}_{idx:02d}_{cand:02d}.wav"
+    single: str = "{label}_{idx:02d}_{cand:02d}.wav"
+    combined: str = "{label}_combined.wav"
+    name: str = ""
+
+    def clip_path(self, out_dir, candidates, **fields):
+        return Path(out_dir) / (self.clip if candidates > 1 else self.single).format(name=self.name, **fields)
+
+    def combined_path(self, out_dir, label):
+        return Path(out_dir) / self.combined.format(label=label, name=self.name) if self.combined else None
+
+
+LAYOUT = Layout()  # tortoise-tts's own: {voice}_{clip:02d}_{candidate:02d}.wav and {voice}_combined.wav
+
+
+def original_layout(script, output_name="combined"):
+    """The file names of the original Tortoise's scripts: ``do_tts`` writes ``{voice}_{k}.wav`` (``k``: the voice's
+    place in ``--voice a,b``), ``{voice}_{k}_{j}.wav`` with candidates, no combined file; ``read`` writes
+    ``{voice}/{clip}.wav`` (``{voice}/{clip}/{j}.wav`` with candidates) and ``{voice}/{output_name}.wav``."""
+    if script == "do_tts":
+        return Layout("{label}_{voice}_{cand}.wav", "{label}_{voice}.wav", None)
+    return Layout("{label}/{idx}/{cand}.wav", "{label}/{idx}.wav", "{label}/{name}.wav", output_name)
 
 
 @dataclass(frozen=True)
@@ -263,16 +293,20 @@ class RenderJob:
     keep_going: bool = False
     combine: bool = True          # write each voice's combined file
     wav_subtype: str = "FLOAT"    # 32-bit float as the original wrote; "PCM_16" for browsers
+    layout: Layout = LAYOUT       # the files' names (original_layout: those of the original's scripts)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
 
     def clip_path(self, label, idx, cand=0):
-        return Path(self.out_dir) / f"{label}_{idx:02d}_{cand:02d}.wav"
+        voice = next((n for n, v in enumerate(self.voices) if v.label == label), 0)
+        return self.layout.clip_path(self.out_dir, self.settings.candidates, label=label, voice=voice, idx=idx,
+                                     cand=cand)
 
     def combined_path(self, label):
-        return Path(self.out_dir) / f"{label}_combined.wav"
+        """The voice's combined file, or None where the layout has none."""
+        return self.layout.combined_path(self.out_dir, label)
 
 
 @dataclass(frozen=True)
@@ -307,7 +341,8 @@ def _paths(job):
         for idx in range(len(job.texts)):
             for cand in range(job.settings.candidates):
                 yield job.clip_path(voice.label, idx, cand)
-        yield job.combined_path(voice.label)
+        if job.combined_path(voice.label) is not None:
+            yield job.combined_path(voice.label)
     if job.output is not None:
         yield Path(job.output)
 
@@ -362,8 +397,9 @@ def combine(job, label, parts, result):
     """Write ``{label}_combined.wav`` (and the -o file) from the first candidates of the clips, in text order."""
     audio = torch.cat([p.reshape(-1) for p in parts])
     path = job.combined_path(label)
-    write_audio(path, audio, subtype=job.wav_subtype)
-    result.written.append(path)
+    if path is not None:
+        write_audio(path, audio, subtype=job.wav_subtype)
+        result.written.append(path)
     result.combined[label] = audio
     if job.output is not None:
         write_audio(job.output, audio, subtype=job.wav_subtype)
@@ -372,7 +408,9 @@ def combine(job, label, parts, result):
 
 def remove_leftovers(job, result):
     """``overwrite``: the clips of an earlier, longer run numbered past this run's last clip (every candidate) are
-    removed, so they are never mistaken for part of it."""
+    removed, so they are never mistaken for part of it (in tortoise-tts's own layout)."""
+    if job.layout != LAYOUT:
+        return
     for voice in job.voices:
         prefix = f"{voice.label}_"
         for path in sorted(Path(job.out_dir).glob(f"{_glob_escape(prefix)}[0-9][0-9]_[0-9][0-9].wav")):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # The mel front end lives with the other audio code; it is reachable here under its original module path.
-from tortoise.utils.audio import DEFAULT_MEL_NORM_FILE, TorchMelSpectrogram  # noqa: F401 (re-exported)
+from tortoise.utils.sound import DEFAULT_MEL_NORM_FILE, TorchMelSpectrogram  # noqa: F401 (re-exported)
 
 
 def zero_module(module):

@@ -106,7 +106,7 @@ def load_models(args, vocoder, say):
     """The :class:`TextToSpeech` of the options, its text and audio front ends used once: the number cleaner imports
     inflect and the filter banks librosa and scipy, seconds that belong to start-up, not to the first request."""
     from tortoise.cli import make_tts
-    from tortoise.utils.audio import TorchMelSpectrogram, univnet_stft
+    from tortoise.utils.sound import TorchMelSpectrogram, univnet_stft
     tts = make_tts(args, vocoder, say, stream=False)
     tts.tokenizer.encode("Warming up 1 text cleaner.")
     TorchMelSpectrogram()

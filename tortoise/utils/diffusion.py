@@ -409,7 +409,7 @@ def sample(model, latents, conditioning_latent, steps=100, sampler="p", cond_fre
 
     The timestep-independent code embedding is computed once; each step is one (guided: one batched) forward.
     ``noise`` (B, 100, T) replaces ``torch.randn(...) * temperature`` as the starting point. The result is in the
-    model's [-1, 1] mel space (`tortoise.utils.audio.denormalize_tacotron_mel` maps it to log-mels for a vocoder).
+    model's [-1, 1] mel space (`tortoise.utils.sound.denormalize_tacotron_mel` maps it to log-mels for a vocoder).
     """
     diffuser = make_diffuser(steps, sampler, cond_free, cond_free_k)
     t = output_length(latents.shape[1])
@@ -423,7 +423,7 @@ def sample(model, latents, conditioning_latent, steps=100, sampler="p", cond_fre
 
 def do_spectrogram_diffusion(diffusion_model, diffuser, latents, conditioning_latents, temperature=1, verbose=True):
     """The original's helper: AR latents -> denormalised 24 kHz mel (B, 100, T) with ``diffuser``'s sampler."""
-    from tortoise.utils.audio import denormalize_tacotron_mel
+    from tortoise.utils.sound import denormalize_tacotron_mel
     with torch.no_grad():
         t = output_length(latents.shape[1])
         shape = (latents.shape[0], 100, t)

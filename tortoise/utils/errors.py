@@ -20,7 +20,7 @@ MAX_MESSAGE = 600
 
 def input_error_types():
     """The exception classes that mean "the user's input is wrong" (imported lazily: no torch at import)."""
-    from tortoise.utils.audio import AudioError
+    from tortoise.utils.sound import AudioError
     from tortoise.utils.checkpoints import CheckpointError
     from tortoise.utils.voices import VoiceError
     from xpu.device import DeviceUnavailable

@@ -15,6 +15,8 @@ from glob import escape, glob
 
 import torch
 
+from tortoise.utils.sound import load_audio
+
 BUILTIN_VOICES_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "voices")
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
 LATENT_EXTENSION = ".pth"
@@ -149,7 +151,6 @@ def load_latents(path, widths=None):
 
 
 def _load_clip(path, sampling_rate):
-    from tortoise.utils.audio import load_audio
     try:
         return load_audio(path, sampling_rate)
     except Exception as e:

@@ -221,7 +221,7 @@ class Wav2VecAlignment:
 
     def align(self, audio, expected_text, audio_sample_rate=24000):
         """Sample position in ``audio`` ``[1, N]`` where each character of ``expected_text`` starts."""
-        from tortoise.utils.audio import resample
+        from tortoise.utils.sound import resample
         orig_len = audio.shape[-1]
         with torch.no_grad():
             wav = resample(audio.float().to(self.device), audio_sample_rate, W2V_SAMPLE_RATE)
