@@ -201,7 +201,7 @@ class TextToSpeech:
                  diff_checkpoint=None, vocoder="univnet", use_deepspeed=False, tokenizer_vocab_file=None,
                  tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
                  hub_revision=None, dtype=None, backend=None, ort_provider="cpu", ov_device="CPU",
-                 backend_precision=None):
+                 backend_precision=None, device_only=False):
         """
         :param autoregressive_batch_size: samples per AR batch; None lets the device layer pick the largest that fits.
         :param models_dir: where checkpoints live (default ``$TORTOISE_MODELS_DIR`` or ``~/.cache/tortoise/models``);
@@ -225,7 +225,9 @@ class TextToSpeech:
         :param ar_checkpoint, clvp_checkpoint, diff_checkpoint: explicit checkpoint files instead of the models dir.
         :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (NVIDIA's checkpoint directory
                         ``bigvgan_base_24khz_100band`` / ``bigvgan_24khz_100band`` in the models dir, else the hub).
-        :param use_deepspeed: accepted for compatibility with the original; ignored.
+        :param use_deepspeed: accepted for compatibility with the original; ignored (said once when True).
+        :param device_only: ``tts-webui-tortoise-tts``'s name for keeping every model on the device: True means
+                            ``high_vram=True`` unless ``high_vram`` is given.
         :param tokenizer_vocab_file: the tokenizer.json a fine-tuned autoregressive model was trained with (its text
                         vocabulary size must equal the checkpoint's; the released one ships with the package).
         :param hub_revision: branch, tag or commit of the hub repository to download from (default
@@ -256,6 +258,10 @@ class TextToSpeech:
         self.tokenizer = VoiceBpeTokenizer(vocab_file=tokenizer_vocab_file, use_basic_cleaners=tokenizer_basic)
         self.checkpoint_paths = {"autoregressive": ar_checkpoint, "clvp": clvp_checkpoint,
                                  "diffusion": diff_checkpoint}
+        if use_deepspeed:
+            xpu.warn_once("deepspeed", "use_deepspeed: DeepSpeed is not used here; ignored")
+        if high_vram is None and device_only:
+            high_vram = True
         high_vram = self._default_high_vram() if high_vram is None else bool(high_vram)
         ar_settings = dict(kv_cache=kv_cache, compile=bool(compile), int8=bool(int8),
                            position_mode="contiguous" if kv_cache_positions == "contiguous" else "original")

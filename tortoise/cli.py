@@ -368,14 +368,16 @@ def model_identity(args, vocoder):
                     args.backend or "torch", precision)
 
 
-def make_job(args, texts, opts, voices, vocoder):
-    """The run as a :class:`tortoise.render.RenderJob`. Resuming without --seed reuses the earlier run's seed."""
+def make_job(args, texts, opts, voices, vocoder, layout=None):
+    """The run as a :class:`tortoise.render.RenderJob` (files named by ``layout``, default tortoise-tts's own).
+    Resuming without --seed reuses the earlier run's seed."""
     from tortoise import render
     out_dir, output = output_dir(args), check_output_file(args)
     regenerate = frozenset(parse_regenerate(args.regenerate, len(texts)) or ())
     mode = run_mode(args)
     settings = render.RenderSettings(opts, 0, args.candidates, args.stream, model_identity(args, vocoder))
-    job = render.RenderJob(tuple(texts), tuple(voices), settings, out_dir, mode, regenerate, output)
+    job = render.RenderJob(tuple(texts), tuple(voices), settings, out_dir, mode, regenerate, output,
+                           layout=layout or render.LAYOUT)
     seed = args.seed
     if seed is None and mode in ("skip_existing", "regenerate"):
         seed = render.earlier_run_seed(job)
@@ -391,13 +393,16 @@ def list_voices(args):
         print(name)
 
 
-def run(args, say):
+def run(args, say, layout=None, split=None):
+    """One run of the command line. ``layout`` names the files (default tortoise-tts's own); ``split(text)`` cuts
+    the text into clips (default :func:`split_text`). The original's scripts (:mod:`tortoise.original_scripts`)
+    pass theirs."""
     from tortoise import render
     if args.list_voices:
         list_voices(args)
         return 0
     text = read_text(args)
-    texts = split_text(text, args.text_split)
+    texts = split(text) if split is not None else split_text(text, args.text_split)
     from tortoise.utils.wav2vec_alignment import check_redaction  # [brackets]: fail now, not after a clip
     check_redaction(texts, args.models_dir, enabled=not (args.disable_redaction or args.stream))
     opts = generation_options(args)
@@ -406,7 +411,7 @@ def run(args, say):
     voices = load_voice_groups(args)
     if args.output and len(voices) > 1:
         raise UsageError("-o takes one voice; with several voices use -O DIR (each gets DIR/{voice}_combined.wav)")
-    job = make_job(args, texts, opts, voices, vocoder)
+    job = make_job(args, texts, opts, voices, vocoder, layout)
     tasks = render.plan(job)  # refuses to replace an earlier run's files before any model loads
     say(f"Seed {job.settings.seed} (pass --seed {job.settings.seed} to reproduce this run)")
     to_render = any(t.action == "render" for t in tasks)
@@ -448,7 +453,8 @@ def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
 
 def summary(job, result):
     """The closing line: which files were written (clips by range, then the combined files), kept and removed."""
-    combined = [p for p in result.written if p.name.endswith("_combined.wav") or p == job.output]
+    combined = [p for p in result.written
+                if p == job.output or any(p == job.combined_path(v.label) for v in job.voices)]
     clips = sorted(p for p in result.written if p not in combined)  # a Ray read writes them as they finish
     parts = []
     if clips:
@@ -496,22 +502,25 @@ def make_tts(args, vocoder, say, stream=None):
     return tts
 
 
-def _one_line_warning(message, category, filename, lineno, line=None):
-    return f"tortoise-tts: warning: {' '.join(str(message).split())}\n"
+def _one_line_warning(message, category, filename, lineno, line=None, prog="tortoise-tts"):
+    return f"{prog}: warning: {' '.join(str(message).split())}\n"
 
 
-def main(argv=None):
-    """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`)."""
+def main(argv=None, *, prog="tortoise-tts", layout=None, split=None):
+    """Console entry point ``tortoise-tts``; returns the exit status (see :mod:`tortoise.utils.errors`). ``prog``,
+    ``layout`` and ``split``: for the original's scripts, which run the same command line under their own name
+    (see :func:`run`)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
+        return errors.report(prog, e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # "tortoise-tts: warning: ..."
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kw: _one_line_warning(message, *rest, prog=prog)
     try:
-        return run(args, say)
+        return run(args, say, layout, split)
     except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback
-        return errors.report("tortoise-tts", e, extra_input_errors=(UsageError,))
+        return errors.report(prog, e, extra_input_errors=(UsageError,))
     finally:
         warnings.formatwarning = saved
 
