@@ -196,10 +196,10 @@ class TextToSpeech:
 
     LATENT_CACHE_SIZE = 16
 
-    def __init__(self, autoregressive_batch_size=None, models_dir=None, enable_redaction=True, device=None,
-                 high_vram=None, kv_cache=True, half=False, ar_checkpoint=None, clvp_checkpoint=None,
-                 diff_checkpoint=None, vocoder="univnet", use_deepspeed=False, tokenizer_vocab_file=None,
-                 tokenizer_basic=False, preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
+    def __init__(self, autoregressive_batch_size=None, models_dir=None, enable_redaction=True, kv_cache=True,
+                 use_deepspeed=False, half=False, device=None, tokenizer_vocab_file=None, tokenizer_basic=False,
+                 high_vram=None, ar_checkpoint=None, clvp_checkpoint=None, diff_checkpoint=None, vocoder="univnet",
+                 preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
                  hub_revision=None, dtype=None, backend=None, ort_provider="cpu", ov_device="CPU",
                  backend_precision=None, device_only=False):
         """
@@ -398,22 +398,30 @@ class TextToSpeech:
         return self.tts(text, options=preset_options(preset, **overrides), **kwargs)
 
     def tts(self, text, voice_samples=None, conditioning_latents=None, k=1, verbose=True,
-            use_deterministic_seed=None, return_deterministic_state=False, options=None, original_tortoise=False,
-            progress=None, **kwargs):
+            use_deterministic_seed=None, return_deterministic_state=False, num_autoregressive_samples=None,
+            temperature=None, length_penalty=None, repetition_penalty=None, top_p=None, max_mel_tokens=None,
+            cvvp_amount=None, diffusion_iterations=None, cond_free=None, cond_free_k=None, diffusion_temperature=None,
+            options=None, original_tortoise=False, progress=None, **kwargs):
         """Speak ``text`` in a voice given by ``voice_samples`` (22.05 kHz clips), ``conditioning_latents``
         (an (AR, diffusion) latent pair) or neither (a random voice).
 
         Generation knobs (see :class:`GenerationOptions`): num_autoregressive_samples, temperature, length_penalty,
         repetition_penalty, top_p, max_mel_tokens, cvvp_amount, diffusion_iterations, cond_free, cond_free_k,
         diffusion_temperature, sampler (p / ddim / dpm++2m), latent_averaging_mode, exact_ranking; given as
-        keywords or as ``options``. Other keywords go to the AR sampler (the original's ``generate`` keywords).
+        keywords (the first eleven also in the original's positional order; None: from ``options``, else the
+        defaults) or as ``options``. Other keywords go to the AR sampler (the original's ``generate`` keywords).
         :param k: how many candidates to return, best first as ranked by CLVP (+ CVVP when cvvp_amount > 0).
         :param progress: ``progress(stage, done, total)`` called by every stage (see :mod:`tortoise.progress`);
                          it may raise to stop the generation.
         :return: 24 kHz audio ``[1, 1, S]`` (k = 1) or a list of k of them; with ``return_deterministic_state``
                  also ``(seed, text, voice_samples, conditioning_latents)``.
         """
-        opts = self._options(options, kwargs)
+        knobs = dict(num_autoregressive_samples=num_autoregressive_samples, temperature=temperature,
+                     length_penalty=length_penalty, repetition_penalty=repetition_penalty, top_p=top_p,
+                     max_mel_tokens=max_mel_tokens, cvvp_amount=cvvp_amount, diffusion_iterations=diffusion_iterations,
+                     cond_free=cond_free, cond_free_k=cond_free_k, diffusion_temperature=diffusion_temperature)
+        opts = self._options(options, {**{n: v for n, v in knobs.items() if v is not None}, **kwargs})
+        kwargs = {n: v for n, v in kwargs.items() if n not in OPTION_FIELDS}  # the rest: the AR sampler's
         check(1 <= k <= opts.num_autoregressive_samples,
               f"k={k} candidates asked for but only {opts.num_autoregressive_samples} autoregressive samples drawn")
         seed = self.deterministic_state(seed=use_deterministic_seed)

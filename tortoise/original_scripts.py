@@ -15,7 +15,8 @@ True; here ``true/false, yes/no, on/off, 1/0`` mean what they say, and a bare ``
 defaults to the original's effective behaviour: half precision on a GPU, float32 on a CPU (the original's autocast
 was CUDA-only). An earlier run's files are not replaced unless asked (``--overwrite``; ``--skip_existing`` resumes;
 ``read``'s ``--regenerate 3,7`` renders those clips again and keeps the rest). ``--output_name combined.wav`` names
-``combined.wav``, not the original's ``combined.wav.wav``. ``--use_deepspeed`` is accepted and ignored (no DeepSpeed
+``combined.wav``, not the original's ``combined.wav.wav``; a merged voice ``a&b`` is written ``a-b`` (tortoise-tts's
+file-name form of a voice group). ``--use_deepspeed`` is accepted and ignored (no DeepSpeed
 here), and ``--produce_debug_state`` writes no ``debug_states/`` file: every clip file records its seed, text and
 voice instead (``tortoise-tts``'s clip record).
 """
@@ -53,6 +54,8 @@ def build_parser(script):
     p.add_argument("--output_path", default="results/" if script == "do_tts" else "results/longform/",
                    help="where the files go")
     p.add_argument("--model_dir", default=MODELS_DIR, help="checkpoints (default $TORTOISE_MODELS_DIR or the cache)")
+    p.add_argument("--voices_dir", default=None,
+                   help="(not in the original) a directory of voices searched before tortoise/voices")
     p.add_argument("--seed", type=int, default=None, help="random seed, to reproduce a run")
     _switch(p, "use_deepspeed", False, "accepted for the original's scripts; ignored (no DeepSpeed here)")
     _switch(p, "kv_cache", True, "use the autoregressive key/value cache")
@@ -99,6 +102,7 @@ def _half(value):
 def command_line(script, args):
     """The ``tortoise-tts`` arguments that run ``args`` (the script's parsed flags)."""
     argv = ["--voice", args.voice, "--preset", args.preset, "-O", args.output_path, "--models_dir", args.model_dir]
+    argv += ["--voices_dir", args.voices_dir] if args.voices_dir else []
     if script == "do_tts":
         argv += [f"--text={args.text}", "--cvvp_amount", str(args.cvvp_amount)]
     else:
