@@ -246,28 +246,30 @@ def sampling_options(opts, **generate_kwargs):
 
 def sample_codes(models, cond, text_tokens, opts, batch, progress=silent, generate_kwargs=None):
     """Draw ``opts.num_autoregressive_samples`` code sequences in batches of ``batch.value`` -> ``[N, L]`` padded with
-    the stop token to the longest sample (+ room for the calm trim). Progress counts decode steps, every batch
-    taking ``max_mel_tokens`` of them at most."""
+    the stop token to the longest sample (+ room for the calm trim). Progress counts samples: a batch of ``n`` adds
+    ``n / max_mel_tokens`` per decode step, and its rows once it ends (early, when every row has stopped)."""
     sampling = sampling_options(opts, **(generate_kwargs or {}))
     total_samples = remaining = opts.num_autoregressive_samples
     samples = []
     with models.stage("autoregressive") as ar:
         while remaining > 0:
             n = min(batch.value, remaining)
-            base = (total_samples - remaining) * opts.max_mel_tokens  # progress: steps of the batches before
-            span = total_samples * opts.max_mel_tokens
+            base = total_samples - remaining  # progress: samples of the batches before
 
-            def run(n=n, base=base, span=span):
+            def run(n=n, base=base):
                 state = ar.prefill(cond.auto_latent, text_tokens, n, opts.max_mel_tokens)
                 ensure_sampleable(state.logits, "autoregressive model's first logits")
-                return ar.decode(state, sampling, lambda step, _: progress("autoregressive", base + step * n, span))
-            progress("autoregressive", base, span)
+                per_step = n / opts.max_mel_tokens
+                return ar.decode(state, sampling,
+                                 lambda step, _: progress("autoregressive", min(base + step * per_step, base + n),
+                                                          total_samples))
+            progress("autoregressive", base, total_samples)
             codes = batch.attempt(run, n)
             if codes is None:
                 continue  # batch halved; retry the same samples
             samples.append(codes)
             remaining -= codes.shape[0]
-            progress("autoregressive", (total_samples - remaining) * opts.max_mel_tokens, span)
+            progress("autoregressive", total_samples - remaining, total_samples)
     return pad_codes(samples, models.get("autoregressive").stop_mel_token, opts.max_mel_tokens)
 
 
