@@ -428,3 +428,11 @@ def test_run_precision_of_torch_follows_the_cpu_and_the_warnings_say_why(monkeyp
         assert api.graph_precision("onnxruntime", True) == "f32"
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         api.graph_precision("openvino", override="int4")
+
+
+def test_threads_are_set_once_and_passed_to_the_graph_runtimes(models_dir):
+    tts = api.TextToSpeech(models_dir=models_dir, device="cpu", preload=False, threads=1)
+    assert tts.threads == 1 and torch.get_num_threads() == 1
+    assert api.backend_options("openvino", None) == {"device": "CPU", "precision": "f32"}
+    graphs = api.TextToSpeech(models_dir=models_dir, device="cpu", preload=False, threads=1, backend="openvino")
+    assert graphs.models.backend_options["threads"] == 1

@@ -429,3 +429,10 @@ def test_half_on_a_cpu_without_native_bf16_says_so_in_one_line(models_dir, tmp_p
                               "would be emulated and slower; running float32"]
     else:
         assert half_lines == []
+
+
+def test_threads_flag(models_dir, tmp_path):
+    with pytest.raises(cli.UsageError, match="--threads must be at least 1"):
+        cli.check_model_args(cli.build_parser().parse_args(["--threads", "0", "Hi."]))
+    args = cli.build_parser().parse_args(["--threads", "1", "Hi."])
+    assert cli.tts_arguments(args, "univnet")["threads"] == 1

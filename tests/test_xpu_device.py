@@ -265,3 +265,35 @@ def test_import_has_no_side_effects():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ---------------------------------------------------------------- CPU threads
+
+def test_cpu_budget_follows_the_affinity_mask_and_a_container_quota(tmp_path, monkeypatch):
+    from xpu import device as xdevice
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert xdevice.cpu_budget(str(tmp_path)) == 4  # no cgroup files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert xdevice.cpu_budget(str(tmp_path)) == 4
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs (docker --cpus 1.5)
+    assert xdevice.cpu_budget(str(tmp_path)) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert xdevice.cpu_budget(str(v1)) == 2
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert xdevice.cpu_budget(str(v1)) == 4
+
+
+def test_set_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert xpu.set_threads(1) == 1 and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setattr(xdevice, "cpu_budget", lambda *a: 1)
+        assert xpu.set_threads() == 1 and torch.get_num_threads() == 1  # the default never exceeds the budget
+        with pytest.raises(ValueError, match="at least 1"):
+            xpu.set_threads(0)
+    finally:
+        torch.set_num_threads(before)

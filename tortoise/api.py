@@ -201,7 +201,7 @@ class TextToSpeech:
                  high_vram=None, ar_checkpoint=None, clvp_checkpoint=None, diff_checkpoint=None, vocoder="univnet",
                  preload=True, compile=False, int8=False, kv_cache_positions="contiguous",
                  hub_revision=None, dtype=None, backend=None, ort_provider="cpu", ov_device="CPU",
-                 backend_precision=None, device_only=False):
+                 backend_precision=None, device_only=False, threads=None):
         """
         :param autoregressive_batch_size: samples per AR batch; None lets the device layer pick the largest that fits.
         :param models_dir: where checkpoints live (default ``$TORTOISE_MODELS_DIR`` or ``~/.cache/tortoise/models``);
@@ -226,6 +226,8 @@ class TextToSpeech:
         :param vocoder: ``univnet`` (the original's), ``bigvgan_base`` or ``bigvgan`` (NVIDIA's checkpoint directory
                         ``bigvgan_base_24khz_100band`` / ``bigvgan_24khz_100band`` in the models dir, else the hub).
         :param use_deepspeed: accepted for compatibility with the original; ignored (said once when True).
+        :param threads: CPU threads for torch and the graph runtimes (None: torch's default, one per physical core,
+                        capped by the CPUs this process may use: its affinity mask and a container's quota).
         :param device_only: ``tts-webui-tortoise-tts``'s name for keeping every model on the device: True means
                             ``high_vram=True`` unless ``high_vram`` is given.
         :param tokenizer_vocab_file: the tokenizer.json a fine-tuned autoregressive model was trained with (its text
@@ -244,6 +246,7 @@ class TextToSpeech:
         """
         self.device = xpu.resolve_device(device)
         self.device_info = xpu.describe(self.device)
+        self.threads = xpu.set_threads(threads)
         self.models_dir = str(models_dir) if models_dir is not None else str(checkpoints.default_models_dir())
         self.enable_redaction = enable_redaction
         self.half_dtype = resolve_dtype(self.device_info, half, dtype)
@@ -268,6 +271,8 @@ class TextToSpeech:
         self.backend = resolve_backend(backend)
         graph_options = backend_options(self.backend, self.device, ort_provider, ov_device, backend_precision,
                                         half=half, dtype=dtype)
+        if graph_options:
+            graph_options["threads"] = self.threads
         #: the precision the networks compute in: f32, bf16 or f16 (a graph backend's, else the torch networks')
         self.precision = graph_options.get("precision") or precision_name(self.half_dtype)
         self.models = ModelSet(self.device, self.models_dir, dtype=self.half_dtype, high_vram=high_vram,

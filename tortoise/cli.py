@@ -140,6 +140,9 @@ def add_model_arguments(a, s):
                    help="hub revision (branch, tag or commit) to download checkpoints from "
                         "(default $TORTOISE_HUB_REVISION, else main)")
     s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
+    s.add_argument(*_flag("threads"), type=int, default=None,
+                   help="CPU threads (default: one per physical core, capped by the CPUs this process may use); "
+                        "lower it on a machine shared with other jobs")
     s.add_argument(*_flag("half"), action="store_true",
                    help="half precision where the device does it well (python -m xpu shows which dtype)")
     s.add_argument(*_flag("dtype"), default=None, choices=("float32", "bfloat16", "float16"),
@@ -306,6 +309,8 @@ def check_model_args(args):
         raise UsageError(str(e)) from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
     if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file; pass the tokenizer.json the model was trained "
                          "with")
@@ -482,7 +487,7 @@ def tts_arguments(args, vocoder, stream=None):
                 int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
                 kv_cache_positions="original" if args.original_kv_positions else "contiguous",
                 backend=args.backend, ort_provider=args.ort_provider, ov_device=args.ov_device,
-                backend_precision=args.backend_precision)
+                backend_precision=args.backend_precision, threads=args.threads)
 
 
 def new_tts(kwargs, stream=False):

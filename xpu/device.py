@@ -294,6 +294,49 @@ def _describe_cpu(dev: torch.device, env: Mapping[str, str]) -> DeviceInfo:
                       supports_bf16=cpu_has_native_bf16(), properties=props)
 
 
+# ---------------------------------------------------------------- CPU threads
+
+def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs a container's cgroup quota allows this process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or
+    None where there is no quota."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(root, "cpu.max"), encoding="ascii") as fh:
+            quota, period = fh.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as fh:
+            quota = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii") as fh:
+            period = int(fh.read())
+        return None if quota <= 0 else quota / period
+    return None
+
+
+def cpu_budget(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may run on: its affinity mask (``taskset``, a scheduler's pinning), capped by a container's
+    CPU quota. torch's own default (one thread per physical core of the whole machine) ignores both."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        n = min(n, max(1, int(limit)))
+    return max(1, n)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Threads for CPU work (torch's intra-op pool): ``threads`` when given, else torch's default capped by
+    :func:`cpu_budget`, so a pinned or quota-limited process does not run more threads than it has CPUs (which
+    slows every step). Returns the count set."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        n = int(threads)
+    else:
+        n = min(torch.get_num_threads(), cpu_budget())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 # ---------------------------------------------------------------- primitives
 
 def synchronize(device: str | torch.device) -> None:

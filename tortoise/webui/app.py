@@ -29,11 +29,11 @@ K = "w_"  # widget keys are K + a Settings field name
 
 @st.cache_resource(max_entries=1, show_spinner=False)
 def load_tts(models_dir: str, device: str, low_vram: bool, kv_cache: bool, half: bool, ar_checkpoint: str,
-             diff_checkpoint: str, vocoder: str, backend: str = "torch"):
+             diff_checkpoint: str, vocoder: str, backend: str = "torch", threads: int = 0):
     from tortoise.api import TextToSpeech
     kwargs = dict(models_dir=str(Path(models_dir).expanduser()),
                   device=None if device == device_info.AUTO else device, high_vram=not low_vram, kv_cache=kv_cache,
-                  half=half, backend=backend,
+                  half=half, backend=backend, threads=threads or None,
                   ar_checkpoint=str(Path(ar_checkpoint).expanduser()) if ar_checkpoint else None,
                   diff_checkpoint=str(Path(diff_checkpoint).expanduser()) if diff_checkpoint else None)
     if vocoder:
@@ -169,6 +169,8 @@ def sidebar(choices: dict) -> None:
         st.checkbox("Low VRAM", key=K + "low_vram", help="Keep each model on the device only during its stage.")
         st.checkbox("Half precision", key=K + "half", help="fp16/bf16 where the device does it well.")
         st.checkbox("KV cache", key=K + "kv_cache", help="Much faster autoregressive decoding; uses more memory.")
+        number("CPU threads", "threads", "0: one per core this process may use. Lower it when the machine runs "
+               "other jobs too.")
         fit_choice(K + "backend", list(BACKEND_CHOICES), "torch")
         st.selectbox("Backend", list(BACKEND_CHOICES), key=K + "backend",
                      help="torch, or the networks as exported graphs on ONNX Runtime or OpenVINO (exported and "
@@ -330,7 +332,7 @@ def load_and_run(s: Settings, status):
     try:
         with status:
             tts = load_tts(s.models_dir, s.device, s.low_vram, s.kv_cache, s.half, s.ar_checkpoint.strip(),
-                           s.diff_checkpoint.strip(), s.vocoder, s.backend)
+                           s.diff_checkpoint.strip(), s.vocoder, s.backend, s.threads)
     except Exception as e:
         status.update(label="Could not load the models", state="error")
         st.error(f"Could not load the models: {readable_error(e)}")

@@ -32,7 +32,7 @@ COND_FREE_CHOICES = ("preset default", "on", "off")
 BACKEND_CHOICES = ("torch", "onnxruntime", "openvino")
 RANGES = {  # inclusive bounds of the numeric controls (the page's number inputs use the same)
     "candidates": (1, 16), "latent_mode": (0, len(LATENT_MODES) - 1), "steps": (0, 1000), "ar_samples": (0, 1024),
-    "seed": (-1, 2**32 - 1), "max_mel_tokens": (10, 600), "min_chars_to_split": (20, 1000),
+    "seed": (-1, 2**32 - 1), "max_mel_tokens": (10, 600), "min_chars_to_split": (20, 1000), "threads": (0, 256),
 }
 
 
@@ -87,6 +87,7 @@ class Settings:
     vocoder: str = ""                     # "" = the API's default vocoder
     device: str = "auto"
     backend: str = "torch"                # one of BACKEND_CHOICES: torch, or exported graphs on a runtime
+    threads: int = 0                      # CPU threads; 0: the default (one per core this process may use)
 
 
 def _in_range(name: str, value: int) -> bool:
