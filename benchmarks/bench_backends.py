@@ -69,9 +69,9 @@ class Variants:
         """None if ``variant`` can run, else the reason it is skipped."""
         import importlib.util
         if variant in ("ort", "ort-int8") and importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime not installed: pip install 'tortoise-tts-xpu[onnx]'"
+            return "onnxruntime not installed: pip install -e '.[onnx]'"
         if variant.startswith("ov") and importlib.util.find_spec("openvino") is None:
-            return "openvino not installed: pip install 'tortoise-tts-xpu[openvino]'"
+            return "openvino not installed: pip install -e '.[openvino]'"
         if variant in ("ov-int8w", "ort-int8") and not ar_only_ok:
             return "AR stages only"
         if variant == "ov-int8w" and importlib.util.find_spec("nncf") is None:

@@ -61,3 +61,18 @@ def test_import_has_no_side_effects(tmp_path):
     assert res["mods"] >= 5
     assert not (tmp_path / "models").exists()
     assert list(home.iterdir()) == []
+
+
+def test_install_hints_name_what_pip_can_install(monkeypatch):
+    """The package is installed from a checkout, not from PyPI: a hint names the extra's own requirements (as the
+    installed metadata declares them), or the checkout's `pip install -e '.[extra]'` where there is no metadata."""
+    from importlib import metadata
+
+    from tortoise.utils.errors import install_hint
+    assert install_hint("server") == "pip install 'fastapi' 'uvicorn' 'python-multipart'"
+    assert install_hint("ray") == "pip install 'ray[serve]>=2.47'"
+
+    def absent(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "requires", absent)
+    assert install_hint("onnx") == "pip install -e '.[onnx]' (in the tortoise-tts-xpu checkout)"

@@ -207,7 +207,7 @@ def test_without_ray_installed_one_line_says_what_to_install(models_dir, voices,
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
     assert cli.main([*argv(models_dir, voices, tmp_path / "out"), "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["tortoise-tts: error: Ray is not installed (no module ray): pip install 'tortoise-tts-xpu[ray]'"]
+    assert err == ["tortoise-tts: error: Ray is not installed (no module ray): pip install 'ray[serve]>=2.47'"]
 
 
 def test_actor_layout():

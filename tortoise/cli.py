@@ -108,7 +108,7 @@ def build_parser():
     s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
     s.add_argument(*_flag("stream"), action="store_true",
                    help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
-    r = p.add_argument_group("Ray cluster (pip install 'tortoise-tts-xpu[ray]')")
+    r = p.add_argument_group("Ray cluster (the ray extra: pip install -e '.[ray]')")
     r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="read on a Ray cluster, clips spread over its GPUs (or CPUs): a new local cluster, or the "
                         "one at ADDRESS (HOST:PORT, ray://HOST:PORT, auto); give the text before --ray or by --text")
@@ -451,7 +451,8 @@ def run(args, say, layout=None, split=None):
 def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
     """``--ray``: the same job read by a pool of Ray actors (:mod:`tortoise.distributed.reader`); a bar counts clips."""
     from tortoise.distributed.reader import RayOptions, read
-    options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, quiet=args.quiet)
+    options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, threads=args.threads,
+                         quiet=args.quiet)
     return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,
                 lambda stage, done, total: stage == "clips" and bar(stage, done, total), say, on_clip)
 

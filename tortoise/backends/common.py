@@ -27,7 +27,9 @@ class MissingRuntime(BackendError):
 
 
 def install_hint(runtime):
-    return f"pip install 'tortoise-tts-xpu[{RUNTIMES[runtime][1]}]'"
+    """The pip command that installs ``runtime`` (its extra of this package: see :func:`errors.install_hint`)."""
+    from tortoise.utils.errors import install_hint as extra_hint
+    return extra_hint(RUNTIMES[runtime][1])
 
 
 def require(runtime):

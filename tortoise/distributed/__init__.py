@@ -1,11 +1,10 @@
 """Tortoise on a Ray cluster: a book read by a pool of actors (:mod:`tortoise.distributed.reader`) and the speech
 server as a Ray Serve deployment (:mod:`tortoise.distributed.serve`).
 
-Ray is the optional extra ``ray`` (``pip install 'tortoise-tts-xpu[ray]'``); nothing here imports it until it is
+Ray is the optional extra ``ray`` (``pip install -e '.[ray]'`` in a checkout); nothing here imports it until it is
 used, so the package imports without it.
 """
-
-INSTALL_HINT = "pip install 'tortoise-tts-xpu[ray]'"
+from tortoise.utils.errors import install_hint
 
 
 class RayUnavailable(ImportError):
@@ -21,5 +20,5 @@ def require_ray(serve=False):
             return ray_serve
     except ImportError as e:
         what = "Ray Serve" if serve else "Ray"
-        raise RayUnavailable(f"{what} is not installed (no module {e.name or '?'}): {INSTALL_HINT}") from None
+        raise RayUnavailable(f"{what} is not installed (no module {e.name or '?'}): {install_hint('ray')}") from None
     return ray

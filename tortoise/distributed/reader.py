@@ -113,13 +113,10 @@ class ClipRenderer:
     driver can say why), instead of killing the actor."""
 
     def __init__(self, tts_kwargs, stream=False, threads=None):
-        import torch
-        if threads:
-            torch.set_num_threads(threads)
         self.tts, self.error = None, None
         try:
             from tortoise.api import load_tts
-            self.tts = load_tts(tts_kwargs, stream)
+            self.tts = load_tts({**tts_kwargs, "threads": threads or tts_kwargs.get("threads")}, stream)
         except Exception as e:  # noqa: BLE001 - reported by ready()
             self.error = _one_line(f"{type(e).__name__}: {e}")
 

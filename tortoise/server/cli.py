@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
 from tortoise.distributed import serve as ray_serve  # imports no Ray until --ray is used
-from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, one_line
+from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, install_hint, one_line
 
 API_KEY_ENV = "TORTOISE_API_KEY"
 DEFAULT_HOST = "127.0.0.1"
@@ -55,7 +55,7 @@ def build_parser():
     a = p.add_argument_group("models and device")
     s = p.add_argument_group("speed")
     add_model_arguments(a, s)
-    ray_serve.add_arguments(p.add_argument_group("Ray Serve (pip install 'tortoise-tts-xpu[ray]')"))
+    ray_serve.add_arguments(p.add_argument_group("Ray Serve (the ray extra: pip install -e '.[ray]')"))
     return p
 
 
@@ -183,7 +183,7 @@ def main(argv=None):
     """Console entry point ``tortoise-server``; returns the exit status."""
     missing = _missing_server_packages()
     if missing:
-        print(f"tortoise-server: error: the server needs {', '.join(missing)}: pip install 'tortoise-tts-xpu[server]'",
+        print(f"tortoise-server: error: the server needs {', '.join(missing)}: {install_hint('server')}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     try:

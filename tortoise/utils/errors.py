@@ -18,6 +18,24 @@ DEBUG_ENV = "TORTOISE_DEBUG"  # set to see the traceback instead of the one-line
 MAX_MESSAGE = 600
 
 
+PACKAGE = "tortoise-tts-xpu"
+
+
+def install_hint(extra):
+    """The pip command that installs this package's optional extra ``extra``: the extra's requirements as the
+    installed package declares them (the package comes from a checkout, not from PyPI, so ``pip install
+    'tortoise-tts-xpu[...]'`` would find nothing), else the checkout's own ``pip install -e '.[extra]'``."""
+    from importlib import metadata
+    try:
+        requirements = metadata.requires(PACKAGE) or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    wanted = [r.split(";")[0].strip() for r in requirements if f'extra == "{extra}"' in r.replace("'", '"')]
+    if not wanted:
+        return f"pip install -e '.[{extra}]' (in the {PACKAGE} checkout)"
+    return "pip install " + " ".join(f"'{r}'" for r in wanted)
+
+
 def input_error_types():
     """The exception classes that mean "the user's input is wrong" (imported lazily: no torch at import)."""
     from tortoise.utils.sound import AudioError

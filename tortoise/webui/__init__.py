@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from tortoise.webui.settings import LOCK_PATHS_ENV, SERVER_PATH_ENV, SETTINGS_ENV, is_local_address
+from tortoise.utils.errors import install_hint
 from tortoise.utils.voice_upload import MAX_CLIP_BYTES
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8501
 PASSTHROUGH_SECTIONS = ("server", "browser", "theme", "client", "runner", "logger", "global", "magic")
-STREAMLIT_MISSING = ("turtle: Streamlit is not installed; install the web UI extra with "
-                     "pip install 'tortoise-tts-xpu[webui]' (or pip install streamlit).")
+STREAMLIT_MISSING = "turtle: Streamlit is not installed; install the web UI extra: {hint}"
 EXIT_FAILED = 1  # exit codes as every console script of the project (tortoise.utils.errors): argparse gives 2
 STOP_GRACE_SECONDS = 30  # after a forwarded SIGTERM/SIGINT, how long Streamlit may take before it is killed
 PATH_FLAGS = (  # turtle flag -> Settings field; the app reads them from SERVER_PATH_ENV[field]
@@ -269,7 +269,7 @@ def run_streamlit(cmd: list[str], env: dict[str, str], grace: float = STOP_GRACE
 def main(argv: list[str] | None = None) -> int:
     args, passthrough = parse_args(argv)
     if not streamlit_available():
-        print(STREAMLIT_MISSING, file=sys.stderr)
+        print(STREAMLIT_MISSING.format(hint=install_hint("webui")), file=sys.stderr)
         return EXIT_FAILED
     if not args.skip_check:
         from tortoise.webui.device_info import print_environment_check
