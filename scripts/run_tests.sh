@@ -5,8 +5,10 @@
 #
 # 1. Debian packages the tests use, when missing: chromium (the web UI in a real browser) and shellcheck (lints the
 #    shell scripts); apt-get as root, else through sudo. Audio for the tests is synthesised by the tests themselves.
-# 2. PyTorch, when the Python has none: torch==2.13.0 (TORCH_SPEC to change it). An installed torch (a CUDA or XPU
-#    build, say) is kept.
+# 2. PyTorch, when the Python has none: torch==2.13.0 (TORCH_SPEC to change it), from pip's configured index, or from
+#    TORCH_INDEX_URL when set. From PyPI, Linux x86_64 torch is the CUDA build (several GB of nvidia-* packages); for
+#    the CPU build set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (the build machines instead keep a CPU
+#    wheel on local disk that pip finds by itself). An installed torch (a CUDA or XPU build, say) is kept.
 # 3. This package with its test extra (pip install -e '.[test]'), then pytest.
 #
 # PYTHON picks the interpreter (default: python3, the active virtual environment's when one is active).
@@ -42,7 +44,11 @@ fi
 
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q "$TORCH_SPEC"
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$PYTHON" -m pip install -q --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+  else
+    "$PYTHON" -m pip install -q "$TORCH_SPEC"
+  fi
 fi
 "$PYTHON" -m pip install -q -e '.[test]'
 exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"

@@ -66,6 +66,16 @@ def test_fresh_machine_gets_everything_installed_in_order(tmp_path):
         "python -m pytest -q -p no:cacheprovider -k webui"]
 
 
+def test_torch_from_the_index_asked_for(tmp_path):
+    """TORCH_INDEX_URL picks PyTorch's own index (its CPU build, say) for the one torch install."""
+    log, env = _machine(tmp_path, tools=True, torch=False)
+    out = _run({**env, "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"})
+    assert out.returncode == 0, out.stderr
+    assert log.read_text().splitlines()[:2] == [
+        "python -c import torch", "python -m pip install -q --index-url https://download.pytorch.org/whl/cpu "
+        "torch==2.13.0"]
+
+
 def test_nothing_is_installed_twice(tmp_path):
     log, env = _machine(tmp_path, tools=True, torch=True)
     out = _run(env)
