@@ -23,6 +23,7 @@ voice instead (``tortoise-tts``'s clip record).
 import argparse
 import sys
 
+import xpu
 from tortoise import cli, render
 from tortoise.api import MODELS_DIR
 
@@ -87,16 +88,15 @@ def _read_textfile(path):
 
 def split_like_read(text):
     """``read.py``'s clips: at ``|`` where the text has one, else sentences of about 200 characters."""
-    if "|" in text:
-        return [t for t in text.split("|") if t.strip()] or cli.split_text("", None)
-    return cli.split_text(text, None)
+    parts = [t for t in text.split("|") if t.strip()] if "|" in text else cli.split_text(text, None)
+    if not parts:
+        raise cli.UsageError("the text file holds nothing to read between its '|' marks")
+    return parts
 
 
 def _half(value):
-    if value is not None:
-        return value
-    import xpu
-    return xpu.resolve_device(None).type != "cpu"
+    """``--half`` as given, else the original's effective default: half on a GPU, float32 on a CPU."""
+    return value if value is not None else xpu.resolve_device(None).type != "cpu"
 
 
 def command_line(script, args):
