@@ -436,3 +436,11 @@ def test_threads_flag(models_dir, tmp_path):
         cli.check_model_args(cli.build_parser().parse_args(["--threads", "0", "Hi."]))
     args = cli.build_parser().parse_args(["--threads", "1", "Hi."])
     assert cli.tts_arguments(args, "univnet")["threads"] == 1
+
+
+def test_the_load_line_says_precision_and_threads(models_dir, tmp_path, capsys):
+    code = cli.main(["--models_dir", str(models_dir), *QUICK[:-1], "--threads", "1", "-O", str(tmp_path / "o"),
+                     "Hi."])
+    assert code == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Loaded on")]
+    assert len(line) == 1 and "(f32, 1 thread, batch size" in line[0], line

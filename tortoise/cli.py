@@ -504,7 +504,10 @@ def make_tts(args, vocoder, say, stream=None):
     say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
     tts = new_tts(tts_arguments(args, vocoder, stream), stream)
-    say(f"Loaded on {tts.device} in {time.time() - t0:.1f} s (batch size {tts.autoregressive_batch_size})")
+    on = tts.device if tts.backend == "torch" else f"{tts.device}, {tts.backend}"
+    threads = f"{tts.threads} thread{'s' if tts.threads != 1 else ''}"
+    say(f"Loaded on {on} in {time.time() - t0:.1f} s ({tts.precision}, {threads}, batch size "
+        f"{tts.autoregressive_batch_size})")
     return tts
 
 
