@@ -256,6 +256,36 @@ def test_prepacked_linear_matches_addmm_and_is_dropped_when_the_weight_changes()
         assert layer._packed is None
 
 
+def test_packed_rows_by_dtype():
+    """fp32 keeps addmm for one row (memory bound, at the floor); bf16 takes the packed weight from one row (addmm's
+    bf16 kernel reads the plain layout at a fraction of the bandwidth: the batch-1 step of --half)."""
+    from tortoise.models.gpt2 import packed_rows
+    assert packed_rows(torch.float32) == (2, 256) and packed_rows(torch.bfloat16) == (1, 256)
+    assert packed_rows(torch.float16) == (2, 256)
+
+
+@pytest.mark.skipif(not __import__("tortoise.models.gpt2", fromlist=["can_prepack"]).can_prepack(torch.bfloat16),
+                    reason="oneDNN packs bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX)")
+def test_bf16_batch_one_decode_runs_on_the_packed_weights_with_addmms_codes(fx):
+    from tortoise.models.gpt2 import Conv1D
+    torch.manual_seed(0)
+    layer = Conv1D(64, 96).to(torch.bfloat16)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain = layer(x)
+        layer.prepack(1)
+        assert layer._use_packed(x)
+        close(layer(x).float(), plain.float(), atol=2e-2)
+    codes = []
+    for prepack in (False, True):
+        model = build(fx, biased=True, kv_cache=True, half=torch.bfloat16, prepack=prepack)
+        with torch.no_grad():
+            codes.append(model.inference_speech(fx["cond"].bfloat16(), fx["text"], do_sample=False,
+                                                num_return_sequences=1, max_generate_length=12))
+        assert any(m._packed is not None for m in model.gpt.modules() if hasattr(m, "_packed")) == prepack
+    assert torch.equal(codes[0], codes[1])
+
+
 def test_decode_with_and_without_prepack_give_the_same_codes(fx):
     codes = []
     for prepack in (True, False):

@@ -10,8 +10,8 @@ step then feeds one token per row, writes its keys/values in place and computes 
 Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.utils.sampling`), so on CPU fp32 the
 same seed gives the same codes as the original.
 
-Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2 use oneDNN-prepacked linear weights
-(`prepack=True`, the default; +1.5 GB at full size); `int8=True` (CPU, opt-in) quantizes the linears dynamically
+Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2, and bf16 steps at any batch, use
+oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32); `int8=True` (CPU, opt-in) quantizes the linears dynamically
 (several times faster, not exact); `compile=True` torch.compiles the fixed-shape step (works, same codes on the tiny
 model; on this 2-core CPU it was not faster than the prepacked eager step). `inference_speech(..., batch_size=n)`
 decodes at most n rows at once; an out-of-memory error halves n and retries with a warning. Chunking changes the
@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tortoise.models.arch_util import AttentionBlock
-from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache, can_prepack
+from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache, can_prepack, packed_rows
 from tortoise.utils.sampling import SamplingOptions, choose_next
 
 POSITION_MODES = ("original", "contiguous", "shifted")
@@ -453,8 +453,8 @@ class UnifiedVoice(nn.Module):
         return state
 
     def _should_prepack(self, rows, prompt):
-        return (self.prepack and self._compiled_step is None and rows >= 2 and prompt.device.type == "cpu"
-                and can_prepack(prompt.dtype))
+        return (self.prepack and self._compiled_step is None and rows >= packed_rows(prompt.dtype)[0]
+                and prompt.device.type == "cpu" and can_prepack(prompt.dtype))
 
     @torch.no_grad()
     def step(self, state, tokens):
