@@ -46,3 +46,22 @@ def test_bench_backends_runs_every_variant_and_the_graphs_match_torch(export_mod
     for (stage, variant), diff in timed.items():
         if variant != "torch":
             assert float(diff) < 1e-3, (stage, variant, diff)
+
+
+def test_bench_floor_measures_the_machine_and_every_stage(tiny_models_dir):
+    proc = _run("bench_floor.py", "--models_dir", tiny_models_dir, "--batches", "1,2", "--text_tokens", 8,
+                "--context", 4, "--codes", 12, "--frames", 64, "--repeats", 1, "--threads", 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "threads 1" in lines[0] and lines[1].startswith("memory read ") and "int8" in lines[1]
+    rows = [line for line in lines[3:] if line.strip()]
+    labels = [(r[:40].strip(), r[40:46].strip()) for r in rows]
+    want = [(f"AR step, batch {b}", p) for p in ("fp32", "bf16", "int8") for b in (1, 2)]
+    want += [("AR prefill, 8 text tokens", p) for p in ("fp32", "bf16")]
+    want += [("AR latent pass, 12 codes", p) for p in ("fp32", "bf16")]
+    want += [("guided diffusion forward, 64 frames", p) for p in ("fp32", "bf16")]
+    want += [("UnivNet, 64 frames", "fp32")]
+    assert labels == want, proc.stdout
+    for r in rows:
+        seconds, floor, share = r[46:].split()[:3]
+        assert float(seconds) > 0 and float(floor) > 0 and share.endswith("%"), r
