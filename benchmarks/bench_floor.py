@@ -100,12 +100,17 @@ def _ar_weight_bytes(ar, precision):
     return _bytes(ar.gpt) - 3 * linear + _bytes(ar.final_norm) + _bytes(ar.mel_head)
 
 
-def ar_step_stages(args, precision):
+def _ar_prompt(args, precision, seed):
+    """The AR model at ``precision`` and a random prompt: (model, conditioning latent, text tokens, generator)."""
     ar = _ar(args, precision)
-    gen = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    cond = torch.randn(1, ar.model_dim, generator=gen).to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, ar.model_dim, generator=gen).to(torch.bfloat16 if precision == "bf16" else torch.float32)
     text = torch.randint(1, ar.number_text_tokens - 1, (1, args.text_tokens), generator=gen)
+    return ar, cond, text, gen
+
+
+def ar_step_stages(args, precision):
+    ar, cond, text, gen = _ar_prompt(args, precision, 0)
     for batch in args.batches:
         with torch.no_grad():
             state = ar.prefill(cond, text, batch, args.context + 64)
@@ -118,25 +123,16 @@ def ar_step_stages(args, precision):
             // cache[0].shape[2]
         yield f"AR step, batch {batch}", (lambda: ar.step(state, next(queue))), \
             _ar_weight_bytes(ar, precision) + cache_bytes
-    del ar
 
 
 def prefill_stage(args, precision):
-    ar = _ar(args, precision)
-    gen = torch.Generator().manual_seed(1)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    cond = torch.randn(1, ar.model_dim, generator=gen).to(dtype)
-    text = torch.randint(1, ar.number_text_tokens - 1, (1, args.text_tokens), generator=gen)
+    ar, cond, text, _ = _ar_prompt(args, precision, 1)
     yield f"AR prefill, {args.text_tokens} text tokens", (lambda: ar.prefill(cond, text, 1, 64)), \
         _ar_weight_bytes(ar, precision)
 
 
 def latent_stage(args, precision):
-    ar = _ar(args, precision)
-    gen = torch.Generator().manual_seed(2)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    cond = torch.randn(1, ar.model_dim, generator=gen).to(dtype)
-    text = torch.randint(1, ar.number_text_tokens - 1, (1, args.text_tokens), generator=gen)
+    ar, cond, text, gen = _ar_prompt(args, precision, 2)
     codes = torch.randint(0, 8192, (1, args.codes), generator=gen)
     call = lambda: ar(cond, text, torch.tensor([args.text_tokens]), codes,  # noqa: E731
                       torch.tensor([args.codes * 1024]), return_latent=True, clip_inputs=False)
