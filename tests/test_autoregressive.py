@@ -256,6 +256,29 @@ def test_prepacked_linear_matches_addmm_and_is_dropped_when_the_weight_changes()
         assert layer._packed is None
 
 
+def test_half_weights_on_a_cpu_keep_a_float32_cache_and_give_the_same_codes_as_a_half_cache(fx):
+    """On a CPU the KV cache stays float32 under bf16 weights (bf16 attention at decode shapes is slower there); the
+    step's output keeps the weights' dtype, and greedy codes equal those of a bf16 cache on the tiny model."""
+    from tortoise.models import gpt2
+    model = build(fx, biased=True, kv_cache=True, half=torch.bfloat16)
+    assert gpt2.cache_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert gpt2.cache_dtype(torch.float16, "cuda") == torch.float16 and gpt2.cache_dtype(torch.float32, "cpu") == \
+        torch.float32
+    with torch.no_grad():
+        state = model.prefill(fx["cond"].bfloat16(), fx["text"], 2, 12)
+        assert all(t.dtype == torch.float32 for t in state.cache.tensors)
+        fp32_cache = model.inference_speech(fx["cond"].bfloat16(), fx["text"], do_sample=False,
+                                            num_return_sequences=1, max_generate_length=12)
+        real = gpt2.cache_dtype
+        gpt2.cache_dtype = lambda dtype, device: dtype  # the half cache a GPU would hold
+        try:
+            half_cache = model.inference_speech(fx["cond"].bfloat16(), fx["text"], do_sample=False,
+                                                num_return_sequences=1, max_generate_length=12)
+        finally:
+            gpt2.cache_dtype = real
+    assert torch.equal(fp32_cache, half_cache)
+
+
 def test_packed_rows_by_dtype():
     """fp32 keeps addmm for one row (memory bound, at the floor); bf16 takes the packed weight from one row (addmm's
     bf16 kernel reads the plain layout at a fraction of the bandwidth: the batch-1 step of --half)."""

@@ -123,3 +123,12 @@ def test_cpu_for_real(monkeypatch):
     b = xpu.pick_batch_size("cpu", TINY, max_batch=8)
     assert b in (1, 2, 4, 8)
     assert xpu.pick_batch_size("cpu", TINY, max_batch=8) == 8  # the tiny model fits any machine able to run tests
+
+
+def test_a_cpu_plans_a_float32_cache_under_half_weights():
+    """tortoise.models.gpt2.cache_dtype keeps the KV cache float32 on a CPU; the batch plan counts it so."""
+    cfg = xmem.released_ar_config()
+    half = xpu.ar_memory(cfg, 16, 2)
+    assert xpu.ar_memory(cfg, 16, 2, cache_bytes=4).kv_cache == 2 * half.kv_cache
+    plan = xpu.plan_batch_size("cpu", dtype=torch.bfloat16, max_batch=1)
+    assert plan.estimate.kv_cache == xpu.ar_memory(cfg, 1, 2, cache_bytes=4).kv_cache

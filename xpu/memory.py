@@ -87,13 +87,14 @@ class ArMemoryEstimate:
 
 
 def ar_memory(config: Mapping[str, Any], batch_size: int, dtype_bytes: int,
-              weights_loaded: bool = False) -> ArMemoryEstimate:
+              weights_loaded: bool = False, cache_bytes: int | None = None) -> ArMemoryEstimate:
     """The memory breakdown of :func:`estimate_ar_memory`; ``weights_loaded`` leaves the weights out (they are
-    already resident, so already missing from the free memory)."""
+    already resident, so already missing from the free memory); ``cache_bytes``: bytes per KV-cache element when it
+    differs from the weights' (a CPU keeps the cache in float32 under half weights)."""
     c = _full_config(config)
     b, d, h, s = batch_size, c["model_dim"], c["heads"], ar_max_sequence(c)
     weights = 0 if weights_loaded else ar_param_count(c) * dtype_bytes
-    kv_layer = b * h * s * (d // h) * dtype_bytes  # keys (or values) of one layer: [b, heads, s, head_dim]
+    kv_layer = b * h * s * (d // h) * (cache_bytes or dtype_bytes)  # keys (or values) of one layer: [b, h, s, hd]
     kv_cache = c["layers"] * 2 * kv_layer
     scores = b * h * s * s * 4  # [b, heads, s, s] float32 softmax where attention is not fused
     hidden = b * s * (2 * d + 3 * d + 4 * d) * dtype_bytes  # residual + norm out, qkv, mlp hidden
@@ -135,11 +136,12 @@ def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_co
     max_batch = DEFAULT_MAX_BATCH if max_batch is None else max(int(max_batch), 1)
     budget = int(info.free_memory * MEMORY_MARGIN) - RESERVE_BYTES - int(resident_bytes)
     nbytes = _dtype_bytes(dtype)
+    cache_bytes = 4 if info.type == "cpu" else nbytes  # tortoise.models.gpt2.cache_dtype
     max_tensor = None if info.max_allocation is None else int(info.max_allocation * ALLOCATION_MARGIN)
     best, limit = 1, f"max_batch {max_batch}"
     candidate = 1
     while candidate <= max_batch:
-        est = ar_memory(config, candidate, nbytes, weights_loaded)
+        est = ar_memory(config, candidate, nbytes, weights_loaded, cache_bytes)
         if est.total > budget:
             limit = "free memory"
             break
@@ -147,7 +149,7 @@ def plan_batch_size(device: str | torch.device | DeviceInfo | None = None, ar_co
             limit = f"single-allocation limit {info.max_allocation / (1 << 30):.0f} GiB"
             break
         best, candidate = candidate, candidate * 2
-    est = ar_memory(config, best, nbytes, weights_loaded)
+    est = ar_memory(config, best, nbytes, weights_loaded, cache_bytes)
     fits = est.total <= budget and (max_tensor is None or est.largest_tensor <= max_tensor)
     free_note = " (estimated)" if info.free_memory_is_estimate else ""
     resident = f", {resident_bytes / (1 << 30):.1f} GiB for other models" if resident_bytes else ""

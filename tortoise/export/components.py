@@ -126,7 +126,7 @@ class ArPrefillComponent(Component):
         prompt = net.compute_embeddings(x["cond_latent"], x["text_tokens"])
         mel = x["mel_tokens"]
         prompt = torch.cat([prompt, net.mel_embedding(mel) + net.mel_pos_embedding(mel)], dim=1)
-        cache = net.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt)
+        cache = net.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt, prompt.dtype)  # the graph's own dtype
         hidden = net.final_norm(net.gpt.prefill(prompt, cache)[:, -1])
         return [net.mel_head(hidden), hidden] + cache.tensors
 
@@ -155,7 +155,7 @@ class ArDecodeComponent(Component):
     def reference(self, net, x):
         past = [t for name, t in x.items() if name.startswith("past.")]
         b, _, t, _ = past[0].shape
-        cache = net.gpt.new_cache(b, t + 1, past[0])
+        cache = net.gpt.new_cache(b, t + 1, past[0], past[0].dtype)
         for dst, src in zip(cache.tensors, past):
             dst[:, :, :t] = src
         step = net._mel_step_embedding(x["tokens"], int(x["position"][0]))
