@@ -7,8 +7,8 @@ time, its floor and the share of the floor it reaches, in fp32, bf16 (``--half``
 
 The floor of a run is ``max(bytes read / bandwidth, FLOPs / matmul peak of its dtype)``: the bytes are the network's
 weights (plus the KV cache of a decode step), read once; the FLOPs are counted by torch's FlopCounterMode on the same
-call (matmuls and convolutions). Bandwidth is the median read rate of a 1 GiB tensor (``sum``); the peaks are the best
-of a few GEMM shapes the stages use (fp32 and bf16 through ``torch.matmul``, int8 through ``torch._int_mm``). A stage
+call (matmuls and convolutions). Bandwidth is the best read rate of a 1 GiB tensor (``sum``); the peaks are the best
+rate of a few GEMM shapes the stages use (fp32 and bf16 through ``torch.matmul``, int8 through ``torch._int_mm``). A stage
 near 100% has nothing left to gain on this machine at this precision. The CPU and whether it has AVX512-BF16 and AMX
 are printed first: without native bf16 the bf16 rows are emulated (slow), and so is their floor.
 
@@ -30,7 +30,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 GEMMS = ((16, 1024, 4096), (256, 1024, 4096), (2176, 1024, 1024), (2176, 1024, 4096))  # (M, K, N) of the stages
 
 
-def median_time(fn, repeats, warmup=1):
+def times_of(fn, repeats, warmup=1):
     for _ in range(warmup):
         fn()
     times = []
@@ -38,7 +38,16 @@ def median_time(fn, repeats, warmup=1):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats, warmup=1):
+    return statistics.median(times_of(fn, repeats, warmup))
+
+
+def best_time(fn, repeats, warmup=1):
+    """The fastest of ``repeats`` calls: what the machine can do (a floor), where a median says what a stage does."""
+    return min(times_of(fn, repeats, warmup))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,9 +61,9 @@ def machine():
 
 
 def bandwidth(repeats):
-    """Read bandwidth, bytes/s: the median time to sum a 1 GiB float32 tensor (far larger than any cache)."""
+    """Read bandwidth, bytes/s: the fastest sum of a 1 GiB float32 tensor (far larger than any cache)."""
     x = torch.ones(1 << 28)
-    seconds = median_time(lambda: x.sum(), repeats)
+    seconds = best_time(lambda: x.sum(), 2 * repeats)
     return x.numel() * 4 / seconds
 
 
@@ -70,7 +79,7 @@ def matmul_peak(dtype, repeats):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
             fn = lambda a=a, b=b: a @ b  # noqa: E731
         try:
-            best = max(best, 2 * m * k * n / median_time(fn, repeats))
+            best = max(best, 2 * m * k * n / best_time(fn, 2 * repeats))
         except RuntimeError:  # e.g. no int8 GEMM for this shape on this build
             continue
     return best
