@@ -320,7 +320,7 @@ def test_decode_with_and_without_prepack_give_the_same_codes(fx):
 
 
 def test_int8_mode_is_close_to_fp32_and_can_be_turned_off(fx):
-    model = build(fx, kv_cache=True, int8=True)
+    model = build(fx, kv_cache=True, int8="dynamic")
     args = (fx["cond"].repeat(2, 1), fx["text"].repeat(2, 1), torch.tensor([10]), fx["codes"],
             torch.tensor([fx["codes"].shape[1] * 1024]))
     with torch.no_grad():
@@ -332,3 +332,27 @@ def test_int8_mode_is_close_to_fp32_and_can_be_turned_off(fx):
         assert out.shape[0] == 2
         model.post_init_gpt2_config(kv_cache=True, int8=False)
         close(model(*args, return_latent=True, clip_inputs=False), fx["latents_api"])
+
+
+def test_weight_only_int8_serves_the_decode_steps_closer_to_fp32_than_dynamic(fx):
+    """Weight-only int8 (bf16 activations) on the decode steps: a step's logits drift less from fp32 than dynamic
+    int8's; the latent pass (more than INT8_WEIGHT_ROWS rows, as a real prompt pass) stays float32, exact."""
+    from tortoise.models import gpt2
+    assert gpt2.int8_mode() == ("weight" if gpt2.can_prepack(torch.bfloat16) else "dynamic")
+    fp32 = build(fx, biased=True, kv_cache=True)
+    drifts = {}
+    for mode in gpt2.INT8_MODES:
+        model = build(fx, biased=True, kv_cache=True, int8=mode)
+        with torch.no_grad():
+            want, got = fp32.prefill(fx["cond"], fx["text"], 2, 12), model.prefill(fx["cond"], fx["text"], 2, 12)
+            token = want.logits.argmax(-1)
+            fp32.step(want, token)
+            model.step(got, token)
+            drifts[mode] = ((got.logits - want.logits).norm() / want.logits.norm()).item()
+            args = (fx["cond"].repeat(2, 1), fx["text"].repeat(2, 1), torch.tensor([10]), fx["codes"],
+                    torch.tensor([fx["codes"].shape[1] * 1024]))
+            if mode == "weight":
+                close(model(*args, return_latent=True, clip_inputs=False), fx["latents_api"])
+    assert 0 < drifts["weight"] < drifts["dynamic"] < 0.1, drifts
+    with pytest.raises(ValueError, match="int8 must be"):
+        build(fx, kv_cache=True, int8="int4")

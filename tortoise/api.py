@@ -216,7 +216,9 @@ class TextToSpeech:
                      default (``kv_cache=False``, positions as in training); ``"original"``: the codes of the
                      original's (and the fast fork's) ``kv_cache=True``, whose mel positions run one ahead.
         :param compile: ``torch.compile`` the fixed-shape AR decode step (opt-in; pays a compile on first use).
-        :param int8: CPU only, opt-in: int8 dynamic quantization of the AR linears (faster steps, codes drift).
+        :param int8: CPU only, opt-in: int8 AR linears (:func:`tortoise.models.gpt2.int8_mode`: weight-only with bf16
+                     activations for the decode steps where the CPU has native bf16, else dynamic quantization;
+                     faster steps, codes drift).
         :param half: hold the AR, CLVP, CVVP and diffusion weights in the device's half dtype (``python -m xpu``
                      shows it: float16 on CUDA, MPS and Arc A-series, bfloat16 on Arc B-series and on CPUs with
                      native bf16). Decided here, once: the dtype then follows the tensors (no autocast).

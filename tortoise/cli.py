@@ -150,7 +150,8 @@ def add_model_arguments(a, s):
     s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
     s.add_argument(*_flag("compile"), action="store_true", help="torch.compile the autoregressive decode step")
     s.add_argument(*_flag("int8"), action="store_true",
-                   help="CPU: int8 dynamic quantization of the autoregressive model (faster, slightly different)")
+                   help="CPU: int8 weights for the autoregressive decode steps (weight-only with bf16 activations "
+                        "where the CPU has native bf16, else dynamic quantization; faster, slightly different)")
     s.add_argument(*_flag("original_kv_positions"), action="store_true",
                    help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
     s.add_argument(*_flag("backend"), default=None, choices=("torch", "onnxruntime", "openvino"),

@@ -11,8 +11,8 @@ Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.util
 same seed gives the same codes as the original.
 
 Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2, and bf16 steps at any batch, use
-oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32); `int8=True` (CPU, opt-in) quantizes the linears dynamically
-(several times faster, not exact); `compile=True` torch.compiles the fixed-shape step (works, same codes on the tiny
+oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32); `int8=True` (CPU,
+opt-in) runs the linears in int8 (several times faster, not exact); `compile=True` torch.compiles the fixed-shape step (works, same codes on the tiny
 model; on this 2-core CPU it was not faster than the prepacked eager step). `inference_speech(..., batch_size=n)`
 decodes at most n rows at once; an out-of-memory error halves n and retries with a warning. Chunking changes the
 random stream (each chunk draws its own (rows, V) multinomial), so codes equal the original's only unchunked.
@@ -268,8 +268,9 @@ class UnifiedVoice(nn.Module):
         `half` is a dtype (torch.float16 / torch.bfloat16) to hold the weights in (see `to_precision`), False for
         float32; `compile` torch.compiles the fixed-shape decode step (cached loop only); `prepack` lets CPU
         decoding at batch >= 2 use oneDNN-prepacked weights (about 1.3x faster steps, a second copy of the linear
-        weights, packed on first use); `int8` (CPU, float32 weights, opt-in) runs the transformer's linears with
-        int8 dynamic quantization — several times faster, no longer exact: codes and latents drift from fp32;
+        weights, packed on first use); `int8` (CPU, float32 weights, opt-in) runs the transformer's linears in int8
+        (`tortoise.models.gpt2.int8_mode`: weight-only with bf16 activations for the decode steps where the CPU
+        has native bf16, else dynamic quantization) — several times faster, no longer exact: codes drift from fp32;
         `position_mode` see the module docstring."""
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
