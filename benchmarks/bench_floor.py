@@ -7,10 +7,11 @@ time, its floor and the share of the floor it reaches, in fp32, bf16 (``--half``
 
 The floor of a run is ``max(bytes read / bandwidth, FLOPs / matmul peak of its dtype)``: the bytes are the network's
 weights (plus the KV cache of a decode step), read once; the FLOPs are counted by torch's FlopCounterMode on the same
-call (matmuls and convolutions). Bandwidth is the best read rate of a 1 GiB tensor (``sum``); the peaks are the best
-rate of a few GEMM shapes the stages use (fp32 and bf16 through ``torch.matmul``, int8 through ``torch._int_mm``). A stage
-near 100% has nothing left to gain on this machine at this precision. The CPU and whether it has AVX512-BF16 and AMX
-are printed first: without native bf16 the bf16 rows are emulated (slow), and so is their floor.
+call (matmuls and convolutions). Bandwidth is the best read rate of a 1 GiB tensor (``sum``); the peaks are the
+best rate of a few GEMM shapes the stages use (fp32 and bf16 through ``torch.matmul``, int8 through
+``torch._int_mm``). A stage near 100% has nothing left to gain on this machine at this precision. The CPU and
+whether it has AVX512-BF16 and AMX are printed first: without native bf16 the bf16 rows are emulated (slow), and so
+is their floor.
 
 Stages: ``ar_step`` (one decode step at each ``--batches``, rows sharing a prompt of ``--text_tokens`` tokens after
 ``--context`` decoded codes, through UnifiedVoice.prefill / step as the pipeline runs it), ``prefill`` (one prompt),
@@ -57,7 +58,8 @@ def machine():
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     flags = [name for name, key in (("AVX2", "avx2"), ("AVX512", "avx512_f"), ("AVX512-BF16", "avx512_bf16"),
                                     ("AMX-BF16", "amx_bf16"), ("AMX-INT8", "amx_int8")) if caps.get(key)]
-    return f"{cpu_model()}; {', '.join(flags) or 'no AVX2'}; threads {torch.get_num_threads()}; torch {torch.__version__}"
+    return (f"{cpu_model()}; {', '.join(flags) or 'no AVX2'}; threads {torch.get_num_threads()}; "
+            f"torch {torch.__version__}")
 
 
 def bandwidth(repeats):

@@ -1,5 +1,5 @@
-"""The original Tortoise's ``python tortoise/do_tts.py``, with its flags and file names, on this package's render loop
-(:mod:`tortoise.original_scripts` says what it writes and what differs). Also ``python -m tortoise.do_tts``."""
+"""The original Tortoise's ``python tortoise/do_tts.py``, with its flags and file names, on this package's render
+loop (:mod:`tortoise.original_scripts` says what it writes and what differs). Also ``python -m tortoise.do_tts``."""
 import os
 import sys
 

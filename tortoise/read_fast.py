@@ -1,5 +1,5 @@
-"""The original Tortoise's ``python tortoise/read_fast.py``, with its flags and file names, on this package's render loop
-(:mod:`tortoise.original_scripts` says what it writes and what differs). Also ``python -m tortoise.read_fast``."""
+"""The original Tortoise's ``python tortoise/read_fast.py``, with its flags and file names, on this package's render
+loop (:mod:`tortoise.original_scripts` says what it writes and what differs). Also ``python -m tortoise.read_fast``."""
 import os
 import sys
 

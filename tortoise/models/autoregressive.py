@@ -12,10 +12,11 @@ same seed gives the same codes as the original.
 
 Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2, and bf16 steps at any batch, use
 oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32); `int8=True` (CPU,
-opt-in) runs the linears in int8 (several times faster, not exact); `compile=True` torch.compiles the fixed-shape step (works, same codes on the tiny
-model; on this 2-core CPU it was not faster than the prepacked eager step). `inference_speech(..., batch_size=n)`
-decodes at most n rows at once; an out-of-memory error halves n and retries with a warning. Chunking changes the
-random stream (each chunk draws its own (rows, V) multinomial), so codes equal the original's only unchunked.
+opt-in) runs the linears in int8 (several times faster, not exact); `compile=True` torch.compiles the fixed-shape
+step (works, same codes on the tiny model; on a 2-core CPU it was not faster than the prepacked eager step). The
+pipeline (`tortoise.pipeline.sample_codes`) decodes the samples in batches, and an out-of-memory error halves the
+batch and retries with a warning. Batching changes the random stream (each batch draws its own (rows, V)
+multinomial), so codes equal the original's only when all samples are one batch.
 
 Mel positions while decoding — a quirk of the original kept on purpose: with `kv_cache=True` the original's
 inference model gives the k-th generated token the learned mel position k + 1 (it derives it from the attention

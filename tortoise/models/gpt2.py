@@ -86,7 +86,8 @@ class Conv1D(nn.Module):
     On CPU (float32, or bfloat16 where the CPU has native bf16), `prepack(rows)` adds a oneDNN-blocked copy of the
     weight (what torch.compile's freezing does): small row counts (the decode step at batch 2..256) then run about
     1.3-1.4x faster than MKL's addmm on the plain layout; in float32 one row (batch-1 decode, memory bound) and large
-    ones keep addmm, in bfloat16 one row takes the packed weight too (:data:`PACKED_ROWS`). The copy is dropped if the weight changes (a new state dict, a move to another device or dtype)."""
+    ones keep addmm, in bfloat16 one row takes the packed weight too (:data:`PACKED_ROWS`). The copy is dropped if
+    the weight changes (a new state dict, a move to another device or dtype)."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
