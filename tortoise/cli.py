@@ -19,7 +19,6 @@ from tortoise.progress import TqdmProgress
 from tortoise.utils import errors
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
 
-OUTPUT_SAMPLE_RATE = 24000
 VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
 TUNING = (  # (flag, type, help): each overrides the preset's value when given
     ("num_autoregressive_samples", int, "samples drawn from the autoregressive model and ranked by CLVP"),

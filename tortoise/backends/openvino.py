@@ -15,7 +15,6 @@ import torch
 
 from tortoise.backends.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
 
-DEVICES = ("CPU", "GPU", "AUTO")
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 
 

@@ -19,7 +19,6 @@ LRELU_SLOPE = 0.1
 LATENT_UPSAMPLE = 1024 / 256          # GPT latents (one per code, 1024 samples at 22.05 kHz) -> frames of hop 256
 RATE_UPSAMPLE = 24000 / 22050         # 22.05 kHz frame rate -> 24 kHz frame rate
 STREAM_FIRST_CODES = 60               # tts_stream: the first chunk waits for this many codes
-STREAM_CHUNK_CODES = 40               # tts_stream's default stream_chunk_size: codes per later chunk
 STREAM_OVERLAP = 1024                 # tts_stream's default overlap_wav_len: samples cross-faded between chunks
 
 

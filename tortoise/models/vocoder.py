@@ -24,7 +24,6 @@ from tortoise.models.bigvgan import BigVGAN, load_generator_state
 from tortoise.models.conv import WeightNormFolding, conv_transpose1d, fold_weight_norm  # noqa: F401 (re-exported)
 from tortoise.utils.checkpoints import BIGVGAN_REPOS, load_state_dict, model_config
 
-MAX_WAV_VALUE = 32768.0
 SILENCE_MEL = -11.5129        # log(1e-5): a silent frame of the log-mel, appended before vocoding
 INFERENCE_PAD_FRAMES = 10     # silent frames appended by inference(), their samples trimmed afterwards
 

@@ -82,7 +82,6 @@ def _option_fields():
 
 
 SpeechBody = create_model("SpeechBody", __base__=_Base, **_option_fields())
-KNOWN_FIELDS = tuple(SpeechBody.model_fields)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ Every console script (``tortoise-tts``, ``tortoise-detect``, ``tortoise-get-cond
 """
 import os
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
