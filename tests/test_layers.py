@@ -6,9 +6,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("tortoise", "xpu")
-FRONT_ENDS = ("tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.ray_reader", "tortoise.distributed",
+FRONT_ENDS = ("tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.distributed",
               "tortoise.get_conditioning_latents", "tortoise.is_this_from_tortoise", "tortoise.export",
-              "tortoise.voices.cli", "tortoise.voices.__main__")
+              "tortoise.voices.cli", "tortoise.voices.__main__", "tortoise.original_scripts", "tortoise.do_tts",
+              "tortoise.read", "tortoise.read_fast")
 CORE = ("tortoise.api", "tortoise.api_fast", "tortoise.pipeline", "tortoise.loading", "tortoise.render",
         "tortoise.options", "tortoise.progress")
 
@@ -98,3 +99,10 @@ def test_networks_and_core_do_not_reach_up():
         if up:
             bad[n] = sorted(up)
     assert bad == {}
+
+
+def test_the_layer_lists_name_modules_that_exist():
+    known = modules()
+    stale = [name for name in FRONT_ENDS + CORE
+             if name not in known and not any(m.startswith(name + ".") for m in known)]
+    assert not stale, f"the layer lists name modules that do not exist: {stale}"
