@@ -322,7 +322,7 @@ def test_failed_verification_keeps_nothing_and_exits_nonzero(tmp_path, monkeypat
     if fmt == "openvino":
         return
     code = cli.main(["--models_dir", str(models), "--output_dir", str(root), "--components", "ar_conditioning",
-                     "--format", fmt, "--cond_frames", str(SHORT_CLIPS.cond_frames)])
+                     "--format", fmt, "--fixed_shapes", "--cond_frames", str(SHORT_CLIPS.cond_frames)])
     out = capsys.readouterr()
     assert code == 1 and "FAILED" in out.out and "Traceback" not in out.err
     assert not list(root.rglob("model.*"))
@@ -343,13 +343,13 @@ def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_p
 
 
 def test_cli_fixed_shapes_table_and_cache(export_models, tmp_path, capsys):
-    """Fixed shapes (the CLI default): the graph takes only those shapes, except the decode step's cache length."""
+    """--fixed_shapes: the graph takes only those shapes, except the decode step's cache length."""
     argv = ["--models_dir", str(export_models), "--output_dir", str(tmp_path), "--components", "ar_decode",
-            "--format", "openvino", "--batch_size", "2", "--text_tokens", "6"]
+            "--format", "openvino", "--fixed_shapes", "--batch_size", "2", "--text_tokens", "6"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "max rel err" in out and "logits" in out and "exported, verification passed" in out
-    assert "stateful KV cache" in out
+    assert "stateful KV cache" in out and "for other tools" in out
     assert cli.main(argv) == 0 and "in the cache" in capsys.readouterr().out
     from tortoise.backends.openvino import OvDecoder
     decoder = OvDecoder(None, next(tmp_path.rglob("model.xml")), precision="f32")
@@ -361,8 +361,42 @@ def test_cli_fixed_shapes_table_and_cache(export_models, tmp_path, capsys):
 
 def test_cli_help_and_bad_component(capsys):
     run = subprocess.run([sys.executable, "-m", "tortoise.export", "--help"], capture_output=True, text=True)
-    assert run.returncode == 0 and "--dynamic_axes" in run.stdout and "--skip_verification" in run.stdout
+    assert run.returncode == 0 and "--fixed_shapes" in run.stdout and "--skip_verification" in run.stdout
     assert cli.main(["--components", "nope"]) == 2
     assert "unknown component" in capsys.readouterr().err
     assert cli.select_components("ar,univnet", None) == ["ar_conditioning", "ar_prefill", "ar_decode", "ar_latent",
                                                         "univnet"]
+
+
+def test_cli_default_writes_the_graphs_the_pipeline_loads(export_models, tmp_path, capsys, monkeypatch):
+    """tortoise-export with default flags makes the pipeline's own graphs (same keys): the pipeline's call then finds
+    them in the cache and exports nothing; the summary says so."""
+    argv = ["--models_dir", str(export_models), "--output_dir", str(tmp_path), "--components", "univnet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "exported, verification passed" in out and "The pipeline will use these graphs: --backend onnxruntime" in out
+    monkeypatch.setenv("TORTOISE_EXPORT_DIR", str(tmp_path))
+    from tortoise.backends.networks import GraphSet
+    from tortoise.export import exporter
+    calls = []
+    real = exporter.export_onnx
+    monkeypatch.setattr(exporter, "export_onnx", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    from tortoise.backends import get_backend
+    path = GraphSet(get_backend("onnxruntime"), str(export_models), "vocoder").path("univnet")
+    assert calls == [] and str(path).startswith(str(tmp_path))  # found, not exported again
+
+
+def test_cli_all_skips_what_has_no_checkpoint(export_models, tmp_path, capsys, monkeypatch):
+    """'all' names and skips the components whose checkpoint is missing (offline: hifidecoder.pth, BigVGAN)."""
+    skipped = []
+    chosen = cli.select_components("all", export_models, skipped)
+    assert "bigvgan" in [name for name, _ in skipped] and "bigvgan" not in chosen and "univnet" in chosen
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in export_models.iterdir():
+        if f.is_file() and f.name != "hifidecoder.pth":
+            (models / f.name).symlink_to(f)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    skipped = []
+    chosen = cli.select_components("all", models, skipped)
+    assert "hifigan" not in chosen and any(name == "hifigan" and "hifidecoder.pth" in why for name, why in skipped)

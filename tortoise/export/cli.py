@@ -1,7 +1,12 @@
 """tortoise-export: export Tortoise's networks to ONNX or OpenVINO IR, verified against torch.
 
     tortoise-export --models_dir DIR [--components all|NAME,...] [--format onnx|openvino] [--output_dir DIR]
-                    [--opset_version N] [--dynamic_axes] [--half] [--skip_verification] [--cpu_only]
+                    [--opset_version N] [--fixed_shapes] [--half] [--skip_verification] [--cpu_only]
+
+By default the graphs are the pipeline's own: dynamic axes, the default cache, the same keys, so a later
+``--backend onnxruntime|openvino`` run with the same models finds them and exports nothing. ``--fixed_shapes`` makes
+graphs of one shape for other tools (the pipeline does not use them). ``all`` skips, and names, the components whose
+checkpoint is neither in the models directory nor downloadable (BigVGAN, or ``hifidecoder.pth`` offline).
 
 Each component's graph is written into a temporary directory, verified (its runtime's outputs on seeded inputs
 equal the torch network's within 1e-4 relative in fp32), and only then moved into the cache under a fingerprint of
@@ -20,7 +25,6 @@ from tortoise.export.exporter import DEFAULT_OPSET, ExportError, ExportOptions, 
 GROUPS = {"autoregressive": NETWORK_COMPONENTS["autoregressive"], "ar": NETWORK_COMPONENTS["autoregressive"],
           "clvp": NETWORK_COMPONENTS["clvp"], "diffusion": NETWORK_COMPONENTS["diffusion"],
           "vocoders": ("univnet", "bigvgan_base", "bigvgan")}
-OPTIONAL = ("bigvgan_base", "bigvgan")  # separate downloads: "all" exports them only where they are present
 
 
 def parse_args(argv=None):
@@ -33,10 +37,11 @@ def parse_args(argv=None):
     ap.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
     ap.add_argument("--output_dir", help="cache directory (default: <models_dir>/exported, or $TORTOISE_EXPORT_DIR)")
     ap.add_argument("--opset_version", type=int, default=DEFAULT_OPSET)
-    ap.add_argument("--dynamic_axes", action="store_true",
-                    help="batch, text, code and frame axes dynamic (what the pipeline uses); otherwise the graphs "
-                         "take only the --batch_size/--text_tokens/--codes/--clips shapes (the decode step's cache "
-                         "length is always dynamic)")
+    ap.add_argument("--fixed_shapes", action="store_true",
+                    help="graphs that take only the --batch_size/--text_tokens/--codes/--clips shapes (the decode "
+                         "step's cache length stays dynamic), for other tools; the pipeline uses the default, "
+                         "dynamic axes")
+    ap.add_argument("--dynamic_axes", action="store_true", help="the default (kept for older commands)")
     ap.add_argument("--half", action="store_true",
                     help="onnx: an fp16 graph (for GPU providers); openvino: fp16-compressed weights. Verified "
                          "within 1e-2")
@@ -44,7 +49,7 @@ def parse_args(argv=None):
     ap.add_argument("--cpu_only", action="store_true", help="export and verify on the CPU even where CUDA is "
                                                             "available")
     ap.add_argument("--force", action="store_true", help="export again even if the cache has the graph")
-    shapes = ap.add_argument_group("example shapes (the only shapes without --dynamic_axes)")
+    shapes = ap.add_argument_group("example shapes (verification inputs; the only shapes with --fixed_shapes)")
     defaults = Shapes()
     shapes.add_argument("--batch_size", type=int, default=defaults.batch)
     shapes.add_argument("--text_tokens", type=int, default=defaults.text_tokens)
@@ -57,18 +62,23 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def select_components(spec, models_dir):
-    """'all' -> every component whose checkpoint exists (BigVGAN only where downloaded); else the named ones."""
+def select_components(spec, models_dir, skipped=None):
+    """'all' -> every component whose checkpoint is there (in the models directory, or downloadable); the others are
+    appended to ``skipped`` as ``(component, reason)``. Else the named ones (a missing checkpoint then fails)."""
     if spec == "all":
         from tortoise.export.exporter import ExportError, network_source
-        chosen = []
+        chosen, missing = [], {}
         for name, comp in COMPONENTS.items():
-            if name in OPTIONAL:
+            if comp.network not in missing:
                 try:
                     network_source(comp.network, models_dir)
-                except ExportError:
-                    continue
-            chosen.append(name)
+                    missing[comp.network] = None
+                except ExportError as e:
+                    missing[comp.network] = " ".join(str(e).split())
+            if missing[comp.network] is None:
+                chosen.append(name)
+            elif skipped is not None:
+                skipped.append((name, missing[comp.network]))
         return chosen
     chosen = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
@@ -95,15 +105,30 @@ def format_table(checks):
     return "\n".join(lines)
 
 
+def pipeline_note(args):
+    """Whether the pipeline will use what was exported, and how it finds it."""
+    if args.fixed_shapes:
+        return "Fixed-shape graphs, for other tools: the pipeline exports and uses graphs with dynamic axes."
+    if args.half and args.format == "openvino":
+        return "fp16-compressed IR, for other tools: the pipeline's OpenVINO backend uses f32 IR (--half sets its " \
+               "inference precision instead)."
+    backend = "onnxruntime --ort_provider cuda --half" if args.half else (
+        "onnxruntime" if args.format == "onnx" else "openvino")
+    where = f" and TORTOISE_EXPORT_DIR={args.output_dir}" if args.output_dir else ""
+    return f"The pipeline will use these graphs: --backend {backend} with the same models{where} finds them and " \
+           "exports nothing."
+
+
 def main(argv=None):
     args = parse_args(argv)
     from tortoise.backends.common import MissingRuntime
+    skipped = []
     try:
-        components = select_components(args.components, args.models_dir)
+        components = select_components(args.components, args.models_dir, skipped)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    options = ExportOptions(opset=args.opset_version, dynamic=args.dynamic_axes, half=args.half,
+    options = ExportOptions(opset=args.opset_version, dynamic=not args.fixed_shapes, half=args.half,
                             verify=not args.skip_verification, cpu_only=args.cpu_only,
                             shapes=Shapes(batch=args.batch_size, text_tokens=args.text_tokens, codes=args.codes,
                                           clips=args.clips, cond_frames=args.cond_frames))
@@ -137,7 +162,9 @@ def main(argv=None):
         print()
         print(format_table(checks))
     print()
-    print("\n".join(summary))
+    print("\n".join(summary + [f"{name}: skipped: {why}" for name, why in skipped]))
+    if len(components) > len(failed):
+        print("\n" + pipeline_note(args))
     if failed:
         print(f"\n{len(failed)} of {len(components)} components failed: {', '.join(failed)}", file=sys.stderr)
         return 1
