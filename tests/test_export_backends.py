@@ -400,3 +400,21 @@ def test_cli_all_skips_what_has_no_checkpoint(export_models, tmp_path, capsys, m
     skipped = []
     chosen = cli.select_components("all", models, skipped)
     assert "hifigan" not in chosen and any(name == "hifigan" and "hifidecoder.pth" in why for name, why in skipped)
+
+
+def test_a_killed_exports_temporary_directory_is_removed_by_the_next(tmp_path):
+    """Temporary export directories carry their process id; one whose process is gone is removed when the next
+    export of that graph starts, one of a live process (this one) is kept."""
+    import os
+
+    from tortoise.export import cache
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    entry = cache.Entry(tmp_path, "univnet", "abc123")
+    (tmp_path / "univnet").mkdir()
+    stale = tmp_path / "univnet" / f".abc123.tmp-{int(dead.stdout)}.xyz"
+    mine = tmp_path / "univnet" / f".abc123.tmp-{os.getpid()}.old"
+    stale.mkdir()
+    mine.mkdir()
+    (stale / "model.onnx").write_bytes(b"half-written")
+    fresh = entry.temp_dir()
+    assert not stale.exists() and mine.exists() and fresh.name.startswith(f".abc123.tmp-{os.getpid()}.")

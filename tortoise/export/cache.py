@@ -23,6 +23,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from tortoise.utils.staging import remove_stale
+
 PACKAGE = "tortoise-tts-xpu"
 ENV_DIR = "TORTOISE_EXPORT_DIR"
 CHECKSUMS = "checksums.json"
@@ -143,10 +145,12 @@ class Entry:
         return self.dir / f"openvino-{ov_version}{'-fp16' if half else ''}"
 
     def temp_dir(self):
-        """A fresh directory beside the entry (same filesystem, so the final rename is atomic)."""
+        """A fresh directory beside the entry (same filesystem, so the final rename is atomic), named after this
+        process; those an export that was killed left behind (its process gone) are removed first."""
         parent = self.dir.parent
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.key}.tmp-"))
+        remove_stale(parent, f".{self.key}.tmp-")
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.key}.tmp-{os.getpid()}."))
 
 
 def publish(tmp, final):

@@ -32,13 +32,14 @@ import time
 import zlib
 from pathlib import Path
 
+from tortoise.utils.staging import remove_stale
+
 DATA_FILE = Path(__file__).with_name("originals.json")
 CACHE_ENV = "TORTOISE_VOICES_DIR"
 ORIGINAL_SUBDIR = "original"
 MARKER = ".fetched.json"           # written last inside the staging directory: its presence means complete
 PARTIAL = ".partial."              # staging and download directories: .partial.<pid>.<random>
 FETCH_COMMAND = "tortoise-voices fetch"
-STALE_SECONDS = 24 * 3600          # where a process cannot be probed, a staging directory this old is abandoned
 
 
 class FetchError(RuntimeError):
@@ -308,27 +309,9 @@ def _write_marker(staging, written, source):
     (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
 
-def _pid_alive(pid):
-    if os.name != "posix":
-        return None  # os.kill(pid, 0) would terminate the process on Windows: decide by age instead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def remove_stale_partials(root):
     """Remove staging/download directories left by fetches that were killed (hidden; never seen as voices)."""
-    for path in root.glob(PARTIAL + "*"):
-        m = re.match(re.escape(PARTIAL) + r"(\d+)\.", path.name)
-        if not m or not path.is_dir() or int(m.group(1)) == os.getpid():
-            continue
-        alive = _pid_alive(int(m.group(1)))
-        if alive is False or (alive is None and time.time() - path.stat().st_mtime > STALE_SECONDS):
-            shutil.rmtree(path, ignore_errors=True)
+    remove_stale(root, PARTIAL)
 
 
 def _swap_in(staging, target, force):
