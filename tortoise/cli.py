@@ -44,11 +44,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _bool(value):
+def yes_no(value):
+    """A yes/no flag value as people type it: true/false, yes/no, on/off, 1/0, t/f, y/n (any case)."""
     v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "on"):
+    if v in ("1", "true", "t", "yes", "y", "on"):
         return True
-    if v in ("0", "false", "no", "off"):
+    if v in ("0", "false", "f", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
@@ -97,7 +98,7 @@ def build_parser():
     t = p.add_argument_group("tuning (overrides the preset)")
     for name, typ, text in TUNING:
         t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
-                       type=_bool if typ == "bool" else typ, default=None, help=text)
+                       type=yes_no if typ == "bool" else typ, default=None, help=text)
     t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
                    help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
     t.add_argument(*_flag("exact_ranking"), action="store_true",

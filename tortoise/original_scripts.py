@@ -20,7 +20,6 @@ file-name form of a voice group). ``--use_deepspeed`` is accepted and ignored (n
 here), and ``--produce_debug_state`` writes no ``debug_states/`` file: every clip file records its seed, text and
 voice instead (``tortoise-tts``'s clip record).
 """
-import argparse
 import sys
 
 import xpu
@@ -28,21 +27,11 @@ from tortoise import cli, render
 from tortoise.api import MODELS_DIR
 
 DO_TTS_TEXT = ("The expressiveness of autoregressive transformers is literally nuts! I absolutely adore them.")
-TRUE, FALSE = ("1", "true", "t", "yes", "y", "on"), ("0", "false", "f", "no", "n", "off")
-
-
-def yes_no(value):
-    """A yes/no flag value as people type it (the original's ``type=bool`` took any non-empty text as True)."""
-    v = str(value).strip().lower()
-    if v in TRUE:
-        return True
-    if v in FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _switch(parser, name, default, text):
-    parser.add_argument(f"--{name}", type=yes_no, nargs="?", const=True, default=default, metavar="true|false",
+    """A yes/no flag (the original's ``type=bool`` took any non-empty text, "False" too, as True)."""
+    parser.add_argument(f"--{name}", type=cli.yes_no, nargs="?", const=True, default=default, metavar="true|false",
                         help=text)
 
 
