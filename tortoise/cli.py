@@ -8,6 +8,7 @@ voice and settings); ``--regenerate 3,7`` redoes those clips. Bad input exits 2 
 """
 import argparse
 import dataclasses
+import functools
 import os
 import random
 import sys
@@ -526,7 +527,7 @@ def main(argv=None, *, prog="tortoise-tts", layout=None, split=None):
         return errors.report(prog, e, extra_input_errors=(UsageError,))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
     saved = warnings.formatwarning
-    warnings.formatwarning = lambda message, *rest, **kw: _one_line_warning(message, *rest, prog=prog)
+    warnings.formatwarning = functools.partial(_one_line_warning, prog=prog)
     try:
         return run(args, say, layout, split)
     except (Exception, KeyboardInterrupt) as e:  # every failure is one line; TORTOISE_DEBUG=1 shows the traceback

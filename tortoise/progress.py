@@ -10,6 +10,8 @@ fractions while a batch is being decoded); each stage reports ``(stage, 0, total
 A callback may raise to stop the generation at that point (the speech server does, with :class:`Cancelled`, when its
 client has gone away); nothing is written for a stopped generation.
 """
+import sys
+import time
 from typing import Callable
 
 Progress = Callable[[str, int, int], None]
@@ -54,7 +56,6 @@ class TqdmProgress:
         self._live = {}  # stage -> [tqdm bar or None, total, start time]
 
     def _out(self):
-        import sys
         return self.stream if self.stream is not None else sys.stderr
 
     def _terminal(self):
@@ -71,7 +72,7 @@ class TqdmProgress:
         if live is None:
             if done >= total:
                 return  # the stage ended already (or there is nothing to show)
-            live = self._live[stage] = [self._bar(stage, total), total, _now()]
+            live = self._live[stage] = [self._bar(stage, total), total, time.perf_counter()]
         if live[0] is not None:
             live[0].n = done
             live[0].refresh()
@@ -90,17 +91,12 @@ class TqdmProgress:
         if bar is not None:
             bar.close()
         elif show:
-            print(f"{STAGE_LABELS.get(stage, stage)}: {_count(stage, total)} in {_now() - start:.1f} s",
+            print(f"{STAGE_LABELS.get(stage, stage)}: {_count(stage, total)} in {time.perf_counter() - start:.1f} s",
                   file=self._out(), flush=True)
 
     def close(self):
         for stage in list(self._live):
             self._end(stage, show=False)
-
-
-def _now():
-    import time
-    return time.perf_counter()
 
 
 def combine(*callbacks):

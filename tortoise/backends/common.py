@@ -11,6 +11,8 @@ import importlib
 import numpy as np
 import torch
 
+from tortoise.utils.errors import install_hint as extra_hint
+
 # runtime name -> (the module to import, the package extra that installs it, a display name)
 RUNTIMES = {
     "onnxruntime": ("onnxruntime", "onnx", "ONNX Runtime"),
@@ -28,7 +30,6 @@ class MissingRuntime(BackendError):
 
 def install_hint(runtime):
     """The pip command that installs ``runtime`` (its extra of this package: see :func:`errors.install_hint`)."""
-    from tortoise.utils.errors import install_hint as extra_hint
     return extra_hint(RUNTIMES[runtime][1])
 
 
