@@ -6,7 +6,7 @@ torch network          graph object and its calls (tensors in and out are torch;
 UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; the decode loop's ``prefill(cond, text,
                        num_return_sequences, max_generate_length, input_tokens) -> DecodeState``, ``step(state,
                        tokens)``, ``tokens(state, sampling)``, ``decode(state, sampling, callback)``,
-                       ``inference_speech(...)`` (UnifiedVoice's own loop functions; sampling in torch); the latent
+                       ``inference_speech(...)`` (`tortoise.models.decoding`; sampling in torch); the latent
                        pass ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``.
                        Underneath, ``graphs.decoder()``: ``prefill(feeds) -> (logits, latent, cache)`` and
                        ``step(tokens, mel_position, cache) -> (logits, latent, cache)`` (`tortoise.backends.common`)
@@ -27,7 +27,7 @@ import inspect
 
 import torch
 
-from tortoise.models.autoregressive import UnifiedVoice
+from tortoise.models.decoding import DecodeLoop, position_offset
 from tortoise.utils.diffusion import output_length
 
 
@@ -86,7 +86,7 @@ class _GraphObject:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-class AutoregressiveGraphs(_GraphObject):
+class AutoregressiveGraphs(_GraphObject, DecodeLoop):
     """UnifiedVoice on graphs: conditioning encoder, prefill + decode step with the KV cache, latent pass."""
 
     def __init__(self, graphs, config):
@@ -108,10 +108,8 @@ class AutoregressiveGraphs(_GraphObject):
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=True, half=False, *, position_mode="original",
                               **_ignored):
         """UnifiedVoice's inference settings, as far as graphs have them: the mel position rule of the decode loop
-        (see `UnifiedVoice._position_offset`); the rest (compile, prepack, int8, half) are torch-only."""
-        if position_mode not in ("original", "contiguous", "shifted"):
-            raise ValueError(f"position_mode must be original, contiguous or shifted, got {position_mode!r}")
-        self.position_offset = 1 if position_mode == "shifted" or (position_mode == "original" and kv_cache) else 0
+        (`tortoise.models.decoding.position_offset`); the rest (compile, prepack, int8, half) are torch-only."""
+        self.position_offset = position_offset(position_mode, kv_cache)
 
     # -- conditioning ----------------------------------------------------------------------------------------------
     def get_conditioning(self, speech_conditioning_input):
@@ -121,56 +119,19 @@ class AutoregressiveGraphs(_GraphObject):
             mels = mels.unsqueeze(1)
         return self.graphs.runner("ar_conditioning").run({"mels": mels})[0]
 
-    # -- decoding: UnifiedVoice's own loop (tokens / decode / inference_speech) over the graphs' prefill and step --
-    def prefill(self, cond_latent, text_inputs, num_return_sequences=1, max_generate_length=None, input_tokens=None):
-        """`UnifiedVoice.prefill` on the graphs: the prompt graph runs once per distinct prompt, its KV cache is
-        broadcast to the ``num_return_sequences`` rows of each -> a `DecodeState` whose ``cache`` is the graphs'."""
-        from tortoise.models.autoregressive import DecodeState
-        device = cond_latent.device
-        b, p0 = text_inputs.shape[0], 1 + text_inputs.shape[1] + 2  # conditioning latent, start, text, stop
-        n = num_return_sequences
-        if input_tokens is None:
-            mel_tokens = torch.full((b, 1), self.start_mel_token, dtype=torch.long, device=device)
-            row_map = torch.arange(b, device=device).repeat_interleave(n)
-        else:
-            if b != 1 or n % input_tokens.shape[0] != 0:
-                raise ValueError("input_tokens needs one conditioning latent/text row and num_return_sequences "
-                                 "divisible by its number of rows")
-            r = input_tokens.shape[0]
-            mel_tokens = torch.cat([torch.full((r, 1), self.start_mel_token, dtype=torch.long, device=device),
-                                    input_tokens.long()], dim=1)
-            cond_latent, text_inputs = cond_latent.expand(r, -1), text_inputs.expand(r, -1)
-            row_map = (torch.arange(n, device=device) % r).repeat_interleave(n)  # as UnifiedVoice._build_prompt
-        n_mel = mel_tokens.shape[1]
-        max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
-        max_new = max(1, max_new - (n_mel - 1))
-        if n_mel + max_new - 1 + self.position_offset >= self.mel_positions:  # UnifiedVoice's check_range
-            raise ValueError(f"mel position {n_mel + max_new - 1 + self.position_offset} exceeds the model's "
-                             f"{self.mel_positions} learned positions; lower max_generate_length (or the length "
-                             f"of input_tokens)")
-        prompt_ids = torch.cat([torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=device), mel_tokens],
-                               dim=1)[row_map]
-        seen = torch.zeros(row_map.shape[0], self.number_mel_codes, dtype=torch.bool, device=device)
-        seen.scatter_(1, prompt_ids, True)
-        logits, latent, cache = self.graphs.decoder().prefill({"cond_latent": cond_latent, "text_tokens": text_inputs,
-                                                               "mel_tokens": mel_tokens})
-        state = DecodeState(prompt_ids=prompt_ids, n_mel=n_mel, prompt_len=cache.length, max_new=max_new, seen=seen)
-        state.logits, state.latent, state.cache = logits[row_map], latent[row_map], cache.select(row_map)
-        return state
+    # -- the decoder protocol (`tortoise.models.decoding`): the graphs' prompt pass and step; the loop is shared --
+    def encode_prompt(self, plan, state):
+        """The prompt graph once per distinct prompt; its KV cache is broadcast to every row."""
+        logits, latent, cache = self.graphs.decoder().prefill({"cond_latent": plan.cond_latent,
+                                                               "text_tokens": plan.text_inputs,
+                                                               "mel_tokens": plan.mel_tokens})
+        state.prompt_len = cache.length
+        state.logits, state.latent, state.cache = logits[plan.row_map], latent[plan.row_map], cache.select(plan.row_map)
 
-    def step(self, state, tokens):
-        """`UnifiedVoice.step`: feed ``tokens`` (B,) at the next position of every row (the mel position rule of
-        the cached loop, see `UnifiedVoice._position_offset`); updates ``state.logits`` / ``state.latent``."""
-        t = state.t + 1
-        mel_pos = state.n_mel + t - 1 + self.position_offset
-        state.logits, state.latent, state.cache = self.graphs.decoder().step(tokens, mel_pos, state.cache)
-        state.t = t
-
-    # The n-token loop, decode-to-the-end and generate are UnifiedVoice's own functions: the same sampling filters
-    # in the same order, the same random draws.
-    tokens = UnifiedVoice.tokens
-    decode = UnifiedVoice.decode
-    inference_speech = UnifiedVoice.inference_speech
+    def feed(self, state, tokens, mel_pos):
+        """The step graph: ``tokens`` (B,) at ``mel_pos``; the cache it returns replaces the state's."""
+        logits, latent, state.cache = self.graphs.decoder().step(tokens, mel_pos, state.cache)
+        return logits, latent
 
     # -- latent pass -------------------------------------------------------------------------------------------------
     def latents(self, cond_latent, text_tokens, codes):

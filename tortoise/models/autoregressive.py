@@ -4,7 +4,8 @@ State-dict compatible with the released `autoregressive.pth` (see `released_to_o
 Same constructor keywords, submodule names and public methods as the original (`tortoise-tts` 3.0.0):
 `get_conditioning`, `inference_speech`, `forward(..., return_latent=True)`, `post_init_gpt2_config`.
 
-Decoding (`inference_speech`): the prompt (conditioning latent + text + start mel token) is prefilled once per
+Decoding (`inference_speech`; the loop itself lives in `tortoise.models.decoding`, shared with the graph backends;
+this class is one of its decoders): the prompt (conditioning latent + text + start mel token) is prefilled once per
 distinct prompt and its keys/values broadcast to all `num_return_sequences` rows of a preallocated KV cache; each
 step then feeds one token per row, writes its keys/values in place and computes the mel head on that position only.
 Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.utils.sampling`), so on CPU fp32 the
@@ -26,7 +27,6 @@ positions 0, 1, 2, ... (as in training). `position_mode="original"` (the default
 original's default `kv_cache=False`, fast); "shifted" forces the +1 quirk.
 """
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,7 @@ import torch.nn.functional as F
 
 from tortoise.models.arch_util import AttentionBlock
 from tortoise.models.gpt2 import GPT2Config, GPT2Model, KVCache, can_prepack, packed_rows
-from tortoise.utils.sampling import SamplingOptions, choose_next
-
-POSITION_MODES = ("original", "contiguous", "shifted")
+from tortoise.models.decoding import POSITION_MODES, DecodeLoop, DecodeState, position_offset  # noqa: F401
 
 
 class ResBlock(nn.Module):
@@ -83,11 +81,6 @@ class LearnedPositionEmbeddings(nn.Module):
 
     def get_fixed_embedding(self, ind, dev):  # -> (1, 1, d)
         return self.emb(torch.tensor([ind], device=dev)).unsqueeze(0)
-
-    def check_range(self, last_index):
-        if last_index >= self.emb.num_embeddings:
-            raise ValueError(f"mel position {last_index} exceeds the model's {self.emb.num_embeddings} learned "
-                             f"positions; lower max_generate_length (or the length of input_tokens)")
 
 
 def build_hf_gpt_transformer(layers, model_dim, heads, max_mel_seq_len, max_text_seq_len, checkpointing):
@@ -178,7 +171,7 @@ def legacy_attention_buffers(n_layers, n_positions):
     return out
 
 
-class UnifiedVoice(nn.Module):
+class UnifiedVoice(nn.Module, DecodeLoop):
     def __init__(self, layers=8, model_dim=512, heads=8, max_text_tokens=120, max_mel_tokens=250,
                  max_conditioning_inputs=1, mel_length_compression=1024, number_text_tokens=256,
                  start_text_token=None, number_mel_codes=8194, start_mel_token=8192,
@@ -273,8 +266,7 @@ class UnifiedVoice(nn.Module):
         (`tortoise.models.gpt2.int8_mode`: weight-only with bf16 activations for the decode steps where the CPU
         has native bf16, else dynamic quantization) — several times faster, no longer exact: codes drift from fp32;
         `position_mode` see the module docstring."""
-        if position_mode not in POSITION_MODES:
-            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        position_offset(position_mode, kv_cache)  # validates position_mode
         if half is True:
             raise ValueError("half takes the dtype to hold the weights in (torch.float16 or torch.bfloat16); "
                              "TextToSpeech(half=True) picks it for the device")
@@ -405,148 +397,61 @@ class UnifiedVoice(nn.Module):
         latent = self.final_norm(hidden.float())
         return latent, self.mel_head(latent)
 
-    def _position_offset(self):
-        mode = self.position_mode
-        return 1 if mode == "shifted" or (mode == "original" and self.kv_cache) else 0
+    @property
+    def position_offset(self) -> int:
+        """The decode loop's mel position rule (`tortoise.models.decoding.position_offset`)."""
+        return position_offset(self.position_mode, self.kv_cache)
 
-    def inference_speech(self, speech_conditioning_latent, text_inputs, input_tokens=None, num_return_sequences=1,
-                         max_generate_length=None, typical_sampling=False, typical_mass=.9, **hf_generate_kwargs):
-        """Generate mel codes. speech_conditioning_latent (b, d), text_inputs (b, t) -> (b * n, steps) long codes
-        after the prompt, each row ending in the stop token and padded with it (as HF `generate` returns them).
-        Keywords as the original's HF generate: do_sample, temperature, top_k, top_p, typical_p,
-        repetition_penalty, length_penalty (no effect, as in HF). All rows decode in one batch, as the original's."""
-        opts = SamplingOptions.from_generate_kwargs(typical_sampling, typical_mass, **hf_generate_kwargs)
-        state = self.prefill(speech_conditioning_latent, text_inputs, num_return_sequences, max_generate_length,
-                             input_tokens)
-        codes = self.decode(state, opts)
-        return torch.cat([state.prompt_ids[:, state.prompt_ids.shape[1] - (state.n_mel - 1):], codes], dim=1)
+    @property
+    def mel_positions(self) -> int:
+        """The number of learned mel positions (the decode loop's range check)."""
+        return self.mel_pos_embedding.emb.num_embeddings
 
-    # The decode loop, in three parts (gpt-fast's prefill / decode_one_token / decode_n_tokens): `prefill` encodes the
-    # prompt once and sets up a DecodeState for all rows; `step` feeds one token per row; `tokens` is the n-token
-    # loop, a generator of (tokens, latents) per step that `decode` (all rows to the end, with a per-step callback)
-    # and the streaming path both consume.
-
-    @torch.no_grad()
-    def prefill(self, cond_latent, text_inputs, num_return_sequences=1, max_generate_length=None, input_tokens=None):
-        """Encode the prompt (conditioning latent + text + start mel token [+ input_tokens]) once per distinct prompt
-        and broadcast it to its `num_return_sequences` rows. -> DecodeState holding the logits of the first token.
-        `max_generate_length` counts the input_tokens (as HF's max_length; default max_mel_tokens - 1)."""
-        max_new = self.max_mel_tokens - 1 if max_generate_length is None else max_generate_length
-        prompt, prompt_ids, row_map, n_mel = self._build_prompt(cond_latent, text_inputs, input_tokens,
-                                                                num_return_sequences)
-        max_new = max(1, max_new - (n_mel - 1))
-        self.mel_pos_embedding.check_range(n_mel + max_new - 1 + self._position_offset())
-        rows = row_map.shape[0]
-        seen = torch.zeros(rows, self.number_mel_codes, dtype=torch.bool, device=prompt.device)
-        seen.scatter_(1, prompt_ids[row_map], True)
-        state = DecodeState(prompt_ids=prompt_ids[row_map], n_mel=n_mel, prompt_len=prompt.shape[1], max_new=max_new,
-                            seen=seen)
+    # -- the decoder protocol (`tortoise.models.decoding`: prefill / step / tokens / decode / inference_speech) -------
+    def encode_prompt(self, plan, state):
+        """The prompt pass: embeds the plan's distinct prompts, prefills a small cache once per prompt and broadcasts
+        it to every row of a cache long enough for the whole decode; recomputing (``kv_cache=False``), keeps the
+        prompt rows instead."""
+        emb = self.compute_embeddings(plan.cond_latent, plan.text_inputs)  # (u, 1 + t + 2, d)
+        mel_emb = self.mel_embedding(plan.mel_tokens) + self.mel_pos_embedding(plan.mel_tokens)
+        prompt = torch.cat([emb, mel_emb], dim=1)
+        state.prompt_len = prompt.shape[1]
         if not self.kv_cache:  # recompute the whole sequence at every step (the original without a cache)
-            state.prompt = prompt[row_map]
+            state.prompt = prompt[plan.row_map]
             state.latent, state.logits = self._final(self.gpt(inputs_embeds=state.prompt).last_hidden_state[:, -1])
-            return state
-        if self._should_prepack(rows, prompt):
-            self.gpt.prepack(rows)
+            return
+        if self._should_prepack(plan.rows, prompt):
+            self.gpt.prepack(plan.rows)
         small = self.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt)
         latent, logits = self._final(self.gpt.prefill(prompt, small)[:, -1])  # once per distinct prompt
-        state.latent, state.logits = latent[row_map], logits[row_map]
-        state.cache = self.gpt.new_cache(rows, prompt.shape[1] + max_new - 1, prompt)
-        state.cache.broadcast_from(small, row_map, prompt.shape[1])
-        return state
+        state.latent, state.logits = latent[plan.row_map], logits[plan.row_map]
+        state.cache = self.gpt.new_cache(plan.rows, prompt.shape[1] + state.max_new - 1, prompt)
+        state.cache.broadcast_from(small, plan.row_map, prompt.shape[1])
 
     def _should_prepack(self, rows, prompt):
         return (self.prepack and self._compiled_step is None and rows >= packed_rows(prompt.dtype)[0]
                 and prompt.device.type == "cpu" and can_prepack(prompt.dtype))
 
-    @torch.no_grad()
-    def step(self, state, tokens):
-        """Feed `tokens` (B,) at the next position of every row; updates `state.logits` / `state.latent`."""
-        t = state.t + 1  # tokens[i] is generated token number t of its row (1-based)
-        mel_pos = state.n_mel + t - 1 + self._position_offset()
+    def feed(self, state, tokens, mel_pos):
+        """One step: ``tokens`` (B,) at ``mel_pos`` -> (latent, logits) of the next position, float32."""
         if state.cache is None:
             state.generated.append(tokens)
             gen = torch.stack(state.generated, dim=1)  # (B, t)
-            positions = torch.arange(t, device=gen.device) + state.n_mel + self._position_offset()
+            positions = torch.arange(gen.shape[1], device=gen.device) + state.n_mel + self.position_offset
             x = torch.cat([state.prompt, self.mel_embedding(gen) + self.mel_pos_embedding.emb.weight[positions]], 1)
             hidden = self.gpt(inputs_embeds=x).last_hidden_state[:, -1]
         else:
-            cache_pos = state.prompt_len + t - 1
+            cache_pos = state.prompt_len + state.t
             if self._compiled_step is not None:
                 dev = tokens.device
                 hidden = self._compiled_step(tokens, torch.tensor(mel_pos, device=dev), state.cache.tensors,
                                              torch.tensor(cache_pos, device=dev))
             else:
                 hidden = self.gpt.step(self._mel_step_embedding(tokens, mel_pos), state.cache, cache_pos)[:, 0]
-        state.latent, state.logits = self._final(hidden)
-        state.t = t
+        latent, logits = self._final(hidden)
+        return logits, latent
 
     def _step_fixed(self, tokens, mel_pos, cache_tensors, cache_pos):
         """The fixed-shape step torch.compile compiles: every tensor's shape is the same at every step."""
         x = self._mel_step_embedding(tokens, mel_pos)
         return self.gpt.step(x, KVCache(cache_tensors), cache_pos, fixed_shape=True)[:, 0]
-
-    def tokens(self, state, sampling):
-        """The n-token loop as a generator: per step, sample every row from `state.logits` (so the random stream is
-        HF's), yield (tokens (B,), latents (B, d) float32: the final-normed states that predicted them), then feed
-        the tokens. Rows that produced the stop token keep emitting it (frozen); ends when every row has stopped or
-        `max_new` tokens were drawn. Nothing is held open across a yield (no grad mode, no autocast)."""
-        unfinished = torch.ones(state.seen.shape[0], dtype=torch.bool, device=state.seen.device)
-        for t in range(state.max_new):
-            chosen = choose_next(state.logits, state.seen, sampling)
-            token = torch.where(unfinished, chosen, self.stop_mel_token)
-            state.seen.scatter_(1, token[:, None], True)
-            unfinished &= token != self.stop_mel_token
-            yield token, state.latent
-            if not bool(unfinished.any()) or t == state.max_new - 1:
-                return
-            self.step(state, token)
-
-    def decode(self, state, sampling, callback=None):
-        """Decode every row to its end -> (B, steps) codes, stop-token padded. `callback(step, tokens)` runs after
-        each step (progress; it may raise to stop)."""
-        out = []
-        for token, _ in self.tokens(state, sampling):
-            out.append(token)
-            if callback is not None:
-                callback(len(out), token)
-        return torch.stack(out, dim=1)
-
-    def _build_prompt(self, cond_latent, text_inputs, input_tokens, n):
-        """-> prompt embeddings (u, P, d) of the u distinct prompts, HF's prompt ids (u, P) (what the repetition
-        penalty sees: ones, then the start token, then input_tokens), row_map (B,) prompt per row, and the number
-        of mel tokens in the prompt (start + input_tokens)."""
-        emb = self.compute_embeddings(cond_latent, text_inputs)  # (b, P0, d)
-        b, p0 = emb.shape[:2]
-        if input_tokens is None:
-            mel_tokens = torch.full((b, 1), self.start_mel_token, dtype=torch.long, device=emb.device)
-            row_map = torch.arange(b, device=emb.device).repeat_interleave(n)
-        else:
-            if b != 1 or n % input_tokens.shape[0] != 0:
-                raise ValueError("input_tokens needs one conditioning latent/text row and num_return_sequences "
-                                 "divisible by its number of rows")
-            r = input_tokens.shape[0]
-            start = torch.full((r, 1), self.start_mel_token, dtype=torch.long, device=emb.device)
-            mel_tokens = torch.cat([start, input_tokens.long()], dim=1)
-            emb = emb.expand(r, -1, -1)
-            # the original tiles input_tokens to n rows, then HF expands each row n times: n * n rows
-            row_map = (torch.arange(n, device=emb.device) % r).repeat_interleave(n)
-        mel_emb = self.mel_embedding(mel_tokens) + self.mel_pos_embedding(mel_tokens)
-        ones = torch.ones((mel_tokens.shape[0], p0), dtype=torch.long, device=emb.device)
-        return torch.cat([emb, mel_emb], dim=1), torch.cat([ones, mel_tokens], dim=1), row_map, mel_tokens.shape[1]
-
-
-@dataclass(eq=False)
-class DecodeState:
-    """Where a decode stands, for B rows: the next token's logits and latent, what each row has seen, and the KV cache
-    (or, recomputing, the prompt rows and the tokens so far)."""
-    prompt_ids: torch.Tensor      # (B, P) HF's prompt ids (ones, start token, input tokens)
-    n_mel: int                    # mel tokens in the prompt (start + input_tokens)
-    prompt_len: int               # prompt positions in the cache
-    max_new: int                  # tokens to draw at most
-    seen: torch.Tensor            # (B, V) bool: ids in each row so far (the repetition penalty's view)
-    logits: torch.Tensor = None   # (B, V) float32: scores of the next token
-    latent: torch.Tensor = None   # (B, d) float32: final-normed hidden state that produced them
-    t: int = 0                    # tokens fed so far
-    cache: KVCache = None         # the cached loop's keys and values
-    prompt: torch.Tensor = None   # recompute mode: (B, P, d) prompt rows
-    generated: list = field(default_factory=list)  # recompute mode: tokens fed so far
