@@ -128,6 +128,8 @@ def ar_step_stages(args, precision):
             tokens = torch.randint(0, ar.stop_mel_token, (args.context + 64, batch), generator=gen)
             for t in range(args.context):
                 ar.step(state, tokens[t])
+        if ar.gpt.half_plan is not None and batch == args.batches[0]:
+            print(f"  {precision} small steps: {ar.gpt.half_plan.describe()}", flush=True)
         queue = iter(tokens[args.context:])
         cache = state.cache.tensors
         cache_bytes = sum(t.numel() * t.element_size() for t in cache) * (args.text_tokens + args.context) \

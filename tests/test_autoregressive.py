@@ -356,3 +356,83 @@ def test_weight_only_int8_serves_the_decode_steps_closer_to_fp32_than_dynamic(fx
     assert 0 < drifts["weight"] < drifts["dynamic"] < 0.1, drifts
     with pytest.raises(ValueError, match="int8 must be"):
         build(fx, kv_cache=True, int8="int4")
+
+
+# -- half weights on a CPU: small steps from a float32 copy where that measured faster ---------------------------------
+
+def _fake_timer(float_wins_up_to):
+    """A timer standing in for the clock: the float32 copy 'measures' faster up to ``float_wins_up_to`` rows."""
+    seen = []
+
+    def timer(layers, rows, use_float):
+        seen.append((rows, use_float))
+        return (0.5 if rows <= float_wins_up_to else 2.0) if use_float else 1.0
+    return timer, seen
+
+
+@pytest.mark.parametrize("wins, expected", [(0, 0), (1, 1), (2, 2), (8, 4)])
+def test_half_row_plan_keeps_the_float_copy_only_where_it_measured_faster(wins, expected):
+    from tortoise.models import gpt2
+    torch.manual_seed(0)
+    layers = [gpt2.Conv1D(32, 48).to(torch.bfloat16) for _ in range(3)]
+    timer, seen = _fake_timer(wins)
+    plan = gpt2.plan_half_rows(layers, timer)
+    assert plan.float_rows == expected
+    assert all(layer.float_rows == expected and (layer._float is not None) == bool(expected) for layer in layers)
+    # timing stops at the first row count where the half kernels hold their own
+    assert [r for r, _ in seen[::2]] == list(gpt2.HALF_ROWS_TIMED[:min(expected + 1, len(gpt2.HALF_ROWS_TIMED))])
+    assert ("float32 copy" in plan.describe()) == bool(expected)
+
+
+def test_half_row_plan_leaves_float32_weights_alone():
+    from tortoise.models import gpt2
+    layers = [gpt2.Conv1D(32, 48)]
+    assert gpt2.plan_half_rows(layers, _fake_timer(4)[0]).float_rows == 0 and layers[0]._float is None
+
+
+def test_half_steps_from_the_float_copy_compute_the_half_weights_in_float32():
+    """The copy is the half weights, exactly, widened: a one-row step equals fp32 arithmetic on the bf16 weights,
+    more rows than planned take the half kernels, and a changed weight drops the stale copy."""
+    from tortoise.models import gpt2
+    torch.manual_seed(0)
+    layer = gpt2.Conv1D(64, 96).to(torch.bfloat16)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.keep_float_copy(1)
+        expected = (torch.addmm(layer.bias.float(), x.float(), layer.weight.float())).bfloat16()
+        assert torch.equal(layer(x), expected)
+        assert not layer._use_float(x.expand(2, -1))
+        layer.weight.mul_(2)
+        assert not layer._use_float(x) and layer._float is None and layer.float_rows == 0
+
+
+def test_the_decode_loop_plans_half_rows_once_and_gives_the_same_codes_either_way(fx, monkeypatch):
+    """--half on a CPU: the first decode measures (here: a timer that makes the copy win at one row), later decodes
+    reuse the plan; a one-row step from the copy gives the half kernels' logits (to bf16 rounding of the hidden
+    states: both accumulate in float32)."""
+    from tortoise.models import gpt2
+    if not gpt2.can_prepack(torch.bfloat16):
+        pytest.skip("oneDNN packs bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX)")
+    model = build(fx, biased=True, kv_cache=True, half=torch.bfloat16)
+    calls = []
+    timer = _fake_timer(1)[0]
+    monkeypatch.setattr(gpt2, "_time_linears", lambda *a, **k: calls.append(a[1]) or timer(*a, **k))
+    monkeypatch.setattr(gpt2.GPT2Model.plan_half_rows, "__defaults__", (gpt2._time_linears,))
+    cond = fx["cond"].bfloat16()
+
+    def first_steps():
+        state = model.prefill(cond, fx["text"], 1, 12)
+        model.step(state, torch.tensor([5]))
+        return state.logits
+
+    with torch.no_grad():
+        with_copy = first_steps()
+        assert model.gpt.half_plan.float_rows == 1 and len(calls) == 4
+        first_steps()
+        assert len(calls) == 4  # decided once
+        for module in model.gpt.modules():
+            if isinstance(module, gpt2.Conv1D):
+                module.keep_float_copy(0)
+        half_kernels = first_steps()
+    close(with_copy, half_kernels, atol=0.05)
+    assert not torch.equal(with_copy, torch.zeros_like(with_copy))

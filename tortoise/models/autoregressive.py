@@ -12,7 +12,9 @@ Sampling follows transformers 4.31's `generate` filter by filter (`tortoise.util
 same seed gives the same codes as the original.
 
 Speed switches (`post_init_gpt2_config`): CPU fp32 steps at batch >= 2, and bf16 steps at any batch, use
-oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32); `int8=True` (CPU,
+oneDNN-prepacked linear weights (`prepack=True`, the default; +1.5 GB at full size in fp32), and bf16 steps of
+1-4 rows use a float32 copy of the weights instead where that measured faster when decoding started
+(`tortoise.models.gpt2.plan_half_rows`: --half never slower than fp32 at a step's shape); `int8=True` (CPU,
 opt-in) runs the linears in int8 (several times faster, not exact); `compile=True` torch.compiles the fixed-shape
 step (works, same codes on the tiny model; on a 2-core CPU it was not faster than the prepacked eager step). The
 pipeline (`tortoise.pipeline.sample_codes`) decodes the samples in batches, and an out-of-memory error halves the
@@ -422,6 +424,8 @@ class UnifiedVoice(nn.Module, DecodeLoop):
             return
         if self._should_prepack(plan.rows, prompt):
             self.gpt.prepack(plan.rows)
+            if prompt.dtype != torch.float32:  # once: small steps from a float32 copy where that measured faster
+                self.gpt.plan_half_rows()
         small = self.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt)
         latent, logits = self._final(self.gpt.prefill(prompt, small)[:, -1])  # once per distinct prompt
         state.latent, state.logits = latent[plan.row_map], logits[plan.row_map]

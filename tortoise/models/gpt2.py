@@ -13,6 +13,7 @@ Three ways to run it:
   same shapes (what `torch.compile` wants); otherwise it attends to the slice `[:pos + 1]`.
 """
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -80,6 +81,75 @@ def can_prepack(dtype=torch.float32) -> bool:
     return dtype == torch.float32
 
 
+# Half weights on a CPU: the step's row counts for which a float32 copy of the weights is timed against the half
+# kernels when decoding starts (:func:`plan_half_rows`). An Intel Xeon with AMX ran a batch-1 bf16 linear slower
+# than fp32 even prepacked (24 different 4096x1024 weights: 29.5 ms packed bf16, 16.0 ms fp32, 2 threads), so
+# there a batch-1 step of --half would lose to fp32; an AVX512-BF16 EPYC runs packed bf16 faster at every row
+# count. Past 4 rows the half kernels win by far everywhere measured (batch 16: 12.0 ms against 53.1 ms).
+HALF_ROWS_TIMED = (1, 2, 4)
+HALF_ROWS_MARGIN = 0.95  # the float32 copy must be at least 5% faster: ties keep the half kernels (and memory)
+
+
+@dataclass(frozen=True)
+class HalfRowPlan:
+    """What :func:`plan_half_rows` measured and chose: ``float_rows`` (steps of up to this many rows use the
+    float32 copy; 0: none), and per timed row count the seconds of one pass over every linear of the stack with the
+    half kernels and with the float32 copy."""
+    float_rows: int
+    half_s: dict
+    float_s: dict
+
+    def describe(self) -> str:
+        cells = ", ".join(f"{r} row{'s' * (r > 1)} {self.half_s[r] * 1e3:.1f} vs {self.float_s[r] * 1e3:.1f} ms"
+                          for r in sorted(self.half_s))
+        chosen = f"float32 copy up to {self.float_rows} rows" if self.float_rows else "half kernels at every row"
+        return f"{chosen} (half vs float32 over the stack's linears: {cells})"
+
+
+def _time_linears(layers, rows, use_float, repeats=3) -> float:
+    """Best of ``repeats`` passes over every layer at ``rows`` rows: each pass streams all the weights once, as a
+    decode step does (one layer's weight alone would sit in cache and flatter the slower kernel)."""
+    saved = [(layer.float_rows, layer._float) for layer in layers]
+    xs = [torch.randn(rows, layer.weight.shape[0], dtype=layer.weight.dtype) for layer in layers]
+    best = math.inf
+    try:
+        for layer in layers:
+            layer.float_rows = rows if use_float else 0
+        with torch.no_grad():
+            for i in range(repeats + 1):  # the first pass warms up (oneDNN primitives, page faults)
+                start = time.perf_counter()
+                for layer, x in zip(layers, xs):
+                    layer(x)
+                if i:
+                    best = min(best, time.perf_counter() - start)
+    finally:
+        for layer, (rows_, copy) in zip(layers, saved):
+            layer.float_rows, layer._float = rows_, copy
+    return best
+
+
+def plan_half_rows(layers, timer=_time_linears) -> HalfRowPlan:
+    """Decide once, by measuring on this CPU, whether half-precision weights compute small steps (the batch-1..4
+    decode) faster from a float32 copy than with the half kernels, so that --half is never slower than fp32 at a
+    step's shape. Keeps the copy on ``layers`` (Conv1D, prepacked already) only for the winning row counts; the
+    chosen rows are a prefix (1..n), since the half kernels gain on fp32 as rows grow."""
+    layers = list(layers)
+    if not layers or layers[0].weight.device.type != "cpu" or layers[0].weight.dtype == torch.float32:
+        return HalfRowPlan(0, {}, {})
+    for layer in layers:
+        layer.keep_float_copy(max(HALF_ROWS_TIMED))
+    half_s, float_s, float_rows = {}, {}, 0
+    for rows in HALF_ROWS_TIMED:
+        half_s[rows] = timer(layers, rows, use_float=False)
+        float_s[rows] = timer(layers, rows, use_float=True)
+        if float_s[rows] >= HALF_ROWS_MARGIN * half_s[rows]:
+            break
+        float_rows = rows
+    for layer in layers:
+        layer.keep_float_copy(float_rows)
+    return HalfRowPlan(float_rows, half_s, float_s)
+
+
 class Conv1D(nn.Module):
     """HF GPT-2's linear layer: y = x @ weight + bias with weight stored [in, out].
 
@@ -95,6 +165,8 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
         self._packed = None  # (stamp, packed weight) — not part of the state dict
         self._int8 = None  # (stamp, int8 packed params) — opt-in, not part of the state dict
+        self._float = None  # (stamp, float32 weight, float32 bias): half weights' small steps, see HalfRowPlan
+        self.float_rows = 0  # rows up to which half weights compute from the float32 copy (0: never)
 
     def _stamp(self):
         w = self.weight
@@ -106,6 +178,12 @@ class Conv1D(nn.Module):
 
     def unpack(self):
         self._packed = None
+
+    def keep_float_copy(self, rows: int):
+        """Half weights on a CPU: compute steps of up to ``rows`` rows from a float32 copy of the (half-rounded)
+        weight, where that measured faster than the half kernels (:func:`plan_half_rows`); 0 drops the copy."""
+        self.float_rows = rows
+        self._float = (self._stamp(), self.weight.detach().float(), self.bias.detach().float()) if rows else None
 
     def quantize_int8(self, mode="dynamic"):
         """CPU: an int8 copy of the weight (per-output-channel scales, about 4x less weight traffic). ``mode``
@@ -137,6 +215,14 @@ class Conv1D(nn.Module):
             return False
         return not (torch.is_grad_enabled() and self.weight.requires_grad)
 
+    def _use_float(self, x2d) -> bool:
+        if self._float is None or x2d.shape[0] > self.float_rows or x2d.device.type != "cpu":
+            return False
+        if self._float[0] != self._stamp() or (torch.is_grad_enabled() and self.weight.requires_grad):
+            self._float, self.float_rows = None, 0
+            return False
+        return True
+
     def _use_packed(self, x2d) -> bool:
         if self._packed is None or x2d.device.type != "cpu" or x2d.dtype != self.weight.dtype:
             return False
@@ -158,6 +244,8 @@ class Conv1D(nn.Module):
                 y = (torch.ops.aten._weight_int8pack_mm(x2d.to(torch.bfloat16), q, scales) + bias).to(x2d.dtype)
             else:
                 y = torch.ops.quantized.linear_dynamic(x2d, packed[0], True)  # reduce_range for x86 int8 kernels
+        elif self._use_float(x2d):
+            y = torch.addmm(self._float[2], x2d.float(), self._float[1]).to(x2d.dtype)
         elif self._use_packed(x2d):
             y = torch.ops.mkldnn._linear_pointwise(x2d, self._packed[1], self.bias, "none", [], "")
         else:
@@ -282,6 +370,7 @@ class GPT2Model(nn.Module):
         self.config = cfg
         self.h = nn.ModuleList([GPT2Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.half_plan = None  # HalfRowPlan, once half weights on a CPU start decoding
 
     def forward(self, inputs_embeds, output_attentions=False, return_dict=True):
         """inputs_embeds: (B, S, d) -> GPT2Output (last_hidden_state after ln_f)."""
@@ -303,6 +392,15 @@ class GPT2Model(nn.Module):
         for module in self.modules():
             if isinstance(module, Conv1D):
                 module.unpack()
+                module.keep_float_copy(0)
+        self.half_plan = None
+
+    def plan_half_rows(self, timer=_time_linears) -> "HalfRowPlan":
+        """Half weights on a CPU, once: which small steps compute from a float32 copy (see :func:`plan_half_rows`);
+        kept until the weights are unpacked (a new dtype or device)."""
+        if self.half_plan is None:
+            self.half_plan = plan_half_rows((m for m in self.modules() if isinstance(m, Conv1D)), timer)
+        return self.half_plan
 
     def quantize_int8(self, enabled=True):
         """Opt-in CPU int8 for every linear in the stack: ``True`` in this CPU's :func:`int8_mode`, or ``"weight"`` /
