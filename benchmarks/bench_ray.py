@@ -34,15 +34,16 @@ SENTENCES = ["The first sentence is short.", "Here comes the second one.", "A th
 
 def make_job(models_dir, out, n_clips):
     from tortoise import render
-    from tortoise.api import preset_options
+    from tortoise.api import model_identity, preset_options
     opts = preset_options("ultra_fast", num_autoregressive_samples=2, max_mel_tokens=20, diffusion_iterations=2)
     texts = tuple((SENTENCES * (n_clips // len(SENTENCES) + 1))[:n_clips])
-    settings = render.RenderSettings(opts, 3, 1, False, render.model_identity(models_dir, "univnet"))
+    settings = render.RenderSettings(opts, 3, 1, False, model_identity(tts_kwargs(models_dir)))
     return render.RenderJob(texts, (render.Voice("random", identity="random"),), settings, Path(out))
 
 
 def tts_kwargs(models_dir):
-    return dict(models_dir=str(models_dir), device="cpu", vocoder="univnet")
+    from tortoise.options import ModelOptions
+    return ModelOptions(models_dir=str(models_dir), device="cpu", vocoder="univnet")
 
 
 def process_cpu_seconds(pid):

@@ -16,6 +16,27 @@ from tortoise.utils.checkpoints import TINY_CONFIGS
 
 PARITY_FIXTURES = Path(__file__).parent / "parity" / "fixtures"
 
+# The integration tiers, by test file: each file's tests get the tier's marker and `slow`, so `pytest -m "not slow"`
+# is the quick unit tier and `pytest -m ray` (etc.) runs one tier. CI runs them all.
+TIERS = {
+    "export": ("test_export_backends.py", "test_backend_pipeline.py"),  # graphs exported and verified
+    "ray": ("test_ray.py",),                                           # a real local Ray cluster and Serve
+    "browser": ("test_webui_browser.py",),                             # the web UI in headless Chromium
+    "server": ("test_server.py", "test_webui_turtle.py"),              # servers started as subprocesses
+    "download": ("test_voices_fetch.py",),                             # the original voices over HTTP (local)
+    "scripts": ("test_readme.py", "test_packaging.py", "test_benchmark_scripts.py", "test_run_tests_script.py",
+                "test_cli.py", "test_original_compat.py"),             # command lines and scripts as subprocesses
+}
+TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = TIER_OF.get(item.path.name)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+            item.add_marker(pytest.mark.slow)
+
 
 def load_parity_fixture(area, name):
     """A fixture written by ``tests/parity/make_<area>_fixtures.py`` in the original implementation's environment."""

@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 
 from tortoise import api, pipeline
-from tortoise.render import model_identity
+from tortoise.api import model_identity
+from tortoise.options import ModelOptions
 from xpu.testing import cpu_features
 
 TEXT = "Hello there, world."
@@ -110,11 +111,12 @@ def test_a_missing_runtime_is_one_line_naming_the_extra(export_models, tmp_path)
 
 
 def test_a_backend_change_makes_earlier_clips_stale(export_models):
-    torch_id = model_identity(export_models)
-    assert model_identity(export_models, backend="openvino") != torch_id
-    assert model_identity(export_models, backend="torch") == torch_id
-    assert model_identity(export_models, backend="openvino", precision="bf16") != \
-        model_identity(export_models, backend="openvino", precision="f32")
+    base = ModelOptions(models_dir=str(export_models))
+    torch_id = model_identity(base)
+    assert model_identity(base.replace(backend="openvino")) != torch_id
+    assert model_identity(base.replace(backend="torch")) == torch_id
+    assert model_identity(base.replace(backend="openvino", backend_precision="bf16")) != \
+        model_identity(base.replace(backend="openvino", backend_precision="f32"))
 
 
 def _openvino_runs_bf16():

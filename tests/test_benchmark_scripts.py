@@ -54,7 +54,8 @@ def test_bench_floor_measures_the_machine_and_every_stage(tiny_models_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert "threads 1" in lines[0] and lines[1].startswith("memory read ") and "int8" in lines[1]
-    rows = [line for line in lines[3:] if line.strip()]
+    rows = [line for line in lines[3:] if line.strip() and not line.startswith("  ")]
+    assert any(line.startswith("  bf16 small steps: ") for line in lines), proc.stdout  # the half row plan
     labels = [(r[:40].strip(), r[40:46].strip()) for r in rows]
     want = [(f"AR step, batch {b}", p) for p in ("fp32", "bf16", "int8") for b in (1, 2)]
     want += [("AR prefill, 8 text tokens", p) for p in ("fp32", "bf16")]

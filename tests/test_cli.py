@@ -167,8 +167,8 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_failure_keeps_finished_clips(models_dir, voices, tmp_path, monkeypatch, capsys):
-    from tortoise.api import TextToSpeech
-    real, calls = TextToSpeech.tts, []
+    from tortoise.session import Session
+    real, calls = Session.speak, []
 
     def fails_second_time(self, *a, **kw):
         calls.append(1)
@@ -176,7 +176,7 @@ def test_failure_keeps_finished_clips(models_dir, voices, tmp_path, monkeypatch,
             raise RuntimeError("simulated failure in the middle of a run")
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(TextToSpeech, "tts", fails_second_time)
+    monkeypatch.setattr(Session, "speak", fails_second_time)
     out = tmp_path / "out"
     assert run(models_dir, out, "-v", "alice", "--text_split", "20,40", TWO_SENTENCES, voices=voices) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -435,7 +435,7 @@ def test_threads_flag(models_dir, tmp_path):
     with pytest.raises(cli.UsageError, match="--threads must be at least 1"):
         cli.check_model_args(cli.build_parser().parse_args(["--threads", "0", "Hi."]))
     args = cli.build_parser().parse_args(["--threads", "1", "Hi."])
-    assert cli.tts_arguments(args, "univnet")["threads"] == 1
+    assert cli.model_options(args, "univnet").threads == 1
 
 
 def test_the_load_line_says_precision_and_threads(models_dir, tmp_path, capsys):

@@ -1,17 +1,26 @@
 """The package's layers, checked on the source: no import cycles (imports inside functions included: a cycle hidden
 in a function is still a cycle), the device layer imports nothing from `tortoise`, the networks nothing from the
-pipeline or the front ends, and the pipeline core nothing from the front ends."""
+pipeline or the front ends, the graph backends and the exporter nothing from the pipeline or the front ends, the
+pipeline core nothing from the front ends, and no front end from another (they share `tortoise.flags`)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("tortoise", "xpu")
-FRONT_ENDS = ("tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.distributed",
+FRONT_ENDS = ("tortoise.flags", "tortoise.cli", "tortoise.webui", "tortoise.server", "tortoise.distributed",
               "tortoise.get_conditioning_latents", "tortoise.is_this_from_tortoise", "tortoise.export",
               "tortoise.voices.cli", "tortoise.voices.__main__", "tortoise.original_scripts", "tortoise.do_tts",
               "tortoise.read", "tortoise.read_fast")
 CORE = ("tortoise.api", "tortoise.api_fast", "tortoise.pipeline", "tortoise.loading", "tortoise.render",
-        "tortoise.options", "tortoise.progress")
+        "tortoise.options", "tortoise.progress", "tortoise.session", "tortoise.placement")
+GRAPHS = ("tortoise.backends", "tortoise.export")  # below the core: the pipeline loads networks from them
+# Front ends that stand on another on purpose (one way only: the cycle test forbids the way back): the original's
+# scripts run tortoise-tts's own command line under their names; tortoise-tts --ray and tortoise-server --ray run
+# the Ray reader and Ray Serve; `python -m tortoise.voices` is tortoise-voices.
+FRONT_END_TIES = {("tortoise.original_scripts", "tortoise.cli"), ("tortoise.do_tts", "tortoise.original_scripts"),
+                  ("tortoise.read", "tortoise.original_scripts"), ("tortoise.read_fast", "tortoise.original_scripts"),
+                  ("tortoise.cli", "tortoise.distributed"), ("tortoise.server", "tortoise.distributed"),
+                  ("tortoise.voices.__main__", "tortoise.voices.cli")}
 
 
 def module_name(path):
@@ -92,6 +101,10 @@ def test_networks_and_core_do_not_reach_up():
     for n, deps in g.items():
         if n.startswith(("tortoise.models", "tortoise.utils")):
             up = [m for m in deps if in_layer(m, CORE + FRONT_ENDS)]
+        elif in_layer(n, GRAPHS) and not in_layer(n, ("tortoise.export.cli", "tortoise.export.__main__")):
+            # below the core: the backends load graphs through the exporter, nothing reaches the pipeline
+            up = [m for m in deps if in_layer(m, CORE + FRONT_ENDS) and not in_layer(m, ("tortoise.export",))
+                  or in_layer(m, ("tortoise.export.cli",))]
         elif in_layer(n, CORE):
             up = [m for m in deps if in_layer(m, FRONT_ENDS)]
         else:
@@ -101,8 +114,27 @@ def test_networks_and_core_do_not_reach_up():
     assert bad == {}
 
 
+def front_end_of(name):
+    """The front end ``name`` belongs to (the longest listed prefix), or None."""
+    owners = [f for f in FRONT_ENDS if name == f or name.startswith(f + ".")]
+    return max(owners, key=len) if owners else None
+
+
+def test_front_ends_stand_beside_each_other_not_on_each_other():
+    bad = {}
+    for n, deps in graph().items():
+        mine = front_end_of(n)
+        if mine is None or mine == "tortoise.export":
+            continue
+        others = {front_end_of(m) for m in deps} - {None, mine, "tortoise.flags"}
+        others = {o for o in others if (mine, o) not in FRONT_END_TIES}
+        if others:
+            bad[n] = sorted(others)
+    assert bad == {}
+
+
 def test_the_layer_lists_name_modules_that_exist():
     known = modules()
-    stale = [name for name in FRONT_ENDS + CORE
+    stale = [name for name in FRONT_ENDS + CORE + GRAPHS
              if name not in known and not any(m.startswith(name + ".") for m in known)]
     assert not stale, f"the layer lists name modules that do not exist: {stale}"

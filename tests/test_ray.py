@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 from conftest import write_tone
+from tortoise.options import ModelOptions
 from tortoise import cli, render
 from tortoise.distributed import reader
 
@@ -71,8 +72,9 @@ def job_for(models_dir, voices, out, mode="new"):
 
 
 def tts_kwargs(models_dir):
+    """The command line's model options (what the pool's actors get)."""
     args = cli.build_parser().parse_args([*argv(models_dir, ".", "."), "--device", "cpu"])
-    return cli.tts_arguments(args, "univnet")
+    return cli.model_options(args, "univnet")
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +235,7 @@ def speech_app(job, models_dir):
 
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
-    tts = cli.new_tts(dict(models_dir=models_dir, vocoder="univnet"))  # device: TORTOISE_DEVICE=cpu from Serve
+    tts = cli.new_tts(ModelOptions(models_dir=models_dir, vocoder="univnet"))  # device: TORTOISE_DEVICE=cpu (Serve)
     app, lock, load = FastAPI(), threading.Lock(), {"now": 0, "most": 0}
 
     @app.get("/whoami")
@@ -401,7 +403,7 @@ def test_server_ray_flags():
 
 
 def test_actors_that_cannot_load_the_models_stop_the_read_in_one_line(cluster, models_dir, voices, tmp_path):
-    kwargs = dict(tts_kwargs(models_dir), models_dir=str(tmp_path / "no_models"))
+    kwargs = tts_kwargs(models_dir).replace(models_dir=str(tmp_path / "no_models"))
     with reader.ClipPool(ray, kwargs, options=reader.RayOptions(actors=1, threads=1)) as pool:
         with pytest.raises(reader.NoActors, match=r"could load the models: CheckpointError: .*autoregressive\.pth"):
             pool.read(job_for(models_dir, voices, tmp_path / "out"))

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from streamlit.testing.v1 import AppTest
 
-import tortoise.webui as webui
+import tortoise.webui.launch as webui
 from tortoise.webui.generation import HISTORY_FILE
 from test_webui_units import tone
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import tortoise.webui as webui
+import tortoise.webui.launch as webui
 
 
 def free_port() -> int:

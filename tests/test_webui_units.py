@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import tortoise.webui as webui
+import tortoise.webui.launch as webui
 from tortoise.utils import voice_upload
 from tortoise.webui import generation, settings as wsettings
 from tortoise.webui.settings import Settings, load_settings, save_settings
@@ -56,7 +56,7 @@ def test_served_url_follows_the_final_options():
 def test_console_script_is_declared():
     from importlib.metadata import entry_points
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "turtle"]
-    assert ep.value == "tortoise.webui:main"
+    assert ep.value == "tortoise.webui.launch:main"
 
 
 def test_app_file_is_inside_the_package():

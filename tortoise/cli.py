@@ -6,66 +6,26 @@ it parses arguments, loads voices, splits long text into sentences and hands the
 every clip, in order). ``--skip_existing`` resumes an interrupted run (keeping only clips made from the same text,
 voice and settings); ``--regenerate 3,7`` redoes those clips. Bad input exits 2 with one line, a failure at run time 1.
 """
-import argparse
 import dataclasses
 import functools
 import os
 import random
 import sys
-import time
 import warnings
 from pathlib import Path
 
+from tortoise.flags import (TUNING, VOCODER_CHOICES, Parser, UsageError, add_model_arguments,  # noqa: F401
+                            check_model_args, choose_vocoder, flag, make_session, model_options, new_session, yes_no)
 from tortoise.progress import TqdmProgress
 from tortoise.utils import errors
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
 
-VOCODER_CHOICES = ("auto", "univnet", "bigvgan_base", "bigvgan")
-TUNING = (  # (flag, type, help): each overrides the preset's value when given
-    ("num_autoregressive_samples", int, "samples drawn from the autoregressive model and ranked by CLVP"),
-    ("temperature", float, "softmax temperature of the autoregressive model"),
-    ("length_penalty", float, "length penalty of the autoregressive decoder"),
-    ("repetition_penalty", float, "penalty against repetition (long silences, 'uhhh')"),
-    ("top_p", float, "nucleus sampling P in (0, 1]; lower is more 'likely' and duller"),
-    ("max_mel_tokens", int, "maximum output length in codes (1..600, 1/20 s each)"),
-    ("cvvp_amount", float, "weight of the CVVP model in ranking candidates, 0..1 (0 disables it)"),
-    ("diffusion_iterations", int, "diffusion steps (--steps is the same)"),
-    ("cond_free", "bool", "conditioning-free (guided) diffusion: true/false"),
-    ("cond_free_k", float, "strength of conditioning-free guidance"),
-    ("diffusion_temperature", float, "variance of the diffusion noise, 0..1"),
-)
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message says what is wrong and how to fix it."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def yes_no(value):
-    """A yes/no flag value as people type it: true/false, yes/no, on/off, 1/0, t/f, y/n (any case)."""
-    v = str(value).strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def _flag(name):
-    """``--a_b`` plus its dashed spelling ``--a-b``."""
-    flags = [f"--{name}"]
-    if "_" in name:
-        flags.append(f"--{name.replace('_', '-')}")
-    return flags
+new_tts, make_tts = new_session, make_session  # the names these had before tortoise.flags (scripts, tests)
 
 
 def build_parser():
     from tortoise.api import PRESETS, SAMPLERS
-    p = _Parser(prog="tortoise-tts", description="Tortoise text to speech: speak text in a voice, clip by clip.",
+    p = Parser(prog="tortoise-tts", description="Tortoise text to speech: speak text in a voice, clip by clip.",
                 epilog="Examples:  tortoise-tts -v random -o hello.wav \"Hello, how are you?\"   |   "
                        "echo \"Say it like you mean it!\" | tortoise-tts -V my_voices -v alice   |   "
                        "tortoise-tts -O out -v alice,bob --candidates 3 < story.txt")
@@ -73,101 +33,50 @@ def build_parser():
     g.add_argument("text", nargs="*", help="text to speak; read from stdin when omitted")
     g.add_argument("-t", "--text", dest="text_option", default=None,
                    help="text to speak (the original's --text; same as the positional text)")
-    g.add_argument("-v", *_flag("voice"), default="random",
+    g.add_argument("-v", *flag("voice"), default="random",
                    help="voice: a name, 'random', 'a&b' (averaged), 'a,b' (each in turn) or 'all'")
-    g.add_argument("-V", *_flag("voices_dir"), default=None,
+    g.add_argument("-V", *flag("voices_dir"), default=None,
                    help="directory of voices (one subdirectory per voice); a comma separates several")
-    g.add_argument("-p", *_flag("preset"), default="fast", choices=list(PRESETS), help="quality/speed preset")
-    g.add_argument("-q", *_flag("quiet"), action="store_true", help="print nothing but errors")
-    g.add_argument(*_flag("encoding"), default="utf-8",
+    g.add_argument("-p", *flag("preset"), default="fast", choices=list(PRESETS), help="quality/speed preset")
+    g.add_argument("-q", *flag("quiet"), action="store_true", help="print nothing but errors")
+    g.add_argument(*flag("encoding"), default="utf-8",
                    help="encoding of text piped on stdin (default utf-8; e.g. cp1252, latin-1); undecodable input "
                         "is refused, never dropped")
     o = p.add_argument_group("output")
-    o.add_argument("-l", *_flag("list_voices"), action="store_true", help="list the available voices and exit")
-    o.add_argument("-o", *_flag("output"), default=None, help="also write the combined audio to this file")
-    o.add_argument("-O", *_flag("output_dir"), default=None,
+    o.add_argument("-l", *flag("list_voices"), action="store_true", help="list the available voices and exit")
+    o.add_argument("-o", *flag("output"), default=None, help="also write the combined audio to this file")
+    o.add_argument("-O", *flag("output_dir"), default=None,
                    help="directory for the clips (default: results, or results/NAME with -o NAME.wav)")
     m = p.add_argument_group("multiple outputs")
-    m.add_argument(*_flag("candidates"), type=int, default=1, help="candidates per clip (best first)")
-    m.add_argument(*_flag("regenerate"), default=None, help="comma-separated clip numbers to render again, e.g. 3,7")
-    m.add_argument(*_flag("skip_existing"), action="store_true", help="keep clips already written (resume a run)")
-    m.add_argument(*_flag("overwrite"), action="store_true",
+    m.add_argument(*flag("candidates"), type=int, default=1, help="candidates per clip (best first)")
+    m.add_argument(*flag("regenerate"), default=None, help="comma-separated clip numbers to render again, e.g. 3,7")
+    m.add_argument(*flag("skip_existing"), action="store_true", help="keep clips already written (resume a run)")
+    m.add_argument(*flag("overwrite"), action="store_true",
                    help="replace files of an earlier run in the output directory (refused otherwise)")
     a = p.add_argument_group("advanced")
-    a.add_argument(*_flag("seed"), type=int, default=None, help="random seed, to reproduce a run on the same device")
-    a.add_argument(*_flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
+    a.add_argument(*flag("seed"), type=int, default=None, help="random seed, to reproduce a run on the same device")
+    a.add_argument(*flag("text_split"), default=None, help="sentence chunk lengths as DESIRED,MAX (default 200,300)")
     t = p.add_argument_group("tuning (overrides the preset)")
     for name, typ, text in TUNING:
-        t.add_argument(*_flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
+        t.add_argument(*flag(name), *(["--steps"] if name == "diffusion_iterations" else []), dest=name,
                        type=yes_no if typ == "bool" else typ, default=None, help=text)
-    t.add_argument(*_flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
+    t.add_argument(*flag("latent_averaging_mode"), type=int, choices=(0, 1, 2), default=None,
                    help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
-    t.add_argument(*_flag("exact_ranking"), action="store_true",
+    t.add_argument(*flag("exact_ranking"), action="store_true",
                    help="score candidates padded to max_mel_tokens as the original does (its exact ranking; slower)")
     s = p.add_argument_group("speed")
     add_model_arguments(a, s)
-    s.add_argument(*_flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
-    s.add_argument(*_flag("stream"), action="store_true",
+    s.add_argument(*flag("sampler"), default=None, choices=SAMPLERS, help="diffusion sampler (default: the preset's)")
+    s.add_argument(*flag("stream"), action="store_true",
                    help="fast path: one sample, HiFi-GAN decoder from AR latents in chunks (no CLVP, no diffusion)")
     r = p.add_argument_group("Ray cluster (the ray extra: pip install -e '.[ray]')")
     r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="read on a Ray cluster, clips spread over its GPUs (or CPUs): a new local cluster, or the "
                         "one at ADDRESS (HOST:PORT, ray://HOST:PORT, auto); give the text before --ray or by --text")
-    r.add_argument(*_flag("ray_actors"), type=int, default=None, metavar="N",
+    r.add_argument(*flag("ray_actors"), type=int, default=None, metavar="N",
                    help="Ray actors, each holding the models (default: one per GPU, else one per CPU)")
     return p
 
-
-def add_model_arguments(a, s):
-    """The options that choose, load and place the networks, added to the argument groups ``a`` (models and device)
-    and ``s`` (speed). Shared by ``tortoise-tts`` and ``tortoise-server``; :func:`make_tts` reads them."""
-    a.add_argument(*_flag("models_dir"), default=None,
-                   help="checkpoint directory (default $TORTOISE_MODELS_DIR or ~/.cache/tortoise/models)")
-    a.add_argument(*_flag("disable_redaction"), action="store_true",
-                   help="speak [bracketed] text instead of cutting it from the audio")
-    a.add_argument(*_flag("device"), default=None, help="xpu, xpu:1, cuda, mps or cpu (default: automatic)")
-    a.add_argument(*_flag("batch_size"), type=int, default=None,
-                   help="autoregressive batch size (default: the largest that fits memory)")
-    a.add_argument(*_flag("vocoder"), default="auto", type=str.lower,
-                   help="univnet, bigvgan_base or bigvgan; auto: bigvgan_base when MODELS_DIR/"
-                        "bigvgan_base_24khz_100band exists, else univnet")
-    a.add_argument(*_flag("ar_checkpoint"), default=None, help="autoregressive checkpoint file")
-    a.add_argument(*_flag("clvp_checkpoint"), default=None, help="CLVP checkpoint file")
-    a.add_argument(*_flag("diff_checkpoint"), default=None, help="diffusion checkpoint file")
-    a.add_argument(*_flag("tokenizer"), default=None,
-                   help="tokenizer.json a fine-tuned autoregressive checkpoint was trained with "
-                        "(default: the released)")
-    a.add_argument(*_flag("hub_revision"), default=None,
-                   help="hub revision (branch, tag or commit) to download checkpoints from "
-                        "(default $TORTOISE_HUB_REVISION, else main)")
-    s.add_argument(*_flag("low_vram"), action="store_true", help="keep models off the device between stages")
-    s.add_argument(*_flag("threads"), type=int, default=None,
-                   help="CPU threads (default: one per physical core, capped by the CPUs this process may use); "
-                        "lower it on a machine shared with other jobs")
-    s.add_argument(*_flag("half"), action="store_true",
-                   help="half precision where the device does it well (python -m xpu shows which dtype)")
-    s.add_argument(*_flag("dtype"), default=None, choices=("float32", "bfloat16", "float16"),
-                   help="force the dtype of the half-tolerant networks (e.g. bfloat16 on a CPU without native bf16)")
-    s.add_argument(*_flag("no_cache"), action="store_true", help="disable the autoregressive key/value cache")
-    s.add_argument(*_flag("compile"), action="store_true", help="torch.compile the autoregressive decode step")
-    s.add_argument(*_flag("int8"), action="store_true",
-                   help="CPU: int8 weights for the autoregressive decode steps (weight-only with bf16 activations "
-                        "where the CPU has native bf16, else dynamic quantization; faster, slightly different)")
-    s.add_argument(*_flag("original_kv_positions"), action="store_true",
-                   help="the codes of the original's kv_cache=True (and the fast fork), whose positions run one ahead")
-    s.add_argument(*_flag("backend"), default=None, choices=("torch", "onnxruntime", "openvino"),
-                   help="run the networks as exported graphs on ONNX Runtime or OpenVINO (default $TORTOISE_BACKEND, "
-                        "else torch); graphs are exported and verified on first use")
-    s.add_argument(*_flag("ort_provider"), default="cpu", choices=("cpu", "cuda", "openvino"),
-                   help="ONNX Runtime execution provider (default cpu)")
-    s.add_argument(*_flag("ov_device"), default="CPU", type=str.upper, choices=("CPU", "GPU", "AUTO"),
-                   help="OpenVINO device (default CPU)")
-    s.add_argument(*_flag("backend_precision"), default=None, choices=("f32", "bf16", "f16"),
-                   help="graph backend's precision (default f32; with --half bf16 on CPUs with native bf16, f16 on "
-                        "GPUs and ONNX Runtime CUDA)")
-
-
-# ---------------------------------------------------------------- input checks (all before any model loads)
 
 def read_text(args, stdin=None):
     stdin = sys.stdin if stdin is None else stdin
@@ -255,18 +164,6 @@ def generation_options(args):
         raise UsageError(f"{e} (check the tuning flags)") from None
 
 
-def choose_vocoder(name, models_dir):
-    """``auto``: BigVGAN base (the fast fork's default) when its checkpoint is in the models dir, else UnivNet."""
-    if name not in VOCODER_CHOICES:
-        raise UsageError(f"unknown --vocoder {name!r}: use one of {', '.join(VOCODER_CHOICES)}")
-    if name != "auto":
-        return name
-    from tortoise.api import bigvgan_dir
-    from tortoise.utils.checkpoints import default_models_dir
-    local = bigvgan_dir("bigvgan_base", models_dir or default_models_dir(), download=False)
-    return "bigvgan_base" if local.is_dir() else "univnet"
-
-
 def check_args(args, opts, n_clips):
     if args.candidates < 1:
         raise UsageError("--candidates must be at least 1")
@@ -297,25 +194,6 @@ def check_ray_args(args):
     except ValueError as e:
         raise UsageError(f"{e}; give the text before --ray, in --text or on stdin") from None
     RayOptions(None, args.ray_actors)
-
-
-def check_model_args(args):
-    """The checks of :func:`add_model_arguments`' options that need no model (before anything loads)."""
-    from tortoise.api import backend_options, resolve_backend
-    from tortoise.backends import MissingRuntime
-    try:
-        args.backend = resolve_backend(args.backend)
-        backend_options(args.backend, None, args.ort_provider, args.ov_device, args.backend_precision, args.half,
-                        args.dtype)
-    except (MissingRuntime, ValueError) as e:
-        raise UsageError(str(e)) from None
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch_size must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if args.tokenizer and not Path(args.tokenizer).expanduser().is_file():
-        raise UsageError(f"--tokenizer {args.tokenizer}: no such file; pass the tokenizer.json the model was trained "
-                         "with")
 
 
 def output_dir(args):
@@ -364,17 +242,6 @@ def run_mode(args):
     return "regenerate" if args.regenerate else "new"
 
 
-def model_identity(args, vocoder):
-    from tortoise.api import run_precision
-    from tortoise.render import model_identity as identity
-    precision = run_precision(args.backend, args.device, args.half, args.dtype, args.ort_provider, args.ov_device,
-                              args.backend_precision)
-    return identity(args.models_dir, vocoder, args.half, args.dtype, args.ar_checkpoint, args.clvp_checkpoint,
-                    args.diff_checkpoint, args.tokenizer, args.int8,
-                    "original" if args.original_kv_positions else "contiguous", not args.no_cache,
-                    args.backend or "torch", precision)
-
-
 def make_job(args, texts, opts, voices, vocoder, layout=None):
     """The run as a :class:`tortoise.render.RenderJob` (files named by ``layout``, default tortoise-tts's own).
     Resuming without --seed reuses the earlier run's seed."""
@@ -382,7 +249,9 @@ def make_job(args, texts, opts, voices, vocoder, layout=None):
     out_dir, output = output_dir(args), check_output_file(args)
     regenerate = frozenset(parse_regenerate(args.regenerate, len(texts)) or ())
     mode = run_mode(args)
-    settings = render.RenderSettings(opts, 0, args.candidates, args.stream, model_identity(args, vocoder))
+    from tortoise.api import model_identity
+    settings = render.RenderSettings(opts, 0, args.candidates, args.stream,
+                                     model_identity(model_options(args, vocoder)))
     job = render.RenderJob(tuple(texts), tuple(voices), settings, out_dir, mode, regenerate, output,
                            layout=layout or render.LAYOUT)
     seed = args.seed
@@ -429,7 +298,7 @@ def run(args, say, layout=None, split=None):
         if args.ray is not None and to_render:
             result = read_on_ray(args, job, tasks, vocoder, bar, say, on_clip)
         else:
-            tts = make_tts(args, vocoder, say) if to_render else None
+            tts = make_session(args, vocoder, say) if to_render else None
             result = render.render(tts, job, lambda stage, done, total: stage != "clips" and bar(stage, done, total),
                                    say, tasks=tasks, on_clip=on_clip)
     except BaseException:
@@ -455,7 +324,7 @@ def read_on_ray(args, job, tasks, vocoder, bar, say, on_clip):
     from tortoise.distributed.reader import RayOptions, read
     options = RayOptions(args.ray if args.ray != "local" else None, args.ray_actors, threads=args.threads,
                          quiet=args.quiet)
-    return read(job, tts_arguments(args, vocoder), options, tasks, args.stream,
+    return read(job, model_options(args, vocoder), options, tasks, args.stream,
                 lambda stage, done, total: stage == "clips" and bar(stage, done, total), say, on_clip)
 
 
@@ -476,41 +345,6 @@ def summary(job, result):
     if result.removed:
         line += f"; removed {len(result.removed)} clip file(s) of an earlier, longer run"
     return line
-
-
-def tts_arguments(args, vocoder, stream=None):
-    """The keyword arguments of :class:`tortoise.api.TextToSpeech` these flags ask for (the Ray actors get them too);
-    ``stream`` (default ``args.stream``): load only what the streaming fast path needs."""
-    stream = args.stream if stream is None else stream
-    return dict(autoregressive_batch_size=args.batch_size, models_dir=args.models_dir,
-                enable_redaction=not args.disable_redaction, device=args.device, high_vram=not args.low_vram,
-                kv_cache=not args.no_cache, half=args.half, dtype=args.dtype, ar_checkpoint=args.ar_checkpoint,
-                clvp_checkpoint=args.clvp_checkpoint, diff_checkpoint=args.diff_checkpoint,
-                vocoder="univnet" if stream else vocoder, preload=not stream, compile=args.compile,
-                int8=args.int8, tokenizer_vocab_file=args.tokenizer, hub_revision=args.hub_revision,
-                kv_cache_positions="original" if args.original_kv_positions else "contiguous",
-                backend=args.backend, ort_provider=args.ort_provider, ov_device=args.ov_device,
-                backend_precision=args.backend_precision, threads=args.threads)
-
-
-def new_tts(kwargs, stream=False):
-    """A loaded :class:`tortoise.api.TextToSpeech` of :func:`tts_arguments` (see :func:`tortoise.api.load_tts`)."""
-    from tortoise.api import load_tts
-    return load_tts(kwargs, stream)
-
-
-def make_tts(args, vocoder, say, stream=None):
-    """The :class:`TextToSpeech` of the model options; ``stream`` (default ``args.stream``): load only what the
-    streaming fast path needs."""
-    stream = args.stream if stream is None else stream
-    say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
-    t0 = time.time()
-    tts = new_tts(tts_arguments(args, vocoder, stream), stream)
-    on = tts.device if tts.backend == "torch" else f"{tts.device}, {tts.backend}"
-    threads = f"{tts.threads} thread{'s' if tts.threads != 1 else ''}"
-    say(f"Loaded on {on} in {time.time() - t0:.1f} s ({tts.precision}, {threads}, batch size "
-        f"{tts.autoregressive_batch_size})")
-    return tts
 
 
 def _one_line_warning(message, category, filename, lineno, line=None, prog="tortoise-tts"):

@@ -21,7 +21,6 @@ HALF_NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion")
 # Networks a graph backend (ONNX Runtime, OpenVINO) runs; CVVP, the random-voice generators and the classifier stay
 # in torch (small, or used rarely).
 GRAPH_NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "hifidecoder")
-BACKENDS = ("torch", "onnxruntime", "openvino")
 NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder",
             "classifier")
 

@@ -1,10 +1,12 @@
-"""What shapes the audio: :class:`GenerationOptions` (frozen, checked once) and the presets, as data.
+"""The two sets of options, frozen and checked once: :class:`GenerationOptions` (what shapes the audio of one
+request) with the presets as data, and :class:`ModelOptions` (which networks run, where and how).
 
 Presets are applied as ``dataclasses.replace(PRESETS[name], **overrides)`` (:func:`preset_options`). Precision is
 not an option of a generation: it is decided once, when the models are placed (``TextToSpeech(half=...)``).
 """
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 SAMPLERS = ("p", "ddim", "dpm++2m")
 VOCODERS = ("univnet", "bigvgan_base", "bigvgan")
@@ -95,3 +97,93 @@ def preset_options(preset, **overrides):
         raise TypeError(f"unknown generation option(s) {', '.join(sorted(unknown))}: "
                         f"known are {', '.join(sorted(OPTION_FIELDS))}")
     return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+KV_CACHE_POSITIONS = ("contiguous", "original")
+DTYPES = ("float32", "bfloat16", "float16")
+ORT_PROVIDERS = ("cpu", "cuda", "openvino")
+OV_DEVICES = ("CPU", "GPU", "AUTO")
+GRAPH_PRECISIONS = ("f32", "bf16", "f16")
+# what a clip's record names of the networks: every checkpoint file the pipeline may read
+IDENTITY_CHECKPOINTS = ("autoregressive", "clvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Every knob that decides which networks run, where and how: written once here, checked once, and taken by
+    :class:`tortoise.api.TextToSpeech`, the command line, the speech server, the web UI and the Ray actors. Frozen
+    and torch-free, so it travels (to a Ray actor, into a cache key) as it is. ``None`` means "decide on this
+    machine" (device, batch size, threads, low-VRAM, backend from ``$TORTOISE_BACKEND``)."""
+    models_dir: str = None
+    device: str = None
+    high_vram: bool = None          # None: True on a CPU or with 8 GiB free on the device
+    half: bool = False              # the device's half dtype (bf16 / f16), decided at placement
+    dtype: str = None               # force float32 / bfloat16 / float16 instead
+    ar_checkpoint: str = None
+    clvp_checkpoint: str = None
+    diff_checkpoint: str = None
+    vocoder: str = "univnet"
+    tokenizer_vocab_file: str = None
+    tokenizer_basic: bool = False
+    hub_revision: str = None
+    kv_cache: bool = True
+    kv_cache_positions: str = "contiguous"
+    compile: bool = False
+    int8: bool = False
+    backend: str = None             # None: $TORTOISE_BACKEND, else torch
+    ort_provider: str = "cpu"
+    ov_device: str = "CPU"
+    backend_precision: str = None
+    autoregressive_batch_size: int = None
+    enable_redaction: bool = True
+    threads: int = None
+    preload: bool = True
+    stream: bool = False            # only what streaming needs: the AR model and the HiFi-GAN decoder
+
+    def __post_init__(self):
+        object.__setattr__(self, "vocoder", (self.vocoder or "univnet").lower())
+        check(self.vocoder in VOCODERS, f"unknown vocoder {self.vocoder!r}: use one of {', '.join(VOCODERS)}")
+        check(self.kv_cache_positions in KV_CACHE_POSITIONS,
+              f"kv_cache_positions must be 'contiguous' or 'original', not {self.kv_cache_positions!r}")
+        check(self.dtype is None or str(self.dtype).replace("torch.", "") in DTYPES,
+              f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        check(self.backend is None or self.backend.lower() in BACKENDS,
+              f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        check(self.ort_provider in ORT_PROVIDERS,
+              f"unknown ONNX Runtime provider {self.ort_provider!r}: use one of {', '.join(ORT_PROVIDERS)}")
+        check(str(self.ov_device).split(".")[0].upper() in OV_DEVICES,
+              f"unknown OpenVINO device {self.ov_device!r}: use one of {', '.join(OV_DEVICES)}")
+        check(self.backend_precision is None or self.backend_precision in GRAPH_PRECISIONS,
+              f"unknown backend precision {self.backend_precision!r}: use one of {', '.join(GRAPH_PRECISIONS)}")
+        check(self.autoregressive_batch_size is None or int(self.autoregressive_batch_size) >= 1,
+              "autoregressive_batch_size must be at least 1 (or None: the largest that fits)")
+        check(self.threads is None or int(self.threads) >= 1, "threads must be at least 1 (or None: one per core)")
+
+    def replace(self, **changes) -> "ModelOptions":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def checkpoints(self) -> dict:
+        """The explicit checkpoint files by network (None: the models dir's)."""
+        return {"autoregressive": self.ar_checkpoint, "clvp": self.clvp_checkpoint, "diffusion": self.diff_checkpoint}
+
+    def identity(self, precision: str, filenames: dict, home: Path) -> dict:
+        """What about the networks changes the audio, as a clip's record holds it: where each checkpoint comes from
+        (with its size and time when it is a local file; ``filenames`` by network, under ``home``, the models dir),
+        the models dir's ``config.json``, the vocoder, the tokenizer, the decoding settings, the backend and the
+        ``precision`` the networks compute in (f32, bf16, f16: ``half`` alone does not say, bf16 on one CPU and f32
+        on another). Batch size, threads, placement and redaction are left out: they do not change the audio."""
+        files = {}
+        for name in IDENTITY_CHECKPOINTS:
+            path = Path(self.checkpoints.get(name) or home / filenames[name]).expanduser()
+            stat = path.stat() if path.is_file() else None
+            files[name] = [str(path.resolve()) if stat else str(path), stat.st_size if stat else None,
+                           stat.st_mtime_ns if stat else None]
+        config = home / "config.json"
+        vocoder = "hifigan" if self.stream else self.vocoder
+        return {"files": files, "config": config.read_text() if config.is_file() else None, "vocoder": vocoder,
+                "half": bool(self.half), "dtype": str(self.dtype) if self.dtype else None,
+                "tokenizer": str(self.tokenizer_vocab_file or ""), "int8": bool(self.int8),
+                "kv_cache_positions": self.kv_cache_positions, "kv_cache": bool(self.kv_cache),
+                "backend": (self.backend or "torch").lower(), "precision": precision}

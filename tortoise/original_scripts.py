@@ -37,7 +37,7 @@ def _switch(parser, name, default, text):
 
 def build_parser(script):
     """The original script's flags (``do_tts``, ``read`` or ``read_fast``), plus the resume / replace flags."""
-    p = cli._Parser(prog=f"{script}.py", description=__doc__.split("\n\n")[0])
+    p = cli.Parser(prog=f"{script}.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--voice", default={"do_tts": "random", "read": "pat", "read_fast": "lj"}[script],
                    help="voice: a name, 'random', 'a&b' (averaged), 'a,b' (each in turn)")
     p.add_argument("--preset", default="standard" if script == "read" else "fast", help="quality/speed preset")

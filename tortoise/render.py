@@ -81,7 +81,7 @@ def load_voice_group(names, voices_dirs=(), latent_widths=None):
 @dataclass(frozen=True)
 class RenderSettings:
     """How every clip of a run is made. ``models`` identifies the networks and their settings (see
-    :func:`model_identity`); with the rest it decides whether an earlier clip can be kept."""
+    :func:`tortoise.api.model_identity`); with the rest it decides whether an earlier clip can be kept."""
     options: GenerationOptions
     seed: int
     candidates: int = 1
@@ -95,29 +95,6 @@ class RenderSettings:
         return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def model_identity(models_dir=None, vocoder="univnet", half=False, dtype=None, ar_checkpoint=None,
-                   clvp_checkpoint=None, diff_checkpoint=None, tokenizer=None, int8=False,
-                   kv_cache_positions="contiguous", kv_cache=True, backend="torch", precision=None):
-    """What about the networks changes the audio: where each checkpoint comes from (with its size and time when it
-    is a local file), the vocoder, the precision, the autoregressive decoding settings and the backend (a graph
-    runtime sums in another order). ``precision``: what the networks compute in (f32, bf16, f16; see
-    :func:`tortoise.api.run_precision`), which ``half`` alone does not say (bf16 on one CPU, f32 on another)."""
-    from tortoise.utils.checkpoints import CHECKPOINTS, default_models_dir
-    home = Path(models_dir).expanduser() if models_dir else default_models_dir()
-    explicit = {"autoregressive": ar_checkpoint, "clvp": clvp_checkpoint, "diffusion": diff_checkpoint}
-    files = {}
-    for name in ("autoregressive", "clvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder"):
-        path = Path(explicit.get(name) or home / CHECKPOINTS[name].filename).expanduser()
-        stat = path.stat() if path.is_file() else None
-        files[name] = [str(path.resolve()) if stat else str(path), stat.st_size if stat else None,
-                       stat.st_mtime_ns if stat else None]
-    config = home / "config.json"
-    return {"files": files, "config": config.read_text() if config.is_file() else None, "vocoder": vocoder,
-            "half": bool(half), "dtype": str(dtype) if dtype else None, "tokenizer": str(tokenizer or ""),
-            "int8": bool(int8), "kv_cache_positions": kv_cache_positions, "kv_cache": bool(kv_cache),
-            "backend": backend or "torch", "precision": precision}
-
-
 def clip_seed(run_seed, index):
     """The seed of clip ``index``: the run's seed for clip 0, then one more per clip (so rendering a one-clip text with
     ``--seed N`` is ``tts(use_deterministic_seed=N)``, and no clip depends on who renders it)."""
@@ -126,34 +103,30 @@ def clip_seed(run_seed, index):
 
 # ---------------------------------------------------------------- one clip, in memory
 
-def _streamed(tts, voice, text, settings, index, progress):
-    """The streaming fast path's chunks of one clip (``tts_stream`` with the clip's seed and the options' sampling
-    settings), as ``[S_i]`` float32 CPU tensors."""
-    o = settings.options
-    chunks = tts.tts_stream(text, voice_samples=voice.samples, conditioning_latents=voice.latents,
-                            use_deterministic_seed=clip_seed(settings.seed, index), verbose=False,
-                            temperature=o.temperature, length_penalty=o.length_penalty,
-                            repetition_penalty=o.repetition_penalty, top_p=o.top_p, max_mel_tokens=o.max_mel_tokens,
-                            progress=progress)
+def _streamed(session, voice, text, settings, index, progress):
+    """The streaming fast path's chunks of one clip (:meth:`Session.stream` with the clip's seed and the options'
+    sampling settings), as ``[S_i]`` float32 CPU tensors."""
+    chunks = session.stream(text, voice.samples, voice.latents, settings.options,
+                            seed=clip_seed(settings.seed, index), progress=progress)
     for chunk in chunks:
         yield chunk.reshape(-1).float().cpu()
 
 
-def render_clip(tts, voice, text, settings, index=0, progress=silent):
+def render_clip(session, voice, text, settings, index=0, progress=silent):
     """Candidates of one clip: a list of ``[S]`` float32 CPU tensors at 24 kHz, best first, all finite."""
     from tortoise.pipeline import ensure_finite
     seed = clip_seed(settings.seed, index)
     o = settings.options
     if settings.stream:
-        audio = [torch.cat(list(_streamed(tts, voice, text, settings, index, progress)))]
+        audio = [torch.cat(list(_streamed(session, voice, text, settings, index, progress)))]
     else:
-        out = tts.tts(text, voice_samples=voice.samples, conditioning_latents=voice.latents, k=settings.candidates,
-                      verbose=False, use_deterministic_seed=seed, options=o, progress=progress)
-        audio = [a.reshape(-1).float().cpu() for a in (out if isinstance(out, list) else [out])]
+        speech = session.speak(text, voice.samples, voice.latents, o, k=settings.candidates, seed=seed,
+                               progress=progress)
+        audio = [a.reshape(-1).float().cpu() for a in speech.candidates]
     return [ensure_finite(a, "clip's audio") for a in audio]
 
 
-def clip_chunks(tts, voice, text, settings, index=0, progress=silent, candidate=0):
+def clip_chunks(session, voice, text, settings, index=0, progress=silent, candidate=0):
     """One clip's audio as it is produced: ``[S_i]`` float32 CPU tensors at 24 kHz, each finite. The streaming fast
     path (``settings.stream``) yields the decoder's chunks as they come; the full pipeline yields candidate
     ``candidate`` of the clip (0: the best of ``settings.candidates``) once, when it is done. Joined, the chunks are
@@ -162,13 +135,13 @@ def clip_chunks(tts, voice, text, settings, index=0, progress=silent, candidate=
     if not 0 <= candidate < settings.candidates:
         raise ValueError(f"candidate {candidate} does not exist: a clip has candidates 0..{settings.candidates - 1}")
     if settings.stream:
-        for chunk in _streamed(tts, voice, text, settings, index, progress):
+        for chunk in _streamed(session, voice, text, settings, index, progress):
             yield ensure_finite(chunk, "streamed audio")
     else:
-        yield render_clip(tts, voice, text, settings, index, progress)[candidate]
+        yield render_clip(session, voice, text, settings, index, progress)[candidate]
 
 
-def text_chunks(tts, voice, texts, settings, progress=silent, candidate=0):
+def text_chunks(session, voice, texts, settings, progress=silent, candidate=0):
     """Every clip of ``texts`` (a text split into clips) in order, in memory, as ``(clip index, chunk)`` pairs as they
     are produced (see :func:`clip_chunks`); ``progress`` also gets ``("clips", done, total)`` between clips. Clip
     ``i`` is made with the seed :func:`clip_seed` gives it, so the audio equals the files :func:`render` writes for
@@ -176,7 +149,7 @@ def text_chunks(tts, voice, texts, settings, progress=silent, candidate=0):
     total = len(texts)
     for index, text in enumerate(texts):
         progress("clips", index, total)
-        for chunk in clip_chunks(tts, voice, text, settings, index, progress, candidate):
+        for chunk in clip_chunks(session, voice, text, settings, index, progress, candidate):
             yield index, chunk
     progress("clips", total, total)
 
@@ -424,7 +397,7 @@ def _glob_escape(text):
     return "".join(f"[{c}]" if c in "[]*?" else c for c in text)
 
 
-def render(tts, job, progress=silent, say=None, on_clip=None, tasks=None):
+def render(session, job, progress=silent, say=None, on_clip=None, tasks=None):
     """Run ``job`` in this process: every clip rendered or kept per :func:`plan`, written as it finishes, then each
     voice's combined file. ``say(message)`` gets one line per clip; ``on_clip(task, paths, error)`` (``error``: a
     failed clip's exception, else None) runs after every clip (kept clips included); ``progress`` is the pipeline's
@@ -433,10 +406,10 @@ def render(tts, job, progress=silent, say=None, on_clip=None, tasks=None):
     A failing clip stops the run (its finished clips stay on disk) unless ``job.keep_going``; then it is reported
     in the result and the voice gets no combined file."""
     tasks = plan(job) if tasks is None else tasks
-    return run_plan(job, tasks, local_renderer(tts, job, progress, say), progress, say, on_clip)
+    return run_plan(job, tasks, local_renderer(session, job, progress, say), progress, say, on_clip)
 
 
-def local_renderer(tts, job, progress=silent, say=None):
+def local_renderer(session, job, progress=silent, say=None):
     """The clip renderer of :func:`render`: the clips one after the other, in text order, with ``tts`` in this
     process (each is written by :func:`run_plan` before the next one starts)."""
     say = say or (lambda message: None)
@@ -447,7 +420,7 @@ def local_renderer(tts, job, progress=silent, say=None):
                     "asked": " (again, as asked)"}.get(task.reason, "")
             say(f"Rendering {task.voice.label}_{task.index:02d} ({n + 1} of {len(tasks)}){note}: {task.text}")
             try:
-                audio = render_clip(tts, task.voice, task.text, job.settings, task.index, progress)
+                audio = render_clip(session, task.voice, task.text, job.settings, task.index, progress)
             except Exception as e:  # noqa: BLE001 - run_plan records it (keep_going) or raises it
                 yield task, None, e
             else:

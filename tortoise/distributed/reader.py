@@ -1,5 +1,5 @@
 """Reading a book on a Ray cluster: the clips of a :class:`tortoise.render.RenderJob` fan out to a pool of Ray actors,
-each holding one loaded :class:`tortoise.api.TextToSpeech`.
+each holding one loaded :class:`tortoise.session.Session`.
 
 Nothing of the render loop is re-implemented here. The driver runs :func:`tortoise.render.run_plan` (the loop the
 command line runs) with :class:`ClipPool` as its clip renderer: :func:`tortoise.render.plan` decides which clips to
@@ -108,15 +108,15 @@ def actor_layout(resources, actors=None, gpus=None, threads=None):
 # ---------------------------------------------------------------- the actor
 
 class ClipRenderer:
-    """What one Ray actor holds: a loaded :class:`~tortoise.api.TextToSpeech`, rendering clips with
+    """What one Ray actor holds: a loaded :class:`~tortoise.session.Session`, rendering clips with
     :func:`tortoise.render.render_clip`. A failure to load is kept and reported by :meth:`ready` in one line (so the
     driver can say why), instead of killing the actor."""
 
-    def __init__(self, tts_kwargs, stream=False, threads=None):
+    def __init__(self, model_options, stream=False, threads=None):
         self.tts, self.error = None, None
         try:
             from tortoise.api import load_tts
-            self.tts = load_tts({**tts_kwargs, "threads": threads or tts_kwargs.get("threads")}, stream)
+            self.tts = load_tts(model_options.replace(threads=threads or model_options.threads), stream)
         except Exception as e:  # noqa: BLE001 - reported by ready()
             self.error = _one_line(f"{type(e).__name__}: {e}")
 
@@ -173,24 +173,23 @@ class ClipPool:
     :func:`tortoise.render.run_plan`. Use it as a context manager (the actors are killed on exit), and for as many
     jobs as you like with the same models (:meth:`read`).
 
-    ``tts_kwargs``: :class:`~tortoise.api.TextToSpeech` arguments (the command line's
-    :func:`tortoise.cli.tts_arguments`); on CPU actors ``device`` defaults to ``cpu``. ``on_dispatch(actor, task)`` is
+    ``model_options``: the :class:`~tortoise.options.ModelOptions` of every actor's pipeline (the command line's
+    :func:`tortoise.cli.model_options`); on CPU actors ``device`` defaults to ``cpu``. ``on_dispatch(actor, task)`` is
     called as each clip is sent to an actor."""
 
-    def __init__(self, ray, tts_kwargs, stream=False, options=RayOptions(), say=None, on_dispatch=None):
+    def __init__(self, ray, model_options, stream=False, options=RayOptions(), say=None, on_dispatch=None):
         self.ray, self.options = ray, options
         self.say = say or (lambda message: None)
         self.on_dispatch = on_dispatch
         self.count, resources, threads = actor_layout(ray.cluster_resources(), options.actors, options.gpus,
                                                       options.threads)
-        kwargs = dict(tts_kwargs)
-        if "num_gpus" not in resources and not kwargs.get("device"):
-            kwargs["device"] = "cpu"
-        if "num_gpus" in resources and ":" in str(kwargs.get("device") or ""):
-            raise ValueError(f"--device {kwargs['device']} with --ray: Ray gives each actor its own GPU (its device "
-                             "0); give the device type only (cuda, xpu) or leave --device out")
+        if "num_gpus" not in resources and not model_options.device:
+            model_options = model_options.replace(device="cpu")
+        if "num_gpus" in resources and ":" in str(model_options.device or ""):
+            raise ValueError(f"--device {model_options.device} with --ray: Ray gives each actor its own GPU (its "
+                             "device 0); give the device type only (cuda, xpu) or leave --device out")
         self._remote = ray.remote(ClipRenderer).options(max_restarts=0, max_concurrency=1, **resources)
-        self._init = (kwargs, stream, threads)
+        self._init = (model_options, stream, threads)
         self.resources = resources
         self.stats = PoolStats()
         self.starting = {}  # ready ref -> Actor
@@ -370,9 +369,10 @@ def _reason(ray, error):
 
 # ---------------------------------------------------------------- the whole read
 
-def read(job, tts_kwargs, options=RayOptions(), tasks=None, stream=False, progress=silent, say=None, on_clip=None):
+def read(job, model_options, options=RayOptions(), tasks=None, stream=False, progress=silent, say=None,
+         on_clip=None):
     """Read ``job`` on a Ray cluster (connecting, or starting a local one), with a fresh pool of actors; returns the
     :class:`tortoise.render.RenderResult` (``failed`` lists the clips that could not be rendered)."""
     ray = connect(options)
-    with ClipPool(ray, tts_kwargs, stream, options, say) as pool:
+    with ClipPool(ray, model_options, stream, options, say) as pool:
         return pool.read(job, tasks, progress, say, on_clip)

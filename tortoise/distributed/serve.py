@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from tortoise.distributed import require_ray
 from tortoise.distributed.reader import RayOptions, actor_layout, connect
+from tortoise.flags import UsageError
 
 DEPLOYMENT = "tortoise-speech"
 DEFAULT_MAX_ONGOING = 2
@@ -64,8 +65,7 @@ def add_arguments(group):
 def options_from_args(args, host="127.0.0.1", port=8000):
     """:class:`ServeOptions` of :func:`add_arguments`' flags (plus ``args.host`` / ``args.port`` when present),
     checked before anything starts; bad values, or Ray Serve not installed, raise the command line's
-    :class:`tortoise.cli.UsageError` (one line, exit 2)."""
-    from tortoise.cli import UsageError
+    :class:`tortoise.flags.UsageError` (one line, exit 2)."""
     from tortoise.distributed import RayUnavailable
     from tortoise.distributed.reader import check_address
     if args.ray is None:

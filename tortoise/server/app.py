@@ -47,7 +47,7 @@ class ServerConfig:
     upload_dir: Optional[Path] = None     # None: uploads are refused
     api_key: Optional[str] = None
     timeout: Optional[float] = None       # seconds from arrival to the last byte; None: no limit
-    model_identity: dict = field(default_factory=dict)
+    model_identity: dict = field(default_factory=dict)  # tortoise.api.model_identity of the engine's models
     latent_widths: Optional[tuple] = None  # (AR, diffusion) widths a .pth voice must have for these models
 
 

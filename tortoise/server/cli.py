@@ -1,11 +1,10 @@
 """The ``tortoise-server`` command: parse options, load the models once, serve OpenAI's speech API with uvicorn.
 
-Model and device options are the command line's own (:func:`tortoise.cli.add_model_arguments`). Bad options exit 2
+Model and device options are the command line's own (:func:`tortoise.flags.add_model_arguments`). Bad options exit 2
 with one line; models that fail to load stop the server with exit 1 and one line.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import ipaddress
@@ -14,8 +13,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from tortoise.cli import UsageError, _flag, add_model_arguments, check_model_args, choose_vocoder
 from tortoise.distributed import serve as ray_serve  # imports no Ray until --ray is used
+from tortoise.flags import (Parser, UsageError, add_model_arguments, check_model_args, choose_vocoder, flag,
+                            make_session, model_options)
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, install_hint, one_line
 
 API_KEY_ENV = "TORTOISE_API_KEY"
@@ -23,34 +23,29 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser():
-    p = _Parser(prog="tortoise-server",
+    p = Parser(prog="tortoise-server",
                 description="Tortoise text to speech as a server speaking OpenAI's speech API "
                             "(POST /v1/audio/speech): models loaded once, requests served in order.",
                 epilog="Example:  tortoise-server --voices_dir ~/voices --port 8000   then   curl "
                        "http://127.0.0.1:8000/v1/audio/speech -H 'Content-Type: application/json' -d "
                        "'{\"model\": \"tts-1\", \"input\": \"Hello.\", \"voice\": \"random\"}' -o hello.mp3")
     g = p.add_argument_group("server")
-    g.add_argument(*_flag("host"), default=DEFAULT_HOST,
+    g.add_argument(*flag("host"), default=DEFAULT_HOST,
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    g.add_argument(*_flag("port"), type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    g.add_argument(*_flag("api_key"), default=None,
+    g.add_argument(*flag("port"), type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    g.add_argument(*flag("api_key"), default=None,
                    help=f"require 'Authorization: Bearer KEY' on /v1 routes (default ${API_KEY_ENV}; none: open)")
-    g.add_argument(*_flag("queue_size"), type=int, default=8,
+    g.add_argument(*flag("queue_size"), type=int, default=8,
                    help="requests that may wait behind the one being generated; more get 429 (default 8)")
-    g.add_argument(*_flag("timeout"), type=float, default=600.0,
+    g.add_argument(*flag("timeout"), type=float, default=600.0,
                    help="seconds a request may take from arrival to its last byte, waiting included; "
                         "0: no limit (default 600)")
-    g.add_argument("-V", *_flag("voices_dir"), default=None,
+    g.add_argument("-V", *flag("voices_dir"), default=None,
                    help="directory of voices (one subdirectory per voice); a comma separates several; uploaded "
                         "voices are written to the first (created when missing)")
-    g.add_argument(*_flag("no_upload"), action="store_true", help="refuse POST /v1/audio/voices")
-    g.add_argument(*_flag("log_level"), default="info", choices=("critical", "error", "warning", "info", "debug"),
+    g.add_argument(*flag("no_upload"), action="store_true", help="refuse POST /v1/audio/voices")
+    g.add_argument(*flag("log_level"), default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default info: one line per request)")
     a = p.add_argument_group("models and device")
     s = p.add_argument_group("speed")
@@ -103,11 +98,11 @@ def voices_dirs(args, say):
 
 
 def load_models(args, vocoder, say):
-    """The :class:`TextToSpeech` of the options, its text and audio front ends used once: the number cleaner imports
-    inflect and the filter banks librosa and scipy, seconds that belong to start-up, not to the first request."""
-    from tortoise.cli import make_tts
+    """The :class:`~tortoise.session.Session` of the options, its text and audio front ends used once: the number
+    cleaner imports inflect and the filter banks librosa and scipy, seconds that belong to start-up, not to the first
+    request."""
     from tortoise.utils.sound import TorchMelSpectrogram, univnet_stft
-    tts = make_tts(args, vocoder, say, stream=False)
+    tts = make_session(args, vocoder, say, stream=False)
     tts.tokenizer.encode("Warming up 1 text cleaner.")
     TorchMelSpectrogram()
     univnet_stft()
@@ -120,6 +115,7 @@ def _missing_server_packages():
 
 def build_app(args, say, on_fatal=None):
     """The speech server's application and its engine (its models load on the engine's thread once started)."""
+    from tortoise.api import model_identity
     from tortoise.server.app import ServerConfig, create_app
     from tortoise.server.engine import Engine
     from tortoise.utils.voices import expected_latent_widths
@@ -128,7 +124,8 @@ def build_app(args, say, on_fatal=None):
     engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=on_fatal)
     config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
                           api_key=api_key_of(args), timeout=args.timeout or None,
-                          latent_widths=expected_latent_widths(args.models_dir))
+                          latent_widths=expected_latent_widths(args.models_dir),
+                          model_identity=model_identity(model_options(args, vocoder, stream=False)))
     return create_app(config, engine), engine
 
 

@@ -1,6 +1,6 @@
 """One model set, one worker thread, a bounded queue of jobs served in order.
 
-The worker loads the models (:class:`~tortoise.api.TextToSpeech`) once, then runs one job at a time, first come first
+The worker loads the models (a :class:`~tortoise.session.Session`) once, then runs one job at a time, first come first
 served. A job is ``work(tts, progress)``, a generator whose items go to the job's asyncio queue as they are made
 (``("item", x)``, then ``("done", None)``, or ``("error", exception)``). The job's ``progress`` callback is handed to
 the pipeline, which calls it at every stage step: it raises :class:`~tortoise.progress.Cancelled` once the job is
@@ -82,10 +82,10 @@ class Job:
 
 
 class Engine:
-    """Holds the :class:`TextToSpeech` of one device and serves jobs in order from a bounded queue."""
+    """Holds the :class:`~tortoise.session.Session` of one device and serves jobs in order from a bounded queue."""
 
     def __init__(self, load, queue_size=8, on_fatal=None):
-        """:param load: ``load() -> TextToSpeech``, called once on the worker thread.
+        """:param load: ``load() -> Session``, called once on the worker thread.
         :param on_fatal: ``on_fatal(message)`` when loading fails (the server then stops)."""
         self.load = load
         self.queue_size = int(queue_size)

@@ -17,7 +17,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from pydantic import create_model
 
-from tortoise.cli import TUNING
+from tortoise.flags import TUNING
 from tortoise.options import PRESETS, GenerationOptions, preset_options
 from tortoise.render import SEED_SPACE, RenderSettings
 from tortoise.server import audio

@@ -1,6 +1,6 @@
 """The Tortoise web UI (a Streamlit script): `turtle` serves it; `streamlit run scripts/app.py` from a checkout.
 
-Everything the page does goes through `tortoise.api` (the `TextToSpeech` object comes from a cached factory keyed by
+Everything the page does goes through `tortoise.api` (the `Session` object comes from a cached factory keyed by
 the settings that shape it), `tortoise.utils.voices` and the device layer; nothing here re-implements a pipeline step.
 Importing this module has no side effects: the page is drawn by `render()`.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from tortoise.options import ModelOptions
 from tortoise.progress import STAGE_LABELS
 from tortoise.webui import device_info, original_voices
 from tortoise.webui.generation import Job, load_history, readable_error, run_job, save_history, split_text
@@ -25,20 +26,19 @@ HISTORY_SHOWN = 10
 K = "w_"  # widget keys are K + a Settings field name
 
 
-# ---- the model: one TextToSpeech per distinct set of constructor settings, held by Streamlit's resource cache ----
+# ---- the models: one Session per distinct set of model options, held by Streamlit's resource cache ----
 
 @st.cache_resource(max_entries=1, show_spinner=False)
 def load_tts(models_dir: str, device: str, low_vram: bool, kv_cache: bool, half: bool, ar_checkpoint: str,
              diff_checkpoint: str, vocoder: str, backend: str = "torch", threads: int = 0):
-    from tortoise.api import TextToSpeech
-    kwargs = dict(models_dir=str(Path(models_dir).expanduser()),
-                  device=None if device == device_info.AUTO else device, high_vram=not low_vram, kv_cache=kv_cache,
-                  half=half, backend=backend, threads=threads or None,
-                  ar_checkpoint=str(Path(ar_checkpoint).expanduser()) if ar_checkpoint else None,
-                  diff_checkpoint=str(Path(diff_checkpoint).expanduser()) if diff_checkpoint else None)
-    if vocoder:
-        kwargs["vocoder"] = vocoder
-    return TextToSpeech(**kwargs)
+    from tortoise.session import Session
+    options = ModelOptions(models_dir=str(Path(models_dir).expanduser()),
+                           device=None if device == device_info.AUTO else device, high_vram=not low_vram,
+                           kv_cache=kv_cache, half=half, backend=backend, threads=threads or None,
+                           ar_checkpoint=str(Path(ar_checkpoint).expanduser()) if ar_checkpoint else None,
+                           diff_checkpoint=str(Path(diff_checkpoint).expanduser()) if diff_checkpoint else None,
+                           vocoder=vocoder or "univnet")
+    return Session(options)
 
 
 @st.cache_resource(show_spinner=False)
