@@ -9,6 +9,7 @@ tortoise.cpp itself is not needed: scripts/check_tortoise_cpp.py runs it where a
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,11 @@ def test_ar_checkpoint_flag_exports_that_file(models_dir, tmp_path, capsys):
     (path,) = (tmp_path / "out").rglob("ggml-model.bin")
     values = dict((n, v) for n, _, _, v in read_legacy_ggml(path)[1])
     np.testing.assert_array_equal(values["mel_embedding.weight"], raw["mel_embedding.weight"].half().float().numpy())
+
+
+def test_the_tortoise_cpp_check_skips_without_a_checkout(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_tortoise_cpp.py"
+    proc = subprocess.run([sys.executable, script, "--tortoise_cpp", str(tmp_path / "none"), "--models_dir",
+                           str(tmp_path), "--voice", str(tmp_path / "v.pth")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no tortoise.cpp checkout"), proc.stderr
