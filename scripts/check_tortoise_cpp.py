@@ -1,4 +1,4 @@
-"""Check the files ``tortoise-export --format ggml`` writes against the real reader: tortoise.cpp, built from its source.
+"""Check the files ``tortoise-export --format ggml`` writes against the real reader, tortoise.cpp built from source.
 
     python scripts/check_tortoise_cpp.py --tortoise_cpp ~/src/tortoise.cpp --models_dir /path/to/full/models \\
         --voice results/conditioning_latents/NAME.pth [--work /tmp/tcpp-check] [--max_tokens 6] [--stage ar|vocoder]

@@ -104,7 +104,7 @@ def diffusion_tensors(net, diffusion_latent):
     latent = diffusion_latent.detach().float().reshape(-1)
     if latent.numel() != width:
         raise GgmlError(f"the voice's diffusion latent has {latent.numel()} values, this diffusion model takes "
-                        f"{width}: compute it with the same models (tortoise-get-conditioning-latents --models_dir ...)")
+                        f"{width}: compute it with these models (tortoise-get-conditioning-latents --models_dir)")
     out[DIFFUSION_LATENT] = latent.reshape(1, width)
     return out
 
