@@ -2,6 +2,10 @@
 
 The file holds the tuple (autoregressive latent, diffusion latent) as plain tensors; put it alone in a voice directory
 to use it as a voice (``tortoise-tts -V DIR -v NAME``), or pass it to ``TextToSpeech.tts(conditioning_latents=...)``.
+
+``--format ggml`` also writes ``NAME.bin``, the voice file tortoise.cpp reads with ``--voice``: the autoregressive
+latent's float32 values, no header. tortoise.cpp takes the diffusion latent from its diffusion model file instead:
+``tortoise-export --format ggml --voice NAME.pth`` writes it there (see docs/tortoise-cpp.md).
 """
 import argparse
 import os
@@ -10,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from tortoise.export.ggml import write_voice
 
 
 def build_parser():
@@ -25,6 +31,8 @@ def build_parser():
                    help="diffusion conditioning: 0 first 4.27 s of each clip, 1 all chunks, 2 per-clip average")
     p.add_argument("--seed", type=int, default=0, help="seed of the crop of clips longer than 6 s")
     p.add_argument("--overwrite", action="store_true", help="replace latents files that already exist")
+    p.add_argument("--format", choices=("pth", "ggml"), default="pth",
+                   help="ggml: also NAME.bin, the voice file tortoise.cpp reads (its autoregressive latent)")
     return p
 
 
@@ -53,16 +61,19 @@ def run(args):
             raise VoiceError(f"voice {'&'.join(g)!r} has no clips to encode (random, or already .pth latents)")
     out = Path(args.output_path)
     targets = [out / f"{'-'.join(g)}.pth" for g, _, _ in loaded]
-    existing = [t for t in targets if t.exists()]
+    voice_files = [t.with_suffix(".bin") for t in targets] if args.format == "ggml" else [None] * len(targets)
+    existing = [t for t in targets + voice_files if t is not None and t.exists()]
     if existing and not args.overwrite:
         raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it or choose another output")
     out.mkdir(parents=True, exist_ok=True)
     tts = TextToSpeech(models_dir=args.models_dir, device=args.device, enable_redaction=False, preload=False)
-    for (g, clips, _), target in zip(loaded, targets):
+    for (g, clips, _), target, voice_file in zip(loaded, targets, voice_files):
         tts.deterministic_state(args.seed)
         latents = tts.get_conditioning_latents(clips, latent_averaging_mode=args.latent_averaging_mode)
         check_finite(latents, "&".join(g), tts.models_dir)
         print(save_latents(latents, target))
+        if voice_file is not None:
+            print(write_voice(voice_file, latents[0], overwrite=args.overwrite))
     return 0
 
 

@@ -2,6 +2,12 @@
 
     tortoise-export --models_dir DIR [--components all|NAME,...] [--format onnx|openvino] [--output_dir DIR]
                     [--opset_version N] [--fixed_shapes] [--half] [--skip_verification] [--cpu_only]
+    tortoise-export --format ggml|gguf --voice NAME|FILE.pth [--components autoregressive,diffusion,vocoder]
+                    [--ar_checkpoint FILE] [--diffusion_checkpoint FILE] [--vocoder_checkpoint FILE]
+
+``--format ggml`` writes the three model files tortoise.cpp loads (``ggml-model.bin``, ``ggml-diffusion-model.bin``
+with the ``--voice``'s diffusion latent, ``ggml-vocoder-model.bin``; `tortoise.export.ggml`), ``--format gguf`` the
+same tensors as GGUF, into the same cache under the same fingerprint rules (`tortoise.export.tortoise_cpp`).
 
 By default the graphs are the pipeline's own: dynamic axes, the default cache, the same keys, so a later
 ``--backend onnxruntime|openvino`` run with the same models finds them and exports nothing. ``--fixed_shapes`` makes
@@ -19,12 +25,18 @@ import sys
 import time
 import traceback
 
+from tortoise.export import tortoise_cpp
 from tortoise.export.components import COMPONENTS, NETWORK_COMPONENTS, Shapes
 from tortoise.export.exporter import DEFAULT_OPSET, ExportError, ExportOptions, VerificationError, export
 
 GROUPS = {"autoregressive": NETWORK_COMPONENTS["autoregressive"], "ar": NETWORK_COMPONENTS["autoregressive"],
           "clvp": NETWORK_COMPONENTS["clvp"], "diffusion": NETWORK_COMPONENTS["diffusion"],
           "vocoders": ("univnet", "bigvgan_base", "bigvgan")}
+# --format ggml|gguf: tortoise.cpp's three networks, by the names and groups that select them
+FILE_NETWORKS = {"autoregressive": "autoregressive", "ar": "autoregressive", "diffusion": "diffusion",
+                 "vocoder": "vocoder", "vocoders": "vocoder", "univnet": "vocoder"}
+CHECKPOINT_FLAGS = {"autoregressive": "ar_checkpoint", "diffusion": "diffusion_checkpoint",
+                    "vocoder": "vocoder_checkpoint"}
 
 
 def parse_args(argv=None):
@@ -34,7 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--components", default="all",
                     help=f"comma-separated components or groups ({', '.join(GROUPS)}), or 'all'; components: "
                          f"{', '.join(COMPONENTS)}")
-    ap.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    ap.add_argument("--format", choices=("onnx", "openvino") + tortoise_cpp.FORMATS, default="onnx",
+                    help="onnx / openvino graphs, or ggml (the files tortoise.cpp loads) / gguf (the same tensors)")
     ap.add_argument("--output_dir", help="cache directory (default: <models_dir>/exported, or $TORTOISE_EXPORT_DIR)")
     ap.add_argument("--opset_version", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--fixed_shapes", action="store_true",
@@ -58,6 +71,16 @@ def parse_args(argv=None):
     shapes.add_argument("--clips", type=int, default=defaults.clips, help="conditioning clips per voice")
     shapes.add_argument("--cond_frames", type=int, default=defaults.cond_frames,
                         help="conditioning mel frames (0: the pipeline's: 517 AR, 401 diffusion)")
+    for network, flag in CHECKPOINT_FLAGS.items():
+        ap.add_argument(f"--{flag}", help=f"the {network} checkpoint file (a fine-tune) instead of the models "
+                                          "directory's")
+    files = ap.add_argument_group("ggml / gguf (tortoise.cpp)")
+    files.add_argument("--voice", help="the voice whose diffusion latent ggml-diffusion-model.bin carries: a .pth "
+                                       "written by tortoise-get-conditioning-latents, or a voice holding one")
+    files.add_argument("--voices_dir", help="directories of voices for --voice NAME (comma-separated)")
+    files.add_argument("--ggml_any_shape", action="store_true",
+                       help="write ggml files of other sizes than the released ones (tortoise.cpp hard-codes those "
+                            "and refuses others: for a tortoise.cpp rebuilt with the sizes)")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks of failed exports")
     return ap.parse_args(argv)
 
@@ -119,8 +142,61 @@ def pipeline_note(args):
            "exports nothing."
 
 
+def _checkpoint_flag(args, network):
+    flag = CHECKPOINT_FLAGS.get(network)
+    return getattr(args, flag) if flag else None
+
+
+def select_networks(spec):
+    """--components for ggml / gguf -> tortoise.cpp networks ('all': the three)."""
+    if spec == "all":
+        return list(tortoise_cpp.ggml.NETWORKS)
+    chosen = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part not in FILE_NETWORKS:
+            raise ValueError(f"{part!r} is not a tortoise.cpp model; choose from {', '.join(FILE_NETWORKS)} or all")
+        if FILE_NETWORKS[part] not in chosen:
+            chosen.append(FILE_NETWORKS[part])
+    return chosen
+
+
+def main_files(args):
+    """--format ggml|gguf: write (or find in the cache) each network's file; a summary line per network."""
+    try:
+        networks = select_networks(args.components)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed, summary = [], []
+    for network in networks:
+        print(f"{network}: writing {args.format} ...", flush=True)
+        try:
+            r = tortoise_cpp.export_file(network, args.models_dir, args.format, output_dir=args.output_dir,
+                                         checkpoint=getattr(args, CHECKPOINT_FLAGS[network]), voice=args.voice,
+                                         voices_dir=args.voices_dir, force=args.force, any_shape=args.ggml_any_shape)
+        except ExportError as e:
+            if args.verbose:
+                traceback.print_exc()
+            failed.append(network)
+            reason = str(e).removeprefix(network + ": ")
+            summary.append(f"{network}: FAILED: {reason}")
+            continue
+        state = "in the cache" if r.cached else f"written, {r.verification}"
+        summary.append(f"{network}: {state} ({r.seconds:.1f} s){'; ' + r.note if r.note else ''} -> {r.path}")
+    print("\n".join(summary))
+    if args.format == "ggml" and len(networks) > len(failed):
+        print("\ntortoise.cpp reads ../models/<file> from its working directory: link or copy these files there "
+              "(see docs/tortoise-cpp.md).")
+    if failed:
+        print(f"\n{len(failed)} of {len(networks)} models failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.format in tortoise_cpp.FORMATS:
+        return main_files(args)
     from tortoise.backends.common import MissingRuntime
     skipped = []
     try:
@@ -138,7 +214,7 @@ def main(argv=None):
         print(f"{name}: exporting to {args.format} ...", flush=True)
         try:
             result = export(name, args.models_dir, args.format, output_dir=args.output_dir, options=options,
-                            force=args.force)
+                            force=args.force, checkpoint=_checkpoint_flag(args, COMPONENTS[name].network))
         except MissingRuntime as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
