@@ -351,7 +351,7 @@ def test_cli_fixed_shapes_table_and_cache(export_models, tmp_path, capsys):
     assert "max rel err" in out and "logits" in out and "exported, verification passed" in out
     assert "stateful KV cache" in out and "for other tools" in out
     assert cli.main(argv) == 0 and "in the cache" in capsys.readouterr().out
-    from tortoise.backends.openvino import OvDecoder
+    from tortoise.runtimes.openvino import OvDecoder
     decoder = OvDecoder(None, next(tmp_path.rglob("model.xml")), precision="f32")
     cache = decoder.cache_from_arrays([torch.randn(2, 4, 10, 16).numpy() for _ in range(4)])
     for position in range(3):  # the cache length grows: 10, 11, 12

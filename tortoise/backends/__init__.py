@@ -11,7 +11,10 @@ time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvi
 default on every device, "bf16", "f16": set as the inference precision hint, so a CPU with native bf16 does not pick
 bf16 by itself), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
 """
-from tortoise.backends.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401
+from tortoise.backends import networks
+from tortoise.runtimes.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401
+from tortoise.runtimes.onnxruntime import OrtDecoder, OrtRunner
+from tortoise.runtimes.openvino import OvDecoder, OvRunner, check_device, check_precision
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "bigvgan_base", "bigvgan", "hifidecoder")
@@ -29,11 +32,9 @@ class OnnxRuntimeBackend:
         self.half_graphs = precision == "f16"  # the graphs are exported in float16
 
     def runner(self, path):
-        from tortoise.backends.onnxruntime import OrtRunner
         return OrtRunner(path, self.provider, self.threads, self.device_id)
 
     def decoder(self, prefill_path, decode_path):
-        from tortoise.backends.onnxruntime import OrtDecoder
         return OrtDecoder(prefill_path, decode_path, self.provider, self.threads, self.device_id)
 
     def describe(self):
@@ -47,15 +48,12 @@ class OpenVinoBackend:
 
     def __init__(self, device="CPU", precision="f32", threads=None):
         require("openvino")
-        from tortoise.backends.openvino import check_device, check_precision
         self.device, self.precision, self.threads = check_device(device), check_precision(precision), threads
 
     def runner(self, path):
-        from tortoise.backends.openvino import OvRunner
         return OvRunner(path, self.device, self.precision, self.threads)
 
     def decoder(self, prefill_path, decode_path):
-        from tortoise.backends.openvino import OvDecoder
         return OvDecoder(prefill_path, decode_path, self.device, self.precision, self.threads)
 
     def describe(self):
@@ -74,7 +72,6 @@ def get_backend(name, **options):
 def load(network, models_dir=None, backend="onnxruntime", *, export_dir=None, checkpoint=None, dynamic=True,
          verify=True, cpu_only=False, **backend_options):
     """The graph object for ``network`` (see the module docstring) on ``backend``."""
-    from tortoise.backends import networks
     if network not in NETWORKS:
         raise BackendError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
     runtime = backend if not isinstance(backend, str) else get_backend(backend, **backend_options)

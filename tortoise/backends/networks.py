@@ -9,7 +9,7 @@ UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; the d
                        ``inference_speech(...)`` (`tortoise.models.decoding`; sampling in torch); the latent
                        pass ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``.
                        Underneath, ``graphs.decoder()``: ``prefill(feeds) -> (logits, latent, cache)`` and
-                       ``step(tokens, mel_position, cache) -> (logits, latent, cache)`` (`tortoise.backends.common`)
+                       ``step(tokens, mel_position, cache) -> (logits, latent, cache)`` (`tortoise.runtimes.common`)
 CLVP                   `ClvpGraphs`: ``encode_text``, ``encode_speech``, ``score(text, codes)``, ``__call__(text,
                        codes, return_loss=False)``
 DiffusionTts           `DiffusionGraphs`: ``get_conditioning``, ``timestep_independent``, ``forward_guided``,
@@ -27,7 +27,10 @@ import inspect
 
 import torch
 
+from tortoise.export.exporter import ensure_exported
 from tortoise.models.decoding import DecodeLoop, position_offset
+from tortoise.models.vocoder import INFERENCE_PAD_FRAMES
+from tortoise.utils import checkpoints
 from tortoise.utils.diffusion import output_length
 
 
@@ -42,7 +45,6 @@ class GraphSet:
         self._runners, self._decoder = {}, None
 
     def path(self, component):
-        from tortoise.export.exporter import ensure_exported
         return ensure_exported(component, self.models_dir, self.backend.name, half=self.backend.half_graphs,
                                **self.export_kwargs)
 
@@ -63,7 +65,6 @@ class GraphSet:
 def network_config(network, models_dir):
     """Constructor arguments of the torch network: its class defaults overridden by the (released or config.json)
     config — what the graph object needs to know without building the network."""
-    from tortoise.utils import checkpoints
     cls = checkpoints.model_class(network)
     params = inspect.signature(cls.__init__).parameters
     cfg = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
@@ -254,7 +255,6 @@ class UnivNetGraph(_GraphObject):
         self.hop_length = config["hop_length"]
 
     def inference(self, c, z=None):
-        from tortoise.models.vocoder import INFERENCE_PAD_FRAMES
         if z is None:  # from the CPU generator, as UnivNetGenerator.inference draws it
             z = torch.randn(c.shape[0], self.noise_dim, c.shape[2] + INFERENCE_PAD_FRAMES).to(device=c.device)
         return self.graphs.runner("univnet").run({"mel": c, "z": z})[0]

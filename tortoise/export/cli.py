@@ -27,7 +27,9 @@ import traceback
 
 from tortoise.export import tortoise_cpp
 from tortoise.export.components import COMPONENTS, NETWORK_COMPONENTS, Shapes
-from tortoise.export.exporter import DEFAULT_OPSET, ExportError, ExportOptions, VerificationError, export
+from tortoise.export.exporter import (DEFAULT_OPSET, ExportError, ExportOptions, VerificationError, export,
+                                      network_source)
+from tortoise.runtimes.common import MissingRuntime
 
 GROUPS = {"autoregressive": NETWORK_COMPONENTS["autoregressive"], "ar": NETWORK_COMPONENTS["autoregressive"],
           "clvp": NETWORK_COMPONENTS["clvp"], "diffusion": NETWORK_COMPONENTS["diffusion"],
@@ -89,7 +91,6 @@ def select_components(spec, models_dir, skipped=None):
     """'all' -> every component whose checkpoint is there (in the models directory, or downloadable); the others are
     appended to ``skipped`` as ``(component, reason)``. Else the named ones (a missing checkpoint then fails)."""
     if spec == "all":
-        from tortoise.export.exporter import ExportError, network_source
         chosen, missing = [], {}
         for name, comp in COMPONENTS.items():
             if comp.network not in missing:
@@ -197,7 +198,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.format in tortoise_cpp.FORMATS:
         return main_files(args)
-    from tortoise.backends.common import MissingRuntime
     skipped = []
     try:
         components = select_components(args.components, args.models_dir, skipped)

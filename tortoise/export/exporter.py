@@ -26,6 +26,13 @@ import torch
 
 import tortoise.export.cache as cache
 from tortoise.export.components import COMPONENTS, Shapes
+from tortoise.models.bigvgan import BigVGAN
+from tortoise.models.vocoder import VOCODERS
+from tortoise.runtimes.common import MissingRuntime, install_hint, require, runtime_version
+from tortoise.runtimes.onnxruntime import OrtDecoder, OrtRunner, available_providers
+from tortoise.runtimes.openvino import OvDecoder, OvRunner, make_stateful
+from tortoise.utils import checkpoints
+from tortoise.utils.checkpoints import default_models_dir
 
 DEFAULT_OPSET = 18
 TOLERANCE = 1e-4       # fp32: max |graph - torch| / max |torch|
@@ -79,7 +86,6 @@ class ExportResult:
 # ---------------------------------------------------------------------------------------------------------------
 def network_source(network, models_dir, checkpoint=None):
     """-> (checkpoint files, config dict) of ``network`` in ``models_dir`` (a BigVGAN: its NVIDIA-layout dir)."""
-    from tortoise.utils import checkpoints
     if network in ("bigvgan_base", "bigvgan"):
         directory = _bigvgan_dir(network, models_dir, checkpoint)
         return [directory / "config.json", directory / "bigvgan_generator.pt"], json.loads(
@@ -92,8 +98,6 @@ def network_source(network, models_dir, checkpoint=None):
 
 
 def _bigvgan_dir(network, models_dir, checkpoint=None):
-    from tortoise.models.vocoder import VOCODERS
-    from tortoise.utils.checkpoints import default_models_dir
     repo = VOCODERS[network]["hub_repo"]
     directory = Path(checkpoint) if checkpoint else Path(models_dir or default_models_dir()).expanduser() / repo.split(
         "/")[-1]
@@ -106,10 +110,8 @@ def _bigvgan_dir(network, models_dir, checkpoint=None):
 
 def load_network(network, models_dir, checkpoint=None, device="cpu"):
     """The torch network in eval mode, gradients off, on ``device`` (fp32)."""
-    from tortoise.utils import checkpoints
     with torch.random.fork_rng(devices=[]):  # building a network draws init weights: keep the caller's seed
         if network in ("bigvgan_base", "bigvgan"):
-            from tortoise.models.bigvgan import BigVGAN
             net = BigVGAN.from_pretrained(_bigvgan_dir(network, models_dir, checkpoint))
         else:
             try:
@@ -210,8 +212,6 @@ def _as_input(t, net):
 def convert_openvino(component, onnx_path, xml_path, *, half):
     """``openvino.convert_model`` of the ONNX graph, the decode step made stateful, saved as IR (weights fp16-
     compressed only with ``half``)."""
-    from tortoise.backends.common import require
-    from tortoise.backends.openvino import make_stateful
     ov = require("openvino")
     try:
         model = ov.convert_model(str(onnx_path))
@@ -237,16 +237,12 @@ class _GraphRun:
         threads = torch.get_num_threads()  # as many as torch uses for the reference
         if component == "ar_decode":
             if fmt == "onnx":
-                from tortoise.backends.onnxruntime import OrtDecoder
                 self.decoder = OrtDecoder(None, path, provider=provider, threads=threads, exact=True)
             else:
-                from tortoise.backends.openvino import OvDecoder
                 self.decoder = OvDecoder(None, path, precision="f32", threads=threads)
         elif fmt == "onnx":
-            from tortoise.backends.onnxruntime import OrtRunner
             self.runner = OrtRunner(path, provider=provider, threads=threads, exact=True)
         else:
-            from tortoise.backends.openvino import OvRunner
             self.runner = OvRunner(path, precision="f32", threads=threads)
 
     def __call__(self, inputs):
@@ -337,7 +333,6 @@ def _device(options):
 def _ort_provider(device):
     if device != "cuda":
         return "cpu"
-    from tortoise.backends.onnxruntime import available_providers
     return "cuda" if "CUDAExecutionProvider" in available_providers() else "cpu"
 
 
@@ -345,7 +340,6 @@ def require_exporter(runtime):
     """The runtime (it verifies the graph and will run it) and the ONNX exporter's packages, or one line naming the
     extra that installs them."""
     import importlib.util
-    from tortoise.backends.common import MissingRuntime, install_hint, require
     require(runtime)
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
@@ -371,7 +365,6 @@ def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=E
         raise ExportError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose onnx or openvino")
-    from tortoise.backends.common import runtime_version
     runtime = "onnxruntime" if fmt == "onnx" else "openvino"
     require_exporter(runtime)
     start = time.perf_counter()

@@ -13,7 +13,7 @@ variables before the first step (``GraphCache`` of numpy arrays -> state); readi
 import numpy as np
 import torch
 
-from tortoise.backends.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
+from tortoise.runtimes.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 

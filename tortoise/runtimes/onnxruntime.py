@@ -10,7 +10,7 @@ for it, not run here: no NVIDIA GPU on the build machines).
 import numpy as np
 import torch
 
-from tortoise.backends.common import BackendError, Decoder, GraphCache, Runner, require
+from tortoise.runtimes.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 PROVIDER_PACKAGES = {"cuda": "onnxruntime-gpu", "openvino": "onnxruntime-openvino"}
@@ -113,7 +113,6 @@ class OrtDecoder(Decoder):
         return binding.get_outputs()
 
     def prefill(self, feeds):
-        from tortoise.backends.common import to_numpy, to_torch
         device = feeds["cond_latent"].device if isinstance(feeds["cond_latent"], torch.Tensor) else None
         arrays = {n: to_numpy(feeds[n], self.float_dtype) for n in self.prefill_runner.input_names}
         outs = self._bound_run(self.prefill_runner.session, arrays, {})
@@ -122,7 +121,6 @@ class OrtDecoder(Decoder):
         return to_torch(outs[0].numpy(), device), to_torch(outs[1].numpy(), device), self._cache(cache, length)
 
     def step(self, tokens, position, cache):
-        from tortoise.backends.common import to_numpy, to_torch
         inputs = {"tokens": to_numpy(tokens), "position": np.array([int(position)], dtype=np.int64)}
         outs = self._bound_run(self.step_runner.session, inputs, dict(zip(self.past_names, cache.values)))
         device = tokens.device if isinstance(tokens, torch.Tensor) else None
