@@ -20,6 +20,7 @@ from pydantic import create_model
 
 from tortoise.cli import TUNING
 from tortoise.options import PRESETS, GenerationOptions, preset_options
+from tortoise import render
 from tortoise.render import SEED_SPACE, RenderSettings
 from tortoise.server import audio
 from tortoise.server.errors import bad_request
@@ -278,6 +279,14 @@ def speech_request(raw: bytes, model_identity=None) -> SpeechRequest:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     return SpeechRequest(texts, voice.strip(), names, settings, candidate, fmt, speed, body.stream_format,
                          body.model, preset)
+
+
+def render_job(voice, req: SpeechRequest):
+    """The engine's job for a request: ``job(tts, progress)`` yields its clips' audio as ``(clip index, chunk)``
+    pairs, as they are made (the same for every front end of the server)."""
+    def job(tts, progress):
+        return render.text_chunks(tts, voice, req.texts, req.settings, progress, req.candidate)
+    return job
 
 
 def request_schema():
