@@ -72,11 +72,11 @@ class Sandbox:
         assert list(self.home.rglob("*")) == [] and list(self.tmp.rglob("*")) == []
 
 
-def start(tmp, models_dir, voices_dir, *extra, name="server"):
+def start(tmp, models_dir, voices_dir, *extra, name="server", env=None):
     sandbox = Sandbox(tmp / name)
     args = ["--models_dir", str(models_dir), "--voices_dir", str(voices_dir), "--vocoder", "univnet",
             "--log_level", "warning", *extra]
-    server = ServerProcess(args, env=sandbox.env(), log=tmp / f"{name}.log").start()
+    server = ServerProcess(args, env={**sandbox.env(), **(env or {})}, log=tmp / f"{name}.log").start()
     server.sandbox = sandbox
     return server
 

@@ -3,6 +3,7 @@ queue and cancellation, the command line's checks."""
 import asyncio
 import io
 import json
+import math
 import threading
 import time
 import wave
@@ -224,6 +225,32 @@ def test_bad_requests_are_one_line_400s(raw, param, words):
         assert words in message
 
 
+def test_voice_mixes_are_spelt_a_and_b_or_a_plus_b():
+    assert speech.voice_names("alice&bob") == speech.voice_names("alice+bob") == ("alice", "bob")
+    assert speech.voice_names(" alice + bob & carol ") == ("alice", "bob", "carol")
+    assert speech.speech_request(body(voice="alice+bob")).names == ("alice", "bob")
+    assert "empty part" in refused(body(voice="alice+"), "voice")
+    assert "random" in refused(body(voice="random+alice"), "voice")
+
+
+def test_voice_list_carries_openai_s_list_and_the_voices_clients_read(tmp_path):
+    from tortoise.server.voices import describe_voice, list_voices, voice_list_body
+    (tmp_path / "alice").mkdir()
+    sf.write(str(tmp_path / "alice" / "a.wav"), tone(1.5), SR)
+    sf.write(str(tmp_path / "alice" / "b.flac"), tone(0.5), SR)
+    listed = voice_list_body(list_voices([tmp_path]))
+    assert listed["object"] == "list" and [v["id"] for v in listed["data"]] == ["random", "alice"]
+    assert listed["voices"] == [{"id": "random", "name": "random"}, {"id": "alice", "name": "alice"}]
+    alice = describe_voice("alice", [tmp_path])
+    assert alice["source"] == "user" and alice["type"] == "audio_sample" and alice["latents"] == []
+    assert alice["clips"] == [{"file": "a.wav", "seconds": 1.5}, {"file": "b.flac", "seconds": 0.5}]
+    assert alice["seconds"] == 2.0 and str(tmp_path) not in json.dumps(alice)  # no server paths
+    assert describe_voice("random", [tmp_path])["source"] == "random"
+    with pytest.raises(APIError) as e:
+        describe_voice("nobody", [tmp_path])
+    assert e.value.status == 404 and e.value.code == "voice_not_found"
+
+
 def test_input_at_the_limit_is_accepted():
     assert speech.speech_request(body(input="word. " * 682 + "abcd")).texts
 
@@ -356,6 +383,33 @@ def test_cancel_and_deadline_stop_at_the_next_progress_call(loop):
     engine.stop()
 
 
+def test_health_reports_depth_and_the_recent_median_and_retry_after_follows_it(loop):
+    engine = ready_engine(queue_size=2)
+    assert engine.status()["median_s"] is None and engine.status()["recent_jobs"] == 0
+    for seconds in (0.05, 0.3, 0.1):  # the median (0.1) ignores the one long job (0.3); a mean would not
+        assert loop.collect(engine.submit(steps(1, seconds), loop.loop))[1] == "done"
+    status = engine.status()
+    assert status["recent_jobs"] == 3 and 0.1 <= status["median_s"] < 0.2
+    gate, blocked = gated("x")
+    running = engine.submit(blocked, loop.loop)
+    assert running.started.wait(5)
+    first, second = engine.submit(steps(1), loop.loop), engine.submit(steps(1), loop.loop)
+    status = engine.status()
+    assert (status["queued"], status["running"], status["queue_depth"]) == (2, 1, 3)
+    assert status["estimated_wait_s"] == round(status["median_s"] * 3, 1)
+    assert (engine.position(running), engine.position(first), engine.position(second)) == (0, 1, 2)
+    assert engine.wait_estimate(2) == round(status["median_s"] * 2, 1)  # the running job and the first
+    with pytest.raises(QueueFull) as e:
+        engine.submit(steps(1), loop.loop)
+    assert e.value.retry_after == math.ceil(status["median_s"] * 2)
+    first.cancel()
+    engine.submit(steps(1), loop.loop)  # frees its place: the second moves up
+    assert engine.position(second) == 1 and engine.position(first) is None
+    gate.set()
+    assert loop.collect(second)[1] == "done" and engine.position(second) == 0
+    engine.stop()
+
+
 def test_failed_load_is_reported_once(loop):
     seen = []
 
@@ -385,6 +439,16 @@ def test_host_warning_only_beyond_loopback_without_a_key():
     (["--api_key", " "], "--api_key"),
     (["--batch_size", "0"], "--batch_size"),
     (["--nonsense"], "unrecognized"),
+    (["--no_http"], "--no_http needs --wyoming"),
+    (["--wyoming_options", "{}"], "--wyoming_options needs --wyoming"),
+    (["--wyoming", "http://127.0.0.1:10200"], "tcp://HOST:PORT"),
+    (["--wyoming", "tcp://127.0.0.1"], "port"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", "{model: 1}"], "not JSON"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", "[1]"], "JSON object"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"temprature": 1}'], "unknown field 'temprature'"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"model": "tts-9"}'], "unknown model"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"input": "x"}'], "cannot set input"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--ray"], "not available with --ray"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, words, capsys):
     assert server_cli.main(argv) == 2
