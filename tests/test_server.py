@@ -11,6 +11,7 @@ nothing is written outside the configured directories.
 import base64
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -357,6 +358,36 @@ def test_models_and_voices_listings(client, server):
     assert "original Tortoise voices" in e.value.body["message"] and "tortoise-voices fetch" in e.value.body["message"]
 
 
+def test_voice_list_shapes_that_open_webui_and_kokoro_clients_read(server):
+    """Open WebUI reads ``GET {base}/audio/voices`` as ``{"voices": [{"id", "name"}]}`` and ``GET {base}/audio/models``
+    as ``{"models": [{"id"}]}``; Kokoro-FastAPI's clients mix voices as ``a+b``."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    listed = httpx.get(server.url + "/v1/audio/voices", headers=auth, timeout=30).json()
+    assert listed["voices"] == [{"id": v["id"], "name": v["name"]} for v in listed["data"]]
+    assert {"random", "alice", "bob"} <= {v["id"] for v in listed["voices"]}
+    models = httpx.get(server.url + "/v1/audio/models", headers=auth, timeout=30).json()["models"]
+    assert [m["id"] for m in models][:3] == ["tts-1", "tts-1-hd", "stream"]
+    alice = httpx.get(server.url + "/v1/audio/voices/alice", headers=auth, timeout=30).json()
+    assert alice["id"] == "alice" and alice["source"] == "user" and [c["file"] for c in alice["clips"]] == [
+        "a.wav", "b.wav"]
+    assert [c["seconds"] for c in alice["clips"]] == [2.0, 1.5] and alice["seconds"] == 3.5
+    overflow = httpx.get(server.url + "/v1/audio/voices/overflow", headers=auth, timeout=30).json()
+    assert overflow["type"] == "latents" and overflow["latents"] == ["overflow.pth"] and overflow["clips"] == []
+    missing = httpx.get(server.url + "/v1/audio/voices/nobody", headers=auth, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "voice_not_found"
+    body = {"model": "tts-1", "input": "Hello there.", "response_format": "pcm", "seed": 3, **QUICK}
+    plus, amp = (httpx.post(server.url + "/v1/audio/speech", headers=auth, timeout=60, json={**body, "voice": v})
+                 for v in ("alice+bob", "alice&bob"))
+    assert plus.status_code == 200 and plus.content == amp.content
+
+
+def test_health_reports_the_queue_and_the_recent_median(server, client):
+    speak(client)
+    h = health(server)
+    assert h["status"] == "ok" and h["queue_depth"] == h["queued"] + h["running"]
+    assert h["recent_jobs"] >= 1 and h["median_s"] > 0 and h["estimated_wait_s"] >= 0
+
+
 # ---------------------------------------------------------------- concurrency, disconnects
 
 def test_concurrent_clients_get_what_they_would_get_alone(server, client):
@@ -426,7 +457,8 @@ def test_full_queue_answers_429_with_retry_after(small_server):
         wait_for(lambda: health(small_server)["queued"] == 1)
         r = httpx.post(small_server.url + "/v1/audio/speech", timeout=30,
                        json={"model": "tts-1", "input": "Hi.", "voice": "alice", **QUICK})
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        median = health(small_server)["median_s"]
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == max(1, math.ceil(median))  # 1 waiting
         assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "queue_full"
         with pytest.raises(openai.RateLimitError):
             speak(c)
@@ -436,6 +468,34 @@ def test_full_queue_answers_429_with_retry_after(small_server):
     assert sf.info(io.BytesIO(waiting["r"])).frames > 0
     after = health(small_server)
     assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"] + 1
+
+
+def test_a_waiting_sse_request_hears_its_place_in_the_queue(small_server):
+    """While a long request runs, an SSE request waits: its stream opens at once with speech.queued events (place 1,
+    the likely wait), then carries its audio when its turn comes."""
+    c = client_for(small_server, key="unused")
+    speak(c)  # a served request: the median exists
+    running = raw_post(small_server, {"model": "tts-1", "input": LONG_TEXT, "voice": "alice", "text_split": "20,40",
+                                      **SLOW})
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "bob", "response_format": "pcm",
+            "stream_format": "sse", "seed": 5, **QUICK}
+    try:
+        wait_for(lambda: health(small_server)["running"] == 1)
+        with httpx.stream("POST", small_server.url + "/v1/audio/speech", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[len("data: "):])
+            assert first["type"] == "speech.queued" and first["position"] == 1
+            assert first["estimated_wait_s"] == round(health(small_server)["median_s"], 1)
+            running.close()  # the long request's client leaves: the waiting one runs
+            rest = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
+    finally:
+        running.close()
+    deltas = [e for e in rest if e["type"] == "speech.audio.delta"]
+    assert deltas and rest[-1]["type"] == "speech.audio.done"
+    assert {e["type"] for e in rest} <= {"speech.queued", "speech.audio.delta", "speech.audio.done"}
+    alone = httpx.post(small_server.url + "/v1/audio/speech", json={**body, "stream_format": None}, timeout=60)
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == alone.content
 
 
 def test_timeout_is_a_504_and_the_server_stays_up(small_server):

@@ -175,19 +175,19 @@ class Engine:
         return max(1, min(3600, math.ceil(self._per_job_s() * max(1, len(self._waiting)))))
 
     def position(self, job):
-        """Where ``job`` stands: 0 once it runs (or ran), n when n - 1 jobs wait ahead of it, None once dropped."""
+        """How many jobs are ahead of ``job`` (the running one included): 0 once it runs, or when nothing is ahead of
+        it (the worker takes it now); None once it was dropped."""
         with self._cond:
             if job.started.is_set() or job is self._running:
                 return 0
             try:
-                return self._waiting.index(job) + 1
+                return self._waiting.index(job) + int(self._running is not None)
             except ValueError:
                 return None
 
     def wait_estimate(self, position):
-        """Seconds a job at ``position`` will likely wait: the running job and those ahead, each a recent median."""
-        with self._cond:
-            return round(self._per_job_s() * (position - 1 + int(self._running is not None)), 1)
+        """Seconds a job with ``position`` jobs ahead will likely wait: a recent median for each."""
+        return round(self._per_job_s() * position, 1)
 
     def status(self):
         """``/health``'s queue fields: state, the depth (``queued`` waiting, ``running``), the recent median seconds
