@@ -235,9 +235,10 @@ def _queued_event(engine, position):
 
 
 async def _sse_after_queue(watch, engine, req, encoder, usage):
-    """An event stream that opens while its request waits: ``speech.queued`` events (the place in the queue: how
-    many requests are ahead of it, the running one included; and the likely wait) whenever the place changes, then the audio as :func:`_sse_events` sends it. The status is
-    already 200, so a failure before the first audio is an ``error`` event too."""
+    """An event stream that opens while its request waits: ``speech.queued`` events (its place in the queue: how many
+    requests are ahead of it, the running one included; and the likely wait) whenever the place changes, then the
+    audio as :func:`_sse_events` sends it. The status is already 200, so a failure before the first audio is an
+    ``error`` event too."""
     shown = None
     while True:
         position = engine.position(watch.job)

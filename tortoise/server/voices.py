@@ -14,7 +14,8 @@ import threading
 from tortoise.server.errors import APIError, bad_request
 from tortoise.utils.voices import (AUDIO_EXTENSIONS, LATENT_EXTENSION, RANDOM_VOICE, _voice_files, check_voice_name,
                                    get_voices, search_dirs, unknown_voice_error, voice_dir_names)
-from tortoise.voices.catalog import clip_seconds, voice_catalog
+from tortoise.voices.catalog import clip_seconds
+from tortoise.voices.catalog import describe_voice as catalog_entry
 
 UPLOAD_FIELDS = ("audio_sample", "audio_samples", "files", "file")  # OpenAI's name first
 MAX_UPLOAD_BYTES = 128 * 1024 * 1024  # one request; every clip is also held to the web UI's per-clip limit
@@ -58,7 +59,8 @@ def describe_voice(name, voices_dirs):
     file name and length (``seconds`` None where a header cannot be read), the latent files, the total length."""
     if name == RANDOM_VOICE:
         return {**voice_object(RANDOM_VOICE, []), "clips": [], "latents": [], "seconds": 0.0}
-    entry = next((v for v in voice_catalog(voices_dirs) if v.name == name), None)
+    found = [(os.path.join(d, name), source) for d, source in search_dirs(voices_dirs) if name in voice_dir_names(d)]
+    entry = catalog_entry(name, *found[0]) if found else None  # the first in search order is the one used
     if entry is None:
         raise APIError(404, f"no voice {name!r}: GET /v1/audio/voices lists the voices", param="voice",
                        code="voice_not_found")

@@ -33,7 +33,8 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from tortoise.server import audio, speech
 from tortoise.server.engine import QueueFull
-from tortoise.server.errors import APIError, busy_error, generation_error, not_ready_error, timeout_error
+from tortoise.server.errors import (APIError, busy_error, generation_error, not_ready_error, one_line,
+                                    timeout_error)
 from tortoise.server.voices import list_voices
 
 log = logging.getLogger("uvicorn.error")
@@ -84,7 +85,8 @@ class WyomingService:
 
     def info(self) -> Info:
         voices = [TtsVoice(name=v["id"], attribution=ATTRIBUTION, installed=True, version=None, languages=LANGUAGES,
-                           description=f"{v['id']} ({v['source']} voice)") for v in list_voices(self.config.voices_dirs)]
+                           description=f"{v['id']} ({v['source']} voice)")
+                  for v in list_voices(self.config.voices_dirs)]
         program = TtsProgram(name="tortoise", attribution=ATTRIBUTION, installed=True, version=None, voices=voices,
                              description="Tortoise text to speech (multi-voice, voice cloning)",
                              supports_synthesize_streaming=True)
@@ -186,6 +188,9 @@ class WyomingHandler(AsyncEventHandler):
         except (ConnectionError, OSError):  # the client went away while audio was being sent
             self._cancel("client disconnected")
             return
+        except Exception as e:  # noqa: BLE001 - as the HTTP API does: one line to the client, the server goes on
+            log.error("tortoise-server: wyoming request failed: %s: %s", type(e).__name__, one_line(e))
+            await self._error(APIError(500, f"{type(e).__name__}: {one_line(e)}", "server_error"))
         if stopped:
             await self._write_quietly(SynthesizeStopped().event())
 
