@@ -1,7 +1,9 @@
 """tortoise-server end to end: real servers started on 127.0.0.1 with tiny random-weight models, spoken to over real
 HTTP by the official ``openai`` client (``client.audio.speech.create``, ``with_streaming_response``) and httpx.
 
-Covered: every format (whole and streamed), server-sent events, the streaming model, speed, extra fields and seeds,
+Covered: every OpenAI format (whole and streamed, decoded by FFmpeg's decoders through PyAV), server-sent events (and
+the place in the queue of one that waits), the streaming model, speed, extra fields and seeds, the voice lists in
+OpenAI's, Open WebUI's and Kokoro-FastAPI's shapes (and ``a+b`` mixes), ``/health``'s queue fields,
 bad input (each a one-line 400 in OpenAI's error shape, the server staying up), auth, a full queue answering 429, the
 timeout, concurrent clients getting the audio they would get alone, a client that disconnects mid-stream stopping its
 generation, a failing generation (non-finite audio is an error, never a success), voice upload with the web UI's

@@ -16,7 +16,9 @@ import time
 
 import httpx
 import numpy as np
+import openai
 import pytest
+import torch
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -27,6 +29,7 @@ from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, Synthesiz
 from tortoise.server.launch import free_port
 
 from test_server import LONG_TEXT, QUICK, Sandbox, health, make_voices, start, stopped_cleanly, tone, wait_for
+from test_server_units import ff_decode
 
 SETTINGS = {**QUICK, "seed": 17, "text_split": "20,40"}
 TEXT = "The first sentence is here. The second one follows."
@@ -149,6 +152,25 @@ def test_the_streaming_synthesis_events(server):
     assert np.array_equal(pcm_of(events[:-1]), http_pcm(server, "".join(pieces), "bob"))
 
 
+def test_every_kind_of_client_gets_speech_from_one_server(server):
+    """The issue's finish line: the openai client, an Open WebUI-style client (voices from ``{"voices": [...]}``), a
+    Kokoro-style client (an ``a+b`` mix, mp3) and a Wyoming client, all against the one running server."""
+    openai_client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    spoken = openai_client.audio.speech.create(model="tts-1", voice="alice", input=TEXT, response_format="aac",
+                                               extra_body=SETTINGS).content
+    assert ff_decode(spoken)[2] == "aac"
+    listed = httpx.get(server.url + "/v1/audio/voices", timeout=30).json()["voices"]  # Open WebUI's reading
+    webui_voice = {v["id"]: v["name"] for v in listed}["bob"]
+    webui = httpx.post(server.url + "/v1/audio/speech", timeout=120,
+                       json={"model": "tts-1", "input": TEXT, "voice": webui_voice, **SETTINGS})
+    assert webui.status_code == 200 and ff_decode(webui.content)[2] == "mp3"  # OpenAI's default format
+    kokoro = httpx.post(server.url + "/v1/audio/speech", timeout=120,
+                        json={"model": "tts-1", "input": TEXT, "voice": "alice+bob", "response_format": "mp3",
+                              **SETTINGS})
+    assert kokoro.status_code == 200 and ff_decode(kokoro.content)[2] == "mp3"
+    assert np.array_equal(pcm_of(run(synthesize(server, TEXT, "alice"))), http_pcm(server, TEXT, "alice"))
+
+
 # ---------------------------------------------------------------- bad input, failures, disconnects
 
 def test_bad_requests_are_one_line_error_events_and_the_connection_stays(server):
@@ -246,3 +268,44 @@ def test_wyoming_alone_without_http(tiny_models_dir, voices_dir, tmp_path):
     assert code == 0 and "Traceback" not in output, output[-3000:]
     assert "Uvicorn running" not in output and "Wyoming server listening on" in output  # no HTTP API
     sandbox.assert_untouched()
+
+
+# ---------------------------------------------------------------- a failure after the audio started
+
+def test_a_failure_after_audio_start_is_an_error_without_audio_stop(monkeypatch):
+    """A generation that fails after its first clip went out: the client gets the error, never an audio-stop that
+    would pass the cut audio off as whole (the service in this process, over a real TCP connection)."""
+    from tortoise.server import speech, wyoming_server
+    from tortoise.server.app import ServerConfig
+    from tortoise.server.engine import Engine
+    from tortoise.server.voices import VoiceLoader
+
+    def failing_job(voice, req):
+        def work(tts, progress):
+            yield 0, torch.full((4800,), 0.1)  # the first clip: 9600 bytes, two audio-chunk events
+            progress("diffusion", 0, 1)
+            raise RuntimeError("the vocoder broke")
+        return work
+    monkeypatch.setattr(speech, "render_job", failing_job)
+    engine = Engine(lambda: object(), queue_size=1)
+    engine.start()
+    engine.wait_loaded(10)
+    port = free_port()
+
+    async def scenario():
+        service = wyoming_server.WyomingService(engine, VoiceLoader([]), ServerConfig(), {"model": "tts-1"})
+        server = await wyoming_server.start(f"tcp://127.0.0.1:{port}", service)
+        try:
+            async with AsyncTcpClient("127.0.0.1", port) as conn:
+                await conn.write_event(Synthesize(text="Hello there.").event())
+                return await answer(conn)
+        finally:
+            await server.stop()
+    try:
+        events = run(scenario(), timeout=60)
+    finally:
+        engine.stop()
+    assert [e.type for e in events] == ["audio-start", "audio-chunk", "audio-chunk", "error"]
+    error = Error.from_event(events[-1])
+    assert error.text == "the generation failed: RuntimeError: the vocoder broke" and error.code == "server_error"
+    assert engine.status()["failed"] == 1
