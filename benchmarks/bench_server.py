@@ -12,10 +12,11 @@ requests, p50 / p95 time to the first streamed byte, 429s, errors, and the serve
 a warm-up request, after the run and after a second, equal run (memory that keeps growing run after run is a leak),
 plus its peak (VmHWM) and its ``/health`` (the recent median seconds per request).
 
-The soak (``--soak SECONDS``) then sends requests at the rate the engine sustains, as measured by the first load run
-(its completed requests per second, times ``--soak_load``, 0.9 by default), from a few clients on a fixed schedule,
-and samples the server's resident memory every ``--sample_every`` seconds: reported are the memory at the start and
-end of the soak, its peak, and its drift (the slope of a least-squares line through the samples, in MiB per hour).
+The soak (``--soak SECONDS``) then sends requests at the rate the engine sustains, as measured by the load runs (the
+lower of their completed requests per second, times ``--soak_load``, 0.9 by default), from a few clients on a fixed
+schedule (a client behind it sends at once, and the soak still ends on time), and samples the server's resident
+memory every ``--sample_every`` seconds: reported are the memory at the start and end of the soak, its peak, and its
+drift (the slope of a least-squares line through the samples, in MiB per hour).
 Every loop is bounded in time and in count, and all traffic goes to 127.0.0.1. Timings are of the whole system
 (HTTP, queue, generation, encoding) on tiny random-weight networks: they measure the server's overhead and behaviour
 under load, not Tortoise's speed.
@@ -88,7 +89,7 @@ class Scheduled(threading.Thread):
         with httpx.Client(base_url=self.url, timeout=600) as http:
             for _ in range(MAX_REQUESTS_PER_CLIENT):
                 n, start = self.schedule.next()
-                if start >= self.stop_at:
+                if start >= self.stop_at or time.monotonic() >= self.stop_at:  # behind schedule: time still ends it
                     break
                 time.sleep(max(0.0, start - time.monotonic()))
                 self.results.append(one_request(http, n % 2 == 0, seed=7_000_000 + n))
@@ -133,6 +134,11 @@ def one_request(http, streamed, seed):
         return {"kind": "ok", "streamed": streamed, "latency": time.perf_counter() - t0, "ttfb": first}
     except httpx.HTTPError as e:
         return {"kind": "error", "detail": f"{type(e).__name__}: {e}"}
+
+
+def say(message):
+    """Progress of a long run, on stderr (the table goes to stdout)."""
+    print(f"bench_server: {message}", file=sys.stderr, flush=True)
 
 
 def percentile(values, q):
@@ -261,10 +267,13 @@ def main(argv=None):
                 results, wall = run_load(server, args.clients, args.duration)
                 runs.append(summarise(results, wall))
                 memory[f"after_{n}"], memory["peak"] = memory_kib(server.pid)
+                say(f"run {n}: {runs[-1]['completed']} completed, {runs[-1]['rejected_429']} x 429, "
+                    f"{runs[-1]['errors']} errors, RSS {memory[f'after_{n}'] / 1024:.0f} MiB")
             status = httpx.get(server.url + "/health").json()
             soak = None
             if args.soak > 0:
-                rate = max(runs[0]["throughput_rps"] * args.soak_load, 1e-3)
+                rate = max(min(r["throughput_rps"] for r in runs) * args.soak_load, 1e-3)
+                say(f"soak: {args.soak:.0f} s at {rate:.3f} req/s")
                 results, wall, samples = run_soak(server, args.soak, rate, args.sample_every)
                 soak = {"rate": rate, "summary": summarise(results, wall), "drift": drift(samples),
                         "rss_samples_kib": samples}
