@@ -10,6 +10,8 @@ queue, and the Wyoming server alone (``--no_http``).
 import asyncio
 import json
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ import torch
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
+from wyoming.event import async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped,
                          SynthesizeVoice)
@@ -222,6 +225,31 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(server):
     after = wait_for(lambda: (h := health(server))["running"] == 0 and h["cancelled"] > before["cancelled"] and h)
     assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"]
     assert len(pcm_of(run(synthesize(server, TEXT)))) > 1000  # and the next request is served
+
+
+def test_a_reset_connection_and_bytes_that_are_not_wyoming_leave_the_server_up(server):
+    """A client that resets its connection mid-stream (RST, not FIN) and one that speaks HTTP to the Wyoming port:
+    each connection just ends (the module's server fixture then finds no traceback in the log)."""
+    before = health(server)
+
+    async def reset_mid_stream():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.wyoming_port)
+        await async_write_event(Synthesize(text=LONG_TEXT).event(), writer)
+        while (await async_read_event(reader)).type != "audio-chunk":
+            pass
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        writer.transport.abort()
+
+    async def speak_http_to_wyoming():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.wyoming_port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        return await reader.read()  # the server closes the connection: b""
+    run(reset_mid_stream())
+    assert run(speak_http_to_wyoming()) == b""
+    wait_for(lambda: (h := health(server))["running"] == 0 and h["cancelled"] == before["cancelled"] + 1)
+    assert len(pcm_of(run(synthesize(server, TEXT)))) > 1000
 
 
 def test_two_clients_at_once_get_what_they_get_alone(server):

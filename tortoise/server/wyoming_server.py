@@ -153,6 +153,17 @@ class WyomingHandler(AsyncEventHandler):
         self._task = None     # the last speech request's task (each waits for the one before)
         self._job = None      # the engine's job of the request being spoken
 
+    async def run(self) -> None:
+        """The package's read loop, where a connection the client resets is a disconnect (its generation stops) and
+        bytes that are not Wyoming events close the connection with one line in the log, never a traceback."""
+        try:
+            await super().run()  # its finally calls disconnect()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("tortoise-server: closed a Wyoming connection that sent something other than Wyoming events "
+                        "(%s: %s)", type(e).__name__, one_line(e))
+
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
             await self.write_event((await asyncio.to_thread(self.service.info)).event())
