@@ -432,6 +432,14 @@ def test_host_warning_only_beyond_loopback_without_a_key():
     assert "without an API key" in warning and "--api_key" in warning and "\n" not in warning
 
 
+def test_wyoming_warning_only_beyond_loopback():
+    assert server_cli.wyoming_warning(None) is None
+    assert server_cli.wyoming_warning("tcp://127.0.0.1:10200") is None
+    assert server_cli.wyoming_warning("unix:///run/tortoise.sock") is None
+    warning = server_cli.wyoming_warning("tcp://0.0.0.0:10200")
+    assert "no API key" in warning and "\n" not in warning
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--queue_size", "-1"], "--queue_size"),
     (["--timeout", "-5"], "--timeout"),

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import signal
 import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -85,6 +86,15 @@ def host_warning(host, api_key):
         return None
     return (f"tortoise-server: warning: listening on {host} without an API key: anyone who can reach this port can "
             f"use the server and upload voices; set --api_key or ${API_KEY_ENV}")
+
+
+def wyoming_warning(uri):
+    """The warning printed when the Wyoming protocol (which has no API key) listens beyond this machine."""
+    parsed = urllib.parse.urlparse(uri or "")
+    if parsed.scheme != "tcp" or is_loopback(parsed.hostname or ""):
+        return None
+    return (f"tortoise-server: warning: the Wyoming protocol on {uri} has no API key: anyone who can reach this port "
+            "can use the server; keep it on a trusted network")
 
 
 def check_args(args):
@@ -193,8 +203,8 @@ def replica_app(args):
 
 def serve(args, say):
     check_args(args)
-    warning = host_warning(args.host, api_key_of(args))
-    if warning:
+    notices = [None if args.no_http else host_warning(args.host, api_key_of(args)), wyoming_warning(args.wyoming)]
+    for warning in filter(None, notices):
         print(warning, file=sys.stderr, flush=True)
     ray_options = ray_serve.options_from_args(args)  # bad flags, or Ray missing: one line, exit 2
     if ray_options is not None:
