@@ -66,3 +66,18 @@ def test_bench_floor_measures_the_machine_and_every_stage(tiny_models_dir):
     for r in rows:
         seconds, floor, share = r[46:].split()[:3]
         assert float(seconds) > 0 and float(floor) > 0 and share.endswith("%"), r
+
+
+def test_bench_server_runs_the_load_and_the_soak(tiny_models_dir, tmp_path):
+    out = tmp_path / "server.json"
+    proc = _run("bench_server.py", "--models_dir", tiny_models_dir, "--clients", 3, "--duration", 4, "--queue_size",
+                1, "--soak", 4, "--sample_every", 1, "--json", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "soak: RSS drift (least squares)" in proc.stdout and "run 2: 429 / errors" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert [r["errors"] for r in numbers["runs"]] == [0, 0] and numbers["soak"]["summary"]["errors"] == 0
+    assert all(r["completed"] > 0 for r in numbers["runs"]) and numbers["soak"]["summary"]["completed"] > 0
+    assert numbers["runs"][0]["rejected_429"] > 0  # three clients on a queue of one: some are turned away
+    memory = numbers["memory_kib"]
+    assert 0 < memory["start"] <= memory["peak"] and numbers["soak"]["drift"]["samples"] >= 4
+    assert numbers["health"]["median_s"] > 0 and numbers["health"]["failed"] == 0

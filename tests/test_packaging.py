@@ -69,7 +69,7 @@ def test_install_hints_name_what_pip_can_install(monkeypatch):
     from importlib import metadata
 
     from tortoise.utils.errors import install_hint
-    assert install_hint("server") == "pip install 'fastapi' 'uvicorn' 'python-multipart'"
+    assert install_hint("server") == "pip install 'fastapi' 'uvicorn' 'python-multipart' 'av>=14' 'wyoming>=1.7'"
     assert install_hint("ray") == "pip install 'ray[serve]>=2.47'"
 
     def absent(name):

@@ -1,7 +1,9 @@
 """tortoise-server end to end: real servers started on 127.0.0.1 with tiny random-weight models, spoken to over real
 HTTP by the official ``openai`` client (``client.audio.speech.create``, ``with_streaming_response``) and httpx.
 
-Covered: every format (whole and streamed), server-sent events, the streaming model, speed, extra fields and seeds,
+Covered: every OpenAI format (whole and streamed, decoded by FFmpeg's decoders through PyAV), server-sent events (and
+the place in the queue of one that waits), the streaming model, speed, extra fields and seeds, the voice lists in
+OpenAI's, Open WebUI's and Kokoro-FastAPI's shapes (and ``a+b`` mixes), ``/health``'s queue fields,
 bad input (each a one-line 400 in OpenAI's error shape, the server staying up), auth, a full queue answering 429, the
 timeout, concurrent clients getting the audio they would get alone, a client that disconnects mid-stream stopping its
 generation, a failing generation (non-finite audio is an error, never a success), voice upload with the web UI's
@@ -11,6 +13,7 @@ nothing is written outside the configured directories.
 import base64
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -26,6 +29,8 @@ import torch
 
 from tortoise.server import audio
 from tortoise.server.launch import ServerProcess
+
+from test_server_units import CONTAINERS, decoded_length_24k, ff_decode
 
 KEY = "test-key-123"
 QUICK = {"num_autoregressive_samples": 2, "diffusion_iterations": 2, "max_mel_tokens": 20}
@@ -70,11 +75,11 @@ class Sandbox:
         assert list(self.home.rglob("*")) == [] and list(self.tmp.rglob("*")) == []
 
 
-def start(tmp, models_dir, voices_dir, *extra, name="server"):
+def start(tmp, models_dir, voices_dir, *extra, name="server", env=None):
     sandbox = Sandbox(tmp / name)
     args = ["--models_dir", str(models_dir), "--voices_dir", str(voices_dir), "--vocoder", "univnet",
             "--log_level", "warning", *extra]
-    server = ServerProcess(args, env=sandbox.env(), log=tmp / f"{name}.log").start()
+    server = ServerProcess(args, env={**sandbox.env(), **(env or {})}, log=tmp / f"{name}.log").start()
     server.sandbox = sandbox
     return server
 
@@ -134,16 +139,17 @@ def speak(client, text="Hello there, my friend.", voice="alice", fmt="wav", **ex
 
 # ---------------------------------------------------------------- speech
 
-def test_every_supported_format_with_the_openai_client(client):
-    formats = audio.supported_formats()
-    assert {"wav", "pcm"} <= set(formats)
+def test_every_openai_format_with_the_openai_client(client):
+    assert audio.supported_formats() == audio.OPENAI_FORMATS
     reference = speak(client, fmt="wav", seed=11)
     samples, rate = sf.read(io.BytesIO(reference), dtype="int16")
     assert rate == SR and len(samples) > 1000 and samples.std() > 0
     assert np.array_equal(pcm(speak(client, fmt="pcm", seed=11)), samples)
-    for fmt in set(formats) - {"wav", "pcm"}:
-        decoded, rate = sf.read(io.BytesIO(speak(client, fmt=fmt, seed=11)), dtype="float32")
-        assert rate == SR and abs(len(decoded) - len(samples)) < 0.1 * SR, fmt
+    for fmt in ("mp3", "opus", "aac", "flac"):
+        decoded, rate, container = ff_decode(speak(client, fmt=fmt, seed=11))
+        assert container == CONTAINERS[fmt] and abs(decoded_length_24k(decoded, rate) - len(samples)) < 0.1 * SR, fmt
+        if fmt == "flac":
+            assert np.array_equal(np.round(decoded * 32768).astype(np.int16), samples)
 
 
 def test_same_seed_same_audio_other_seed_other_audio(client):
@@ -202,14 +208,19 @@ def test_streamed_audio_equals_the_whole_file(client):
         assert np.array_equal(streamed, whole), fmt
 
 
-def test_streamed_lossy_formats_decode(client):
-    for fmt in {"mp3", "opus"} & set(audio.supported_formats()):
+def test_every_streamed_format_decodes(client):
+    text = "One sentence. Two sentences."
+    extra = {**QUICK, "seed": 4, "text_split": "10,20"}
+    whole = pcm(client.audio.speech.create(model="tts-1", voice="bob", input=text, response_format="pcm",
+                                           extra_body=extra).content)
+    for fmt in ("mp3", "opus", "aac", "flac"):
         with client.audio.speech.with_streaming_response.create(
-                model="tts-1", voice="bob", input="One sentence. Two sentences.", response_format=fmt,
-                stream_format="audio", extra_body={**QUICK, "seed": 4, "text_split": "10,20"}) as response:
+                model="tts-1", voice="bob", input=text, response_format=fmt, stream_format="audio",
+                extra_body=extra) as response:
+            assert response.headers["content-type"] == audio.CONTENT_TYPES[fmt]
             data = response.read()
-        decoded, rate = sf.read(io.BytesIO(data), dtype="float32")
-        assert rate == SR and len(decoded) > 2 * 20000, fmt
+        decoded, rate, container = ff_decode(data)
+        assert container == CONTAINERS[fmt] and abs(decoded_length_24k(decoded, rate) - len(whole)) < 0.1 * SR, fmt
 
 
 def sse_events(response):
@@ -267,7 +278,7 @@ BAD = [
     ({"input": ""}, "input", "empty"),
     ({"voice": "nobody"}, "voice", "unknown voice"),
     ({"voice": "../alice"}, "voice", "invalid voice name"),
-    ({"response_format": "aac"}, "response_format", "use one of"),
+    ({"response_format": "ogg"}, "response_format", "use one of mp3, opus, aac, flac, wav, pcm"),
     ({"input": "x" * 4097}, "input", "4096"),
     ({"input": 42}, "input", "string"),
     ({"speed": "fast"}, "speed", None),
@@ -349,6 +360,36 @@ def test_models_and_voices_listings(client, server):
     assert "original Tortoise voices" in e.value.body["message"] and "tortoise-voices fetch" in e.value.body["message"]
 
 
+def test_voice_list_shapes_that_open_webui_and_kokoro_clients_read(server):
+    """Open WebUI reads ``GET {base}/audio/voices`` as ``{"voices": [{"id", "name"}]}`` and ``GET {base}/audio/models``
+    as ``{"models": [{"id"}]}``; Kokoro-FastAPI's clients mix voices as ``a+b``."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    listed = httpx.get(server.url + "/v1/audio/voices", headers=auth, timeout=30).json()
+    assert listed["voices"] == [{"id": v["id"], "name": v["name"]} for v in listed["data"]]
+    assert {"random", "alice", "bob"} <= {v["id"] for v in listed["voices"]}
+    models = httpx.get(server.url + "/v1/audio/models", headers=auth, timeout=30).json()["models"]
+    assert [m["id"] for m in models][:3] == ["tts-1", "tts-1-hd", "stream"]
+    alice = httpx.get(server.url + "/v1/audio/voices/alice", headers=auth, timeout=30).json()
+    assert alice["id"] == "alice" and alice["source"] == "user" and [c["file"] for c in alice["clips"]] == [
+        "a.wav", "b.wav"]
+    assert [c["seconds"] for c in alice["clips"]] == [2.0, 1.5] and alice["seconds"] == 3.5
+    overflow = httpx.get(server.url + "/v1/audio/voices/overflow", headers=auth, timeout=30).json()
+    assert overflow["type"] == "latents" and overflow["latents"] == ["overflow.pth"] and overflow["clips"] == []
+    missing = httpx.get(server.url + "/v1/audio/voices/nobody", headers=auth, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "voice_not_found"
+    body = {"model": "tts-1", "input": "Hello there.", "response_format": "pcm", "seed": 3, **QUICK}
+    plus, amp = (httpx.post(server.url + "/v1/audio/speech", headers=auth, timeout=60, json={**body, "voice": v})
+                 for v in ("alice+bob", "alice&bob"))
+    assert plus.status_code == 200 and plus.content == amp.content
+
+
+def test_health_reports_the_queue_and_the_recent_median(server, client):
+    speak(client)
+    h = health(server)
+    assert h["status"] == "ok" and h["queue_depth"] == h["queued"] + h["running"]
+    assert h["recent_jobs"] >= 1 and h["median_s"] > 0 and h["estimated_wait_s"] >= 0
+
+
 # ---------------------------------------------------------------- concurrency, disconnects
 
 def test_concurrent_clients_get_what_they_would_get_alone(server, client):
@@ -418,7 +459,8 @@ def test_full_queue_answers_429_with_retry_after(small_server):
         wait_for(lambda: health(small_server)["queued"] == 1)
         r = httpx.post(small_server.url + "/v1/audio/speech", timeout=30,
                        json={"model": "tts-1", "input": "Hi.", "voice": "alice", **QUICK})
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        median = health(small_server)["median_s"]
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == max(1, math.ceil(median))  # 1 waiting
         assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "queue_full"
         with pytest.raises(openai.RateLimitError):
             speak(c)
@@ -428,6 +470,34 @@ def test_full_queue_answers_429_with_retry_after(small_server):
     assert sf.info(io.BytesIO(waiting["r"])).frames > 0
     after = health(small_server)
     assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"] + 1
+
+
+def test_a_waiting_sse_request_hears_its_place_in_the_queue(small_server):
+    """While a long request runs, an SSE request waits: its stream opens at once with speech.queued events (place 1,
+    the likely wait), then carries its audio when its turn comes."""
+    c = client_for(small_server, key="unused")
+    speak(c)  # a served request: the median exists
+    running = raw_post(small_server, {"model": "tts-1", "input": LONG_TEXT, "voice": "alice", "text_split": "20,40",
+                                      **SLOW})
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "bob", "response_format": "pcm",
+            "stream_format": "sse", "seed": 5, **QUICK}
+    try:
+        wait_for(lambda: health(small_server)["running"] == 1)
+        with httpx.stream("POST", small_server.url + "/v1/audio/speech", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[len("data: "):])
+            assert first["type"] == "speech.queued" and first["position"] == 1
+            assert first["estimated_wait_s"] == round(health(small_server)["median_s"], 1)
+            running.close()  # the long request's client leaves: the waiting one runs
+            rest = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
+    finally:
+        running.close()
+    deltas = [e for e in rest if e["type"] == "speech.audio.delta"]
+    assert deltas and rest[-1]["type"] == "speech.audio.done"
+    assert {e["type"] for e in rest} <= {"speech.queued", "speech.audio.delta", "speech.audio.done"}
+    alone = httpx.post(small_server.url + "/v1/audio/speech", json={**body, "stream_format": None}, timeout=60)
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == alone.content
 
 
 def test_timeout_is_a_504_and_the_server_stays_up(small_server):

@@ -3,10 +3,12 @@ queue and cancellation, the command line's checks."""
 import asyncio
 import io
 import json
+import math
 import threading
 import time
 import wave
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -32,24 +34,47 @@ def dominant_hz(x):
 
 # ---------------------------------------------------------------- audio
 
-def test_formats_found_at_run_time_never_aac():
+def ff_decode(data):
+    """``data`` decoded by FFmpeg's decoders (PyAV), as a reader such as a browser or a player would: (float mono
+    samples, sample rate, FFmpeg's name for the container)."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray().astype(np.float32).reshape(-1) for frame in container.decode(stream)]
+        scale = 32768.0 if stream.codec_context.format.name.startswith("s16") else 1.0
+        return np.concatenate(frames) / scale, stream.rate, container.format.name
+
+
+def decoded_length_24k(y, rate):
+    return len(y) * SR // rate  # Opus always decodes at 48 kHz
+
+
+CONTAINERS = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}
+
+
+def test_every_openai_format_is_written():
     formats = audio.supported_formats()
-    assert formats[:0] == () and {"wav", "pcm"} <= set(formats) and "aac" not in formats
-    assert set(formats) <= set(audio.OPENAI_FORMATS)
-    assert audio.default_format() == ("mp3" if "mp3" in formats else "wav")
+    assert formats == audio.OPENAI_FORMATS  # PyAV is in the server and test extras: all six
+    assert audio.default_format() == "mp3"
 
 
-@pytest.mark.parametrize("fmt", [f for f in audio.supported_formats() if f != "pcm"])
+@pytest.mark.parametrize("fmt", [f for f in audio.OPENAI_FORMATS if f != "pcm"])
 def test_whole_files_decode_to_the_clip(fmt):
     x = tone(0.5)
-    data = audio.encode(x, fmt)
-    y, rate = sf.read(io.BytesIO(data), dtype="float32")
-    assert rate == SR
+    y, rate, container = ff_decode(audio.encode(x, fmt))
+    assert container == CONTAINERS[fmt]
     if fmt in ("wav", "flac"):  # lossless at 16 bits
-        assert len(y) == len(x) and np.abs(y - x).max() < 1e-4
+        assert rate == SR and len(y) == len(x) and np.abs(y - x).max() < 1e-4
     else:
-        assert abs(len(y) - len(x)) < 0.1 * SR
-        assert abs(dominant_hz(y) - 440) < 5
+        assert rate in (SR, 48000) and abs(decoded_length_24k(y, rate) - len(x)) < 0.1 * SR
+        assert abs(dominant_hz(y) * rate / SR - 440) < 5
+
+
+def test_whole_wav_and_mp3_carry_their_exact_length():
+    x = tone(1.0)
+    y, rate = sf.read(io.BytesIO(audio.encode(x, "wav")), dtype="float32")
+    assert rate == SR and len(y) == len(x)
+    y, rate, _ = ff_decode(audio.encode(x, "mp3"))
+    assert len(y) == len(x)  # the Xing frame written at the end tells the decoder the encoder's padding
 
 
 def test_pcm_is_raw_int16_and_clipped():
@@ -72,40 +97,35 @@ def test_streamed_wav_without_audio_is_a_header():
     assert audio.StreamEncoder("wav").close() == audio.wav_stream_header()
 
 
-@pytest.mark.parametrize("fmt", [f for f in ("mp3", "opus") if f in audio.supported_formats()])
-def test_streamed_lossy_formats_decode(fmt):
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac"])
+def test_streamed_formats_leave_chunk_by_chunk_and_decode(fmt):
     enc = audio.StreamEncoder(fmt)
     x = tone(2.0)
     parts = [enc.write(x[i:i + SR // 2]) for i in range(0, len(x), SR // 2)] + [enc.close()]
-    assert parts[0]  # bytes leave with the first chunk (mp3) or header (opus)
-    y, rate = sf.read(io.BytesIO(b"".join(parts)), dtype="float32")
-    assert rate == SR and abs(len(y) - len(x)) < 0.1 * SR
-    assert abs(dominant_hz(y) - 440) < 5
+    assert all(parts[:4]), [len(p) for p in parts]  # every half second of audio sends bytes, not only the end
+    y, rate, container = ff_decode(b"".join(parts))
+    assert container == CONTAINERS[fmt] and abs(decoded_length_24k(y, rate) - len(x)) < 0.1 * SR
+    assert abs(dominant_hz(y) * rate / SR - 440) < 5
+    if fmt == "flac":
+        assert np.abs(y - x).max() < 1e-4
 
 
-def test_streamed_flac_starts_as_flac():
-    if "flac" not in audio.supported_formats():
-        pytest.fail("libsndfile without FLAC: the soundfile wheel always has it")
-    enc = audio.StreamEncoder("flac")
-    first = enc.write(tone(0.5))
-    rest = enc.write(tone(0.5)) + enc.close()
-    assert first[:4] == b"fLaC" and len(rest) > 1000
+def test_streamed_flac_starts_as_flac_at_24k():
+    first = audio.StreamEncoder("flac").write(tone(0.5))
+    assert first[:4] == b"fLaC"
     rate = int.from_bytes(first[18:21], "big") >> 4  # STREAMINFO: 20-bit sample rate
     assert rate == SR
 
 
-def test_sink_drops_rewrites_of_bytes_already_sent():
-    sink = audio._Sink()
-    sink.write(b"abcdef")
-    assert sink.take() == b"abcdef"
-    sink.write(b"gh")
-    sink.seek(2)
-    sink.write(b"XY")  # in the part already handed out: dropped
-    sink.seek(0, io.SEEK_END)
-    assert sink.tell() == 8
-    sink.seek(6)
-    sink.write(b"G")  # still ours: patched
-    assert sink.take() == b"Gh"
+def test_without_pyav_only_wav_and_pcm_and_the_refusal_says_how(monkeypatch):
+    monkeypatch.setattr(audio, "has_av", lambda: False)
+    audio.supported_formats.cache_clear()
+    try:
+        assert audio.supported_formats() == ("wav", "pcm") and audio.default_format() == "wav"
+        message = refused(body(response_format="aac"), "response_format")
+        assert "pip install av" in message
+    finally:
+        audio.supported_formats.cache_clear()
 
 
 @pytest.mark.parametrize("speed", [0.25, 0.5, 1.5, 2.0, 4.0])
@@ -178,8 +198,8 @@ def test_defaults():
     (body(voice=3), "voice", None),
     (body(voice="a,b"), "voice", "one voice"),
     (body(voice="random&alice"), "voice", "random"),
-    (body(response_format="aac"), "response_format", "wav"),
     (body(response_format="ogg"), "response_format", "OpenAI"),
+    (body(response_format="m4a"), "response_format", "mp3, opus, aac, flac, wav, pcm"),
     (body(speed=5), "speed", "0.25"),
     (body(speed="fast"), "speed", None),
     (body(seed="x"), "seed", None),
@@ -203,6 +223,32 @@ def test_bad_requests_are_one_line_400s(raw, param, words):
     message = refused(raw, param)
     if words:
         assert words in message
+
+
+def test_voice_mixes_are_spelt_a_and_b_or_a_plus_b():
+    assert speech.voice_names("alice&bob") == speech.voice_names("alice+bob") == ("alice", "bob")
+    assert speech.voice_names(" alice + bob & carol ") == ("alice", "bob", "carol")
+    assert speech.speech_request(body(voice="alice+bob")).names == ("alice", "bob")
+    assert "empty part" in refused(body(voice="alice+"), "voice")
+    assert "random" in refused(body(voice="random+alice"), "voice")
+
+
+def test_voice_list_carries_openai_s_list_and_the_voices_clients_read(tmp_path):
+    from tortoise.server.voices import describe_voice, list_voices, voice_list_body
+    (tmp_path / "alice").mkdir()
+    sf.write(str(tmp_path / "alice" / "a.wav"), tone(1.5), SR)
+    sf.write(str(tmp_path / "alice" / "b.flac"), tone(0.5), SR)
+    listed = voice_list_body(list_voices([tmp_path]))
+    assert listed["object"] == "list" and [v["id"] for v in listed["data"]] == ["random", "alice"]
+    assert listed["voices"] == [{"id": "random", "name": "random"}, {"id": "alice", "name": "alice"}]
+    alice = describe_voice("alice", [tmp_path])
+    assert alice["source"] == "user" and alice["type"] == "audio_sample" and alice["latents"] == []
+    assert alice["clips"] == [{"file": "a.wav", "seconds": 1.5}, {"file": "b.flac", "seconds": 0.5}]
+    assert alice["seconds"] == 2.0 and str(tmp_path) not in json.dumps(alice)  # no server paths
+    assert describe_voice("random", [tmp_path])["source"] == "random"
+    with pytest.raises(APIError) as e:
+        describe_voice("nobody", [tmp_path])
+    assert e.value.status == 404 and e.value.code == "voice_not_found"
 
 
 def test_input_at_the_limit_is_accepted():
@@ -337,6 +383,33 @@ def test_cancel_and_deadline_stop_at_the_next_progress_call(loop):
     engine.stop()
 
 
+def test_health_reports_depth_and_the_recent_median_and_retry_after_follows_it(loop):
+    engine = ready_engine(queue_size=2)
+    assert engine.status()["median_s"] is None and engine.status()["recent_jobs"] == 0
+    for seconds in (0.05, 0.3, 0.1):  # the median (0.1) ignores the one long job (0.3); a mean would not
+        assert loop.collect(engine.submit(steps(1, seconds), loop.loop))[1] == "done"
+    status = engine.status()
+    assert status["recent_jobs"] == 3 and 0.1 <= status["median_s"] < 0.2
+    gate, blocked = gated("x")
+    running = engine.submit(blocked, loop.loop)
+    assert running.started.wait(5)
+    first, second = engine.submit(steps(1), loop.loop), engine.submit(steps(1), loop.loop)
+    status = engine.status()
+    assert (status["queued"], status["running"], status["queue_depth"]) == (2, 1, 3)
+    assert status["estimated_wait_s"] == round(status["median_s"] * 3, 1)
+    assert (engine.position(running), engine.position(first), engine.position(second)) == (0, 1, 2)
+    assert engine.wait_estimate(2) == round(status["median_s"] * 2, 1)  # the running job and the first
+    with pytest.raises(QueueFull) as e:
+        engine.submit(steps(1), loop.loop)
+    assert e.value.retry_after == math.ceil(status["median_s"] * 2)
+    first.cancel()
+    engine.submit(steps(1), loop.loop)  # frees its place: the second moves up
+    assert engine.position(second) == 1 and engine.position(first) is None
+    gate.set()
+    assert loop.collect(second)[1] == "done" and engine.position(second) == 0
+    engine.stop()
+
+
 def test_failed_load_is_reported_once(loop):
     seen = []
 
@@ -359,6 +432,14 @@ def test_host_warning_only_beyond_loopback_without_a_key():
     assert "without an API key" in warning and "--api_key" in warning and "\n" not in warning
 
 
+def test_wyoming_warning_only_beyond_loopback():
+    assert server_cli.wyoming_warning(None) is None
+    assert server_cli.wyoming_warning("tcp://127.0.0.1:10200") is None
+    assert server_cli.wyoming_warning("unix:///run/tortoise.sock") is None
+    warning = server_cli.wyoming_warning("tcp://0.0.0.0:10200")
+    assert "no API key" in warning and "\n" not in warning
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--queue_size", "-1"], "--queue_size"),
     (["--timeout", "-5"], "--timeout"),
@@ -366,6 +447,16 @@ def test_host_warning_only_beyond_loopback_without_a_key():
     (["--api_key", " "], "--api_key"),
     (["--batch_size", "0"], "--batch_size"),
     (["--nonsense"], "unrecognized"),
+    (["--no_http"], "--no_http needs --wyoming"),
+    (["--wyoming_options", "{}"], "--wyoming_options needs --wyoming"),
+    (["--wyoming", "http://127.0.0.1:10200"], "tcp://HOST:PORT"),
+    (["--wyoming", "tcp://127.0.0.1"], "port"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", "{model: 1}"], "not JSON"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", "[1]"], "JSON object"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"temprature": 1}'], "unknown field 'temprature'"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"model": "tts-9"}'], "unknown model"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--wyoming_options", '{"input": "x"}'], "cannot set input"),
+    (["--wyoming", "tcp://127.0.0.1:10200", "--ray"], "not available with --ray"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, words, capsys):
     assert server_cli.main(argv) == 2

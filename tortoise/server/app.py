@@ -1,14 +1,17 @@
 """The speech server's HTTP application (FastAPI): OpenAI's speech API over one :class:`~tortoise.server.engine.Engine`.
 
-Routes: ``POST /v1/audio/speech``, ``GET /v1/models``, ``GET /v1/audio/voices``, ``POST /v1/audio/voices``,
-``GET /health`` (liveness and counters), ``GET /ready`` (200 once the models are loaded). With an API key every
-``/v1`` route needs ``Authorization: Bearer KEY``.
+Routes: ``POST /v1/audio/speech``, ``GET /v1/models``, ``GET /v1/audio/models``, ``GET /v1/audio/voices``,
+``GET /v1/audio/voices/{id}``, ``POST /v1/audio/voices``, ``GET /health`` (liveness, queue depth, the recent median
+seconds per request, counters), ``GET /ready`` (200 once the models are loaded). With an API key every ``/v1`` route
+needs ``Authorization: Bearer KEY``.
 
 A speech request is checked completely (fields, voice, format) before it is queued, so bad input is a 400 that costs
 no generation. Audio is sent as one file, or (``stream_format``) as it is made: the status line goes out with the
 first audio, so any failure before it is an ordinary HTTP error; a failure after it cuts the stream (``audio``) or
-ends it with an ``error`` event (``sse``). A client that goes away cancels its job, which stops at the next stage
-boundary of the pipeline. Nothing here writes a file except an upload into the upload directory.
+ends it with an ``error`` event (``sse``). An ``sse`` request that has to wait in the queue is answered at once with
+``speech.queued`` events (its place, the likely wait), so any failure of it is an ``error`` event. A client that goes
+away cancels its job, which stops at the next stage boundary of the pipeline. Nothing here writes a file except an
+upload into the upload directory.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -29,15 +31,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tortoise import render
 from tortoise.server import audio, speech
-from tortoise.server.engine import FAILED, QueueFull
-from tortoise.server.errors import APIError, error_body, one_line
-from tortoise.server.voices import VoiceLoader, create_voice, list_voices, read_upload
+from tortoise.server.engine import QueueFull
+from tortoise.server.errors import (NOT_READY_RETRY_S, APIError, busy_error, error_body, generation_error,
+                                    not_ready_error, one_line, timeout_error)
+from tortoise.server.voices import (VoiceLoader, create_voice, describe_voice, list_voices, read_upload,
+                                   voice_list_body)
 
 log = logging.getLogger("uvicorn.error")
 CODE_SAMPLES = 1024 * 24000 / 22050  # 24 kHz output samples per autoregressive code (4 mel frames of 256 at 22.05 kHz)
-NOT_READY_RETRY_S = 5
+QUEUE_POLL_S = 0.5  # how often a waiting SSE request looks at its place in the queue
 
 
 @dataclass
@@ -49,6 +52,8 @@ class ServerConfig:
     timeout: Optional[float] = None       # seconds from arrival to the last byte; None: no limit
     model_identity: dict = field(default_factory=dict)  # tortoise.api.model_identity of the engine's models
     latent_widths: Optional[tuple] = None  # (AR, diffusion) widths a .pth voice must have for these models
+    wyoming_uri: Optional[str] = None      # also serve the Wyoming protocol there (tcp://HOST:PORT)
+    wyoming_options: dict = field(default_factory=dict)  # speech request fields of every Wyoming request
 
 
 # ---------------------------------------------------------------- errors
@@ -85,30 +90,6 @@ def _install_error_handlers(app):
         log.error("tortoise-server: %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__,
                   one_line(exc))
         return _error_response(500, error_body(f"{type(exc).__name__}: {one_line(exc)}", "server_error"))
-
-
-def generation_error(error) -> APIError:
-    """What a client hears about a job that ended with ``error`` before any audio was sent."""
-    from tortoise.pipeline import NonFiniteError, OutOfMemory
-    from tortoise.progress import Cancelled
-    if isinstance(error, Cancelled) and str(error) == "timeout":
-        return timeout_error()
-    if isinstance(error, Cancelled):
-        return APIError(503, f"the request was cancelled ({error})", "server_error", code="cancelled")
-    if isinstance(error, NonFiniteError):
-        return APIError(500, f"the generation failed: {one_line(error)}", "server_error", code="non_finite_audio")
-    if isinstance(error, OutOfMemory):
-        return APIError(503, f"out of memory: {one_line(error)}; retry, or start the server with --low_vram or a "
-                             "smaller --batch_size", "server_error", code="out_of_memory")
-    if isinstance(error, ValueError):
-        return APIError(400, one_line(error), code="invalid_input")
-    log.error("tortoise-server: generation failed: %s: %s", type(error).__name__, one_line(error))
-    return APIError(500, f"the generation failed: {type(error).__name__}: {one_line(error)}", "server_error")
-
-
-def timeout_error():
-    return APIError(504, "the request took longer than the server's --timeout: send shorter input or a faster model "
-                         "(tts-1, stream)", "timeout_error", code="timeout")
 
 
 # ---------------------------------------------------------------- auth
@@ -148,6 +129,13 @@ class _Watch:
     async def next(self):
         try:
             return await self.job.next()
+        except TimeoutError:
+            self.job.cancel("timeout")
+            raise timeout_error() from None
+
+    async def poll(self, seconds):
+        try:
+            return await self.job.poll(seconds)
         except TimeoutError:
             self.job.cancel("timeout")
             raise timeout_error() from None
@@ -201,15 +189,6 @@ class AudioStream(Response):
 
 # ---------------------------------------------------------------- the speech route
 
-def _work(voice, req):
-    """The job of a speech request: its clips' audio as ``(clip index, chunk)`` pairs, as they are made."""
-    return partial(_render, voice, req)
-
-
-def _render(voice, req, tts, progress):
-    return render.text_chunks(tts, voice, req.texts, req.settings, progress, req.candidate)
-
-
 async def _audio_chunks(first, watch, req):
     """The job's audio after speed (``[S]`` float tensors): ``first`` (already received), then the rest."""
     kind, value = first
@@ -251,6 +230,51 @@ async def _sse_events(chunks, encoder, usage):
     yield _sse({"type": "speech.audio.done", "usage": usage()})
 
 
+def _queued_event(engine, position):
+    return _sse({"type": "speech.queued", "position": position, "estimated_wait_s": engine.wait_estimate(position)})
+
+
+async def _sse_after_queue(watch, engine, req, encoder, usage):
+    """An event stream that opens while its request waits: ``speech.queued`` events (its place in the queue: how many
+    requests are ahead of it, the running one included; and the likely wait) whenever the place changes, then the
+    audio as :func:`_sse_events` sends it. The status is already 200, so a failure before the first audio is an
+    ``error`` event too."""
+    shown = None
+    while True:
+        position = engine.position(watch.job)
+        if position and position != shown:
+            shown = position
+            yield _queued_event(engine, position)
+        try:
+            first = await watch.poll(QUEUE_POLL_S)
+        except APIError as e:
+            yield _sse({"type": "error", **e.body()})
+            return
+        if first is not None:
+            break
+    if first[0] == "error":
+        yield _sse({"type": "error", **generation_error(first[1]).body()})
+        return
+    async for event in _sse_events(_counted(_audio_chunks(first, watch, req), usage), encoder, usage):
+        yield event
+
+
+class _Usage:
+    """OpenAI's usage of an SSE answer, counted as its audio goes out."""
+
+    def __init__(self, tts, req):
+        self.tts, self.req, self.samples = tts, req, 0
+
+    def __call__(self):
+        return _usage(self.tts, self.req, lambda: self.samples * self.req.speed)
+
+
+async def _counted(chunks, usage):
+    async for chunk in chunks:
+        usage.samples += chunk.numel()
+        yield chunk
+
+
 def _usage(tts, req, output_samples):
     """OpenAI's usage fields for Tortoise: input tokens = the text's BPE tokens, output tokens = the autoregressive
     codes behind the audio (about 21.5 per second)."""
@@ -261,18 +285,24 @@ def _usage(tts, req, output_samples):
 
 async def speech_route(request, config, engine, voices):
     if not engine.ready:
-        raise _not_ready(engine)
+        raise not_ready_error(engine)
     req = speech.speech_request(await request.body(), config.model_identity)
     widths = config.latent_widths
     if widths is not None and req.settings.stream:
         widths = (widths[0], None)  # the streaming path uses the autoregressive latent only
     voice = await anyio.to_thread.run_sync(voices.load, req.names, widths)
     try:
-        job = engine.submit(_work(voice, req), asyncio.get_running_loop(), config.timeout)
+        job = engine.submit(speech.render_job(voice, req), asyncio.get_running_loop(), config.timeout)
     except QueueFull as e:
-        raise APIError(429, f"the server is busy: {engine.queue_size} requests are waiting; retry in {e.retry_after} s",
-                       "rate_limit_error", code="queue_full", headers={"Retry-After": str(e.retry_after)}) from None
+        raise busy_error(engine, e.retry_after) from None
     watch = _Watch(request, job)
+    headers = {"X-Tortoise-Seed": str(req.settings.seed), "X-Tortoise-Clips": str(len(req.texts)),
+               "X-Tortoise-Preset": req.preset}
+    if req.stream_format == "sse" and engine.position(job):  # it has to wait: tell it where it stands meanwhile
+        watch.stop()
+        events = _sse_after_queue(watch, engine, req, audio.StreamEncoder(req.response_format),
+                                  _Usage(engine.tts, req))
+        return AudioStream(events, job, "text/event-stream", {**headers, "Cache-Control": "no-cache"})
     try:
         first = await watch.next()
         if first[0] == "error":
@@ -281,8 +311,6 @@ async def speech_route(request, config, engine, voices):
         watch.stop()
         job.cancel("request ended")
         raise
-    headers = {"X-Tortoise-Seed": str(req.settings.seed), "X-Tortoise-Clips": str(len(req.texts)),
-               "X-Tortoise-Preset": req.preset}
     if req.stream_format is None:
         try:
             return await _whole(first, watch, req, headers)
@@ -293,14 +321,8 @@ async def speech_route(request, config, engine, voices):
     encoder = audio.StreamEncoder(req.response_format)
     chunks = _audio_chunks(first, watch, req)
     if req.stream_format == "sse":
-        total = [0]
-
-        async def counted():
-            async for chunk in chunks:
-                total[0] += chunk.numel()
-                yield chunk
-        usage = partial(_usage, engine.tts, req, lambda: total[0] * req.speed)
-        return AudioStream(_sse_events(counted(), encoder, usage), job, "text/event-stream",
+        usage = _Usage(engine.tts, req)
+        return AudioStream(_sse_events(_counted(chunks, usage), encoder, usage), job, "text/event-stream",
                            {**headers, "Cache-Control": "no-cache"})
     return AudioStream(_encoded(chunks, encoder), job, audio.CONTENT_TYPES[req.response_format], headers)
 
@@ -313,28 +335,30 @@ async def _whole(first, watch, req, headers):
     return Response(body, media_type=audio.CONTENT_TYPES[req.response_format], headers=headers)
 
 
-def _not_ready(engine):
-    if engine.state == FAILED:
-        return APIError(503, f"the models failed to load: {one_line(engine.error)}", "server_error",
-                        code="load_failed")
-    return APIError(503, "the models are still loading: retry shortly (GET /ready says when)", "server_error",
-                    code="not_ready", headers={"Retry-After": str(NOT_READY_RETRY_S)})
-
-
 # ---------------------------------------------------------------- the application
+
+async def start_wyoming(config, engine, voices):
+    """The Wyoming server beside the HTTP API, on its event loop, over the same engine, queue and voices."""
+    from tortoise.server import wyoming_server  # the wyoming package: needed only with --wyoming
+    service = wyoming_server.WyomingService(engine, voices, config, config.wyoming_options)
+    return await wyoming_server.start(config.wyoming_uri, service)
+
 
 def create_app(config: ServerConfig, engine) -> FastAPI:
     """The application over ``engine`` (started by the caller)."""
     @contextlib.asynccontextmanager
     async def lifespan(app):
         audio.supported_formats()  # probe the codecs once, before the first request
+        wyoming = await start_wyoming(config, engine, voices) if config.wyoming_uri else None
         yield
+        if wyoming is not None:
+            await wyoming.stop()
         engine.stop()
 
+    voices = VoiceLoader(config.voices_dirs)
     app = FastAPI(title="Tortoise speech server", version="1", summary="OpenAI's speech API on Tortoise-TTS",
                   description=__doc__, lifespan=lifespan)
     _install_error_handlers(app)
-    voices = VoiceLoader(config.voices_dirs)
     auth = [Depends(_auth(config))]
 
     @app.get("/health", tags=["server"])
@@ -348,7 +372,7 @@ def create_app(config: ServerConfig, engine) -> FastAPI:
         if engine.ready:
             tts = engine.tts
             return {"status": "ready", "device": str(tts.device), "formats": list(audio.supported_formats())}
-        return _error_response(503, _not_ready(engine).body(), {"Retry-After": str(NOT_READY_RETRY_S)})
+        return _error_response(503, not_ready_error(engine).body(), {"Retry-After": str(NOT_READY_RETRY_S)})
 
     @app.get("/v1/models", dependencies=auth, tags=["openai"])
     async def list_models():
@@ -357,10 +381,22 @@ def create_app(config: ServerConfig, engine) -> FastAPI:
                  "description": text} for name, preset, text in speech.models()]
         return {"object": "list", "data": data}
 
+    @app.get("/v1/audio/models", dependencies=auth, tags=["clients"])
+    async def list_audio_models():
+        """The model ids in the shape Open WebUI reads (``models: [{id, name}]``)."""
+        return {"models": [{"id": name, "name": name} for name, _, _ in speech.models()]}
+
     @app.get("/v1/audio/voices", dependencies=auth, tags=["openai"])
     async def get_voices():
-        """Every voice ``voice`` accepts (random, then the voices directories' voices)."""
-        return {"object": "list", "data": await anyio.to_thread.run_sync(list_voices, config.voices_dirs)}
+        """Every voice ``voice`` accepts (random, then the voices directories', the package's and the fetched
+        original voices): OpenAI's list in ``data``, and ``voices: [{id, name}]`` for Open WebUI and Kokoro-style
+        clients."""
+        return voice_list_body(await anyio.to_thread.run_sync(list_voices, config.voices_dirs))
+
+    @app.get("/v1/audio/voices/{voice_id}", dependencies=auth, tags=["openai"])
+    async def get_voice(voice_id: str):
+        """One voice: where it comes from (``source``), its clips (file, seconds) or latent file, its length."""
+        return await anyio.to_thread.run_sync(describe_voice, voice_id, config.voices_dirs)
 
     @app.post("/v1/audio/voices", dependencies=auth, tags=["openai"], status_code=201)
     async def post_voice(request: Request):

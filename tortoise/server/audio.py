@@ -5,18 +5,21 @@ Formats, by OpenAI's names (24 kHz mono, as OpenAI's speech endpoint sends):
 * ``wav``: 16-bit PCM WAV. Whole: exact sizes in the header. Streamed: the sizes are 0xFFFFFFFF (unknown), the usual
   convention for a WAV of unknown length; readers take the data to the end of the stream.
 * ``pcm``: raw 16-bit signed little-endian samples, no header.
-* ``flac``, ``mp3``, ``opus`` (Ogg Opus): written by libsndfile (through ``soundfile``) where the installed build
-  has the codec; :func:`supported_formats` finds out at run time by encoding a short test tone. ``aac`` never:
-  libsndfile has no AAC encoder. MP3 is constant bit rate, so a stream's length can be worked out without the
-  header frame that libsndfile fills in at the end (a whole file carries it; a stream keeps it as a silent first
-  frame, 24 ms). A streamed FLAC has no total length in its header (FLAC allows this for streams; libsndfile itself
-  cannot read such a stream back, players and ffmpeg can).
+* ``mp3`` (LAME, 96 kbit/s CBR), ``opus`` (Ogg Opus, 64 kbit/s), ``aac`` (AAC-LC in ADTS frames, 96 kbit/s) and
+  ``flac`` (16-bit): encoded by FFmpeg's libraries through PyAV (``av``, in the ``server`` extra), the encoders
+  every ffmpeg-based reader decodes. Whole files are written to a seekable buffer, so the muxer fills in what it
+  learns at the end (MP3's Xing frame with the exact length, FLAC's total samples and MD5). A stream is written to a
+  write-only sink: every packet is flushed as it is muxed (``flush_packets``) and Ogg pages hold 20 ms, so the bytes
+  of a clip leave with that clip, not at the end; the formats need no trailer (an ADTS frame and an Ogg page each
+  stand alone; a streamed FLAC has no total length, as FLAC allows for streams). Without PyAV only wav and pcm are
+  offered; :func:`supported_formats` finds out at run time by encoding a short test tone.
 
 Speed (OpenAI's ``speed``, 0.25 to 4.0) is a time stretch that keeps the pitch: a phase vocoder (Flanagan & Golden
 1966, in the form of Laroche & Dolson 1999 without phase locking) over a 1024-point STFT with a 256-sample hop.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import struct
@@ -29,9 +32,10 @@ SAMPLE_RATE = 24000
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")  # every format OpenAI's speech endpoint names
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                  "wav": "audio/wav", "pcm": "audio/pcm"}
-_SNDFILE = {"flac": ("FLAC", "PCM_16", {}),
-            "mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": 0.4}),  # 96 kbit/s
-            "opus": ("OGG", "OPUS", {})}
+# format -> (FFmpeg muxer, encoder, bit rate in bit/s or None for lossless)
+AV_FORMATS = {"mp3": ("mp3", "libmp3lame", 96_000), "opus": ("ogg", "libopus", 64_000),
+              "aac": ("adts", "aac", 96_000), "flac": ("flac", "flac", None)}
+STREAM_MUX_OPTIONS = {"flush_packets": "1", "page_duration": "20000"}  # page_duration (Ogg only): 20 ms, in us
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 STRETCH_FFT, STRETCH_HOP = 1024, 256  # 42.7 ms window, 10.7 ms hop at 24 kHz
 _UNKNOWN_SIZE = 0xFFFFFFFF
@@ -43,73 +47,88 @@ def to_int16(audio) -> np.ndarray:
     return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
-def _float(audio) -> np.ndarray:
-    return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+def has_av() -> bool:
+    """Whether PyAV (the ``server`` extra's encoder) is installed; imported only when a format needs it."""
+    return importlib.util.find_spec("av") is not None
+
+
+def wav_file(audio) -> bytes:
+    """A complete 16-bit mono 24 kHz WAV of ``audio``, sizes in the header."""
+    data = to_int16(audio).tobytes()
+    return _wav_header(len(data) + 36, len(data)) + data
+
+
+def wav_stream_header() -> bytes:
+    """The 44-byte header of a 16-bit mono 24 kHz WAV whose length is not known yet (sizes 0xFFFFFFFF)."""
+    return _wav_header(_UNKNOWN_SIZE, _UNKNOWN_SIZE)
+
+
+def _wav_header(riff_size, data_size) -> bytes:
+    fmt = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)  # PCM, mono, rate, bytes/s, align, bits
+    return (b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"data" + struct.pack("<I", data_size))
 
 
 def encode(audio, fmt: str) -> bytes:
     """A whole clip ``[S]`` (float, 24 kHz) as a complete file in ``fmt``."""
     if fmt == "pcm":
         return to_int16(audio).tobytes()
-    import soundfile as sf
-    buf = io.BytesIO()
     if fmt == "wav":
-        sf.write(buf, to_int16(audio), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    else:
-        container, subtype, extra = _SNDFILE[fmt]
-        with sf.SoundFile(buf, "w", SAMPLE_RATE, 1, subtype=subtype, format=container, **extra) as f:
-            f.write(_float(audio))
+        return wav_file(audio)
+    buf = io.BytesIO()
+    encoder = AVEncoder(fmt, buf, {})
+    encoder.write(audio)
+    encoder.close()
     return buf.getvalue()
 
 
-def wav_stream_header() -> bytes:
-    """The 44-byte header of a 16-bit mono 24 kHz WAV whose length is not known yet (sizes 0xFFFFFFFF)."""
-    fmt = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)  # PCM, mono, rate, bytes/s, align, bits
-    return (b"RIFF" + struct.pack("<I", _UNKNOWN_SIZE) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-            + b"data" + struct.pack("<I", _UNKNOWN_SIZE))
-
-
 class _Sink:
-    """A write-only file for libsndfile that hands out what was written so far (:meth:`take`). Writes that go back
-    to bytes already handed out (header fields libsndfile fills in when it closes the file) are dropped."""
+    """A write-only, unseekable file for FFmpeg's muxers that hands out what was written so far (:meth:`take`).
+    Unseekable, a muxer writes nothing it would have to go back to."""
 
     def __init__(self):
         self._buf = bytearray()
-        self._base = 0  # offset of _buf[0] in the file
-        self._pos = 0
 
     def write(self, data):
-        data = bytes(data)
-        n = len(data)
-        if self._pos < self._base:  # already sent
-            cut = min(n, self._base - self._pos)
-            data, self._pos = data[cut:], self._pos + cut
-        off = self._pos - self._base
-        if off > len(self._buf):
-            self._buf.extend(bytes(off - len(self._buf)))
-        self._buf[off:off + len(data)] = data
-        self._pos += len(data)
-        return n
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        end = self._base + len(self._buf)
-        self._pos = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: end}[whence] + offset
-        return self._pos
-
-    def tell(self):
-        return self._pos
-
-    def read(self, size=-1):
-        off = max(0, self._pos - self._base)
-        data = bytes(self._buf[off:] if size < 0 else self._buf[off:off + size])
-        self._pos += len(data)
-        return data
+        self._buf.extend(data)
+        return len(data)
 
     def take(self) -> bytes:
         data = bytes(self._buf)
-        self._base += len(data)
         self._buf = bytearray()
         return data
+
+
+class AVEncoder:
+    """One FFmpeg encoder and muxer (through PyAV) writing ``fmt`` into ``file``; float chunks in, as 16-bit samples,
+    which PyAV converts to the encoder's sample format and frame size."""
+
+    def __init__(self, fmt, file, mux_options):
+        import av  # the server extra's encoder: imported here so that wav and pcm work without it
+        muxer, codec, bit_rate = AV_FORMATS[fmt]
+        self._container = av.open(file, "w", format=muxer, container_options=dict(mux_options))
+        self._stream = self._container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
+        if bit_rate:
+            self._stream.bit_rate = bit_rate
+        self._frame = av.AudioFrame
+        self._pts = 0
+
+    def write(self, audio):
+        x = to_int16(audio)  # the samples wav and pcm carry: a FLAC decodes to exactly them
+        if x.size == 0:
+            return
+        frame = self._frame.from_ndarray(x[None, :], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = SAMPLE_RATE, self._pts
+        self._pts += x.size
+        self._mux(self._stream.encode(frame))
+
+    def close(self):
+        self._mux(self._stream.encode(None))  # drain the encoder
+        self._container.close()
+
+    def _mux(self, packets):
+        for packet in packets:
+            self._container.mux(packet)
 
 
 class StreamEncoder:
@@ -118,17 +137,14 @@ class StreamEncoder:
     def __init__(self, fmt: str):
         self.fmt = fmt
         self._started = False
-        self._file = self._sink = None
-        if fmt in _SNDFILE:
-            import soundfile as sf
-            container, subtype, extra = _SNDFILE[fmt]
+        self._encoder = self._sink = None
+        if fmt in AV_FORMATS:
             self._sink = _Sink()
-            self._file = sf.SoundFile(self._sink, "w", SAMPLE_RATE, 1, subtype=subtype, format=container, **extra)
+            self._encoder = AVEncoder(fmt, self._sink, STREAM_MUX_OPTIONS)
 
     def write(self, audio) -> bytes:
-        if self._file is not None:
-            self._file.write(_float(audio))
-            self._file.flush()
+        if self._encoder is not None:
+            self._encoder.write(audio)
             return self._sink.take()
         data = to_int16(audio).tobytes()
         if self.fmt == "wav" and not self._started:
@@ -137,8 +153,8 @@ class StreamEncoder:
         return data
 
     def close(self) -> bytes:
-        if self._file is not None:
-            self._file.close()
+        if self._encoder is not None:
+            self._encoder.close()
             return self._sink.take()
         if self.fmt == "wav" and not self._started:
             self._started = True
@@ -148,22 +164,22 @@ class StreamEncoder:
 
 @lru_cache(maxsize=1)
 def supported_formats() -> tuple:
-    """The formats this installation writes, in OpenAI's order: wav and pcm always; flac, mp3 and opus when
-    libsndfile encodes a test tone in them, whole and streamed."""
+    """The formats this installation writes, in OpenAI's order: wav and pcm always; mp3, opus, aac and flac when
+    PyAV is installed and its FFmpeg encodes a test tone in them, whole and streamed."""
     tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE // 10) / SAMPLE_RATE)
     ok = []
     for fmt in OPENAI_FORMATS:
         if fmt in ("wav", "pcm"):
             ok.append(fmt)
             continue
-        if fmt not in _SNDFILE:
+        if not has_av():
             continue
         try:
             stream = StreamEncoder(fmt)
             streamed = stream.write(tone) + stream.close()
             if encode(tone, fmt) and streamed:
                 ok.append(fmt)
-        except Exception:  # noqa: BLE001 - a codec this libsndfile lacks raises one of several error types
+        except Exception:  # noqa: BLE001 - an FFmpeg build without this encoder raises one of several error types
             continue
     return tuple(ok)
 

@@ -5,17 +5,21 @@ with one line; models that fail to load stop the server with exit 1 and one line
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import ipaddress
 import os
+import signal
 import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 
 from tortoise.distributed import serve as ray_serve  # imports no Ray until --ray is used
 from tortoise.flags import (Parser, UsageError, add_model_arguments, check_model_args, choose_vocoder, flag,
                             make_session, model_options)
+from tortoise.placement import model_identity
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, install_hint, one_line
 
 API_KEY_ENV = "TORTOISE_API_KEY"
@@ -47,6 +51,15 @@ def build_parser():
     g.add_argument(*flag("no_upload"), action="store_true", help="refuse POST /v1/audio/voices")
     g.add_argument(*flag("log_level"), default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default info: one line per request)")
+    w = p.add_argument_group("Wyoming protocol (Home Assistant)")
+    w.add_argument(*flag("wyoming"), default=None, metavar="URI",
+                   help="also speak the Wyoming protocol at URI: tcp://HOST:PORT (e.g. tcp://0.0.0.0:10200, Home "
+                        "Assistant's default port) or unix://PATH; same engine, queue and voices as the HTTP API")
+    w.add_argument(*flag("wyoming_options"), default=None, metavar="JSON",
+                   help="speech request fields for every Wyoming request, as POST /v1/audio/speech takes them: "
+                        "model (default tts-1), voice (when the client names none; default random), seed, speed, "
+                        "generation options; e.g. '{\"model\": \"ultra_fast\", \"voice\": \"tom\"}'")
+    w.add_argument(*flag("no_http"), action="store_true", help="serve only the Wyoming protocol (needs --wyoming)")
     a = p.add_argument_group("models and device")
     s = p.add_argument_group("speed")
     add_model_arguments(a, s)
@@ -71,6 +84,15 @@ def host_warning(host, api_key):
             f"use the server and upload voices; set --api_key or ${API_KEY_ENV}")
 
 
+def wyoming_warning(uri):
+    """The warning printed when the Wyoming protocol (which has no API key) listens beyond this machine."""
+    parsed = urllib.parse.urlparse(uri or "")
+    if parsed.scheme != "tcp" or is_loopback(parsed.hostname or ""):
+        return None
+    return (f"tortoise-server: warning: the Wyoming protocol on {uri} has no API key: anyone who can reach this port "
+            "can use the server; keep it on a trusted network")
+
+
 def check_args(args):
     check_model_args(args)
     if not 0 <= args.port <= 65535:
@@ -81,6 +103,27 @@ def check_args(args):
         raise UsageError("--timeout must be 0 (no limit) or more seconds")
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api_key is empty: give a key, or leave the option out for an open server")
+    check_wyoming_args(args)
+
+
+def check_wyoming_args(args):
+    """--wyoming's URI and options are checked before any model loads; the wyoming package is needed only then."""
+    if args.wyoming is None:
+        if args.no_http or args.wyoming_options is not None:
+            raise UsageError(f"--{'no_http' if args.no_http else 'wyoming_options'} needs --wyoming "
+                             "tcp://HOST:PORT")
+        return
+    if args.ray:
+        raise UsageError("--wyoming is not available with --ray: start a tortoise-server --wyoming beside the Ray "
+                         "deployment")
+    if importlib.util.find_spec("wyoming") is None:
+        raise UsageError(f"--wyoming needs the wyoming package: {install_hint('server')}")
+    from tortoise.server import wyoming_server  # the wyoming package: needed only with --wyoming
+    try:
+        wyoming_server.server_for(args.wyoming)
+        args.wyoming_options = wyoming_server.parse_options(args.wyoming_options)
+    except ValueError as e:
+        raise UsageError(one_line(e)) from None
 
 
 def voices_dirs(args, say):
@@ -113,19 +156,32 @@ def _missing_server_packages():
     return [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
 
 
-def build_app(args, say, on_fatal=None):
-    """The speech server's application and its engine (its models load on the engine's thread once started)."""
-    from tortoise.api import model_identity
-    from tortoise.server.app import ServerConfig, create_app
-    from tortoise.server.engine import Engine
+def build_config(args, say):
+    """What the HTTP and Wyoming front ends need besides the engine, the models' identity (what a clip's record
+    names) included."""
+    from tortoise.server.app import ServerConfig
     from tortoise.utils.voices import expected_latent_widths
     dirs = voices_dirs(args, say)
     vocoder = choose_vocoder(args.vocoder, args.models_dir)
-    engine = Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=on_fatal)
-    config = ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
-                          api_key=api_key_of(args), timeout=args.timeout or None,
-                          latent_widths=expected_latent_widths(args.models_dir),
-                          model_identity=model_identity(model_options(args, vocoder, stream=False)))
+    return ServerConfig(voices_dirs=dirs, upload_dir=None if args.no_upload or not dirs else dirs[0],
+                        api_key=api_key_of(args), timeout=args.timeout or None,
+                        latent_widths=expected_latent_widths(args.models_dir), wyoming_uri=args.wyoming,
+                        wyoming_options=args.wyoming_options or {},
+                        model_identity=model_identity(model_options(args, vocoder, stream=False)))
+
+
+def build_engine(args, say, on_fatal=None):
+    """The engine (its models load on its thread once started)."""
+    from tortoise.server.engine import Engine
+    vocoder = choose_vocoder(args.vocoder, args.models_dir)
+    return Engine(lambda: load_models(args, vocoder, say), args.queue_size, on_fatal=on_fatal)
+
+
+def build_app(args, say, on_fatal=None):
+    """The speech server's application and its engine (its models load on the engine's thread once started)."""
+    from tortoise.server.app import create_app
+    config = build_config(args, say)
+    engine = build_engine(args, say, on_fatal)
     return create_app(config, engine), engine
 
 
@@ -146,13 +202,15 @@ def replica_app(args):
 
 def serve(args, say):
     check_args(args)
-    warning = host_warning(args.host, api_key_of(args))
-    if warning:
+    notices = [None if args.no_http else host_warning(args.host, api_key_of(args)), wyoming_warning(args.wyoming)]
+    for warning in filter(None, notices):
         print(warning, file=sys.stderr, flush=True)
     ray_options = ray_serve.options_from_args(args)  # bad flags, or Ray missing: one line, exit 2
     if ray_options is not None:
         voices_dirs(args, say)  # created or checked on the driver, before any replica starts
         return ray_serve.run(functools.partial(replica_app, args), ray_options, say)
+    if args.no_http:
+        return asyncio.run(serve_wyoming_only(args, say))
     import uvicorn
     failure = []
 
@@ -170,6 +228,35 @@ def serve(args, say):
     if failure:
         return EXIT_FAILED
     return 0 if server.started else EXIT_FAILED
+
+
+async def serve_wyoming_only(args, say):
+    """``--no_http``: the Wyoming server alone, until SIGINT / SIGTERM, or until the models fail to load (exit 1)."""
+    from tortoise.server import wyoming_server  # the wyoming package: needed only with --wyoming
+    from tortoise.server.voices import VoiceLoader
+    loop = asyncio.get_running_loop()
+    stop, failure = asyncio.Event(), []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def fatal(error):
+        failure.append(error)
+        print(f"tortoise-server: error: the models could not be loaded: {type(error).__name__}: {one_line(error)}",
+              file=sys.stderr, flush=True)
+        loop.call_soon_threadsafe(stop.set)
+
+    config = build_config(args, say)
+    engine = build_engine(args, say, on_fatal=fatal)
+    service = wyoming_server.WyomingService(engine, VoiceLoader(config.voices_dirs), config, config.wyoming_options)
+    server = await wyoming_server.start(args.wyoming, service)
+    say(f"Wyoming server listening on {args.wyoming}")
+    engine.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        engine.stop()
+    return EXIT_FAILED if failure else 0
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):

@@ -8,20 +8,22 @@ cancelled (its client went away) or past its deadline, so a job stops at the nex
 raises is reported to its client and counted; the worker goes on with the next job.
 
 At most ``queue_size`` jobs wait behind the running one; :meth:`Engine.submit` refuses more with :class:`QueueFull`,
-which carries a retry estimate from the mean duration of recent jobs.
+which carries a retry estimate from the median duration of recent jobs (``/health`` reports it, and the queue's
+depth; :meth:`Engine.position` tells a waiting job its place).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import math
+import statistics
 import threading
 import time
 
 from tortoise.progress import Cancelled
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
-RECENT_JOBS = 20           # durations kept for the retry estimate
+RECENT_JOBS = 20           # durations kept for the median behind the estimates
 FIRST_RETRY_GUESS_S = 10.0  # before any job finished
 
 
@@ -70,6 +72,21 @@ class Job:
             self._loop.call_soon_threadsafe(self.items.put_nowait, (kind, value))
         except RuntimeError:  # the event loop is closed: the server is shutting down
             pass
+
+    async def poll(self, seconds):
+        """The next ``(kind, value)``, or None when none came within ``seconds``; :class:`TimeoutError` at the
+        deadline (a waiting client's chance to hear its place in the queue between polls)."""
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 and self.items.empty():
+                raise TimeoutError
+            seconds = min(seconds, max(remaining, 0.001))
+        try:
+            return await asyncio.wait_for(self.items.get(), seconds)
+        except asyncio.TimeoutError:
+            if self.expired() and self.items.empty():
+                raise TimeoutError from None
+            return None
 
     async def next(self):
         """The next ``(kind, value)``; raises :class:`TimeoutError` at the deadline."""
@@ -143,15 +160,45 @@ class Engine:
             self._waiting.remove(job)
             self._finish(job, "timed_out" if job.expired() else "cancelled", Cancelled(job.cancelled or "timeout"))
 
+    def median_s(self):
+        """The median time of the last ``RECENT_JOBS`` served jobs (None before the first): a median, so that one
+        long text does not set everyone's estimate."""
+        return statistics.median(self._durations) if self._durations else None
+
+    def _per_job_s(self):
+        median = self.median_s()
+        return FIRST_RETRY_GUESS_S if median is None else median
+
     def retry_after(self):
-        """Seconds until a place in the queue is likely free: the mean recent job time times the jobs ahead."""
-        mean = sum(self._durations) / len(self._durations) if self._durations else FIRST_RETRY_GUESS_S
-        return max(1, min(3600, math.ceil(mean * max(1, len(self._waiting)))))
+        """Whole seconds until a place in the full queue is likely free: the recent median job time for each job
+        waiting (a place frees each time one starts), 1 to 3600."""
+        return max(1, min(3600, math.ceil(self._per_job_s() * max(1, len(self._waiting)))))
+
+    def position(self, job):
+        """How many jobs are ahead of ``job`` (the running one included): 0 once it runs, or when nothing is ahead of
+        it (the worker takes it now); None once it was dropped."""
+        with self._cond:
+            if job.started.is_set() or job is self._running:
+                return 0
+            try:
+                return self._waiting.index(job) + int(self._running is not None)
+            except ValueError:
+                return None
+
+    def wait_estimate(self, position):
+        """Seconds a job with ``position`` jobs ahead will likely wait: a recent median for each."""
+        return round(self._per_job_s() * position, 1)
 
     def status(self):
+        """``/health``'s queue fields: state, the depth (``queued`` waiting, ``running``), the recent median seconds
+        per request, the wait a request arriving now would likely have, and the counters."""
         with self._cond:
+            median = self.median_s()
+            depth = len(self._waiting) + int(self._running is not None)
             return {"state": self.state, "queued": len(self._waiting), "running": int(self._running is not None),
-                    "queue_size": self.queue_size, **self.counts}
+                    "queue_size": self.queue_size, "queue_depth": depth,
+                    "median_s": None if median is None else round(median, 3), "recent_jobs": len(self._durations),
+                    "estimated_wait_s": round(self._per_job_s() * depth, 1), **self.counts}
 
     # ---- the worker
     def _main(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -19,11 +20,13 @@ from pydantic import create_model
 
 from tortoise.flags import TUNING
 from tortoise.options import PRESETS, GenerationOptions, preset_options
+from tortoise import render
 from tortoise.render import SEED_SPACE, RenderSettings
 from tortoise.server import audio
 from tortoise.server.errors import bad_request
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit
+MIX_SEPARATORS = r"[&+]"  # a voice mix: a&b (the command line's spelling) or a+b (Kokoro-FastAPI's)
 MODEL_PRESETS = {"tts-1": "fast", "tts-1-hd": "standard"}
 STREAM_MODEL = "stream"
 STREAM_PRESET = "fast"  # the streaming fast path samples with this preset's settings, as `tortoise-tts --stream` does
@@ -59,7 +62,8 @@ class _Base(BaseModel):
     model: StrictStr = Field(description="tts-1 (fast preset), tts-1-hd (standard preset), stream (the streaming "
                                          "fast path) or any preset name")
     input: StrictStr = Field(description=f"the text to speak, at most {MAX_INPUT_CHARS} characters")
-    voice: Union[StrictStr, VoiceId] = Field(description="a voice of the voices directories, random, or a mix a&b")
+    voice: Union[StrictStr, VoiceId] = Field(description="a voice of the voices directories, random, or a mix a&b "
+                                                                 "(or a+b)")
     instructions: Optional[StrictStr] = Field(None, description="not supported by Tortoise; must be empty")
     response_format: Optional[StrictStr] = Field(None, description="mp3, opus, aac, flac, wav or pcm (those this "
                                                                   "installation writes; default mp3, else wav)")
@@ -156,14 +160,18 @@ def check_input(text: str) -> str:
 
 
 def voice_names(voice) -> tuple:
-    """The voice group of ``voice`` (``"a&b"`` -> ``("a", "b")``); one group per request."""
+    """The voice group of ``voice``: a mix is spelt ``a&b`` (Tortoise's command line) or ``a+b`` (Kokoro-FastAPI's
+    clients), ``-> ("a", "b")``; one group per request."""
     name = voice.id if isinstance(voice, VoiceId) else voice
     if not name.strip():
-        raise bad_request("voice is empty: give a voice name, random, or a mix a&b", param="voice")
+        raise bad_request("voice is empty: give a voice name, random, or a mix a&b (or a+b)", param="voice")
     if "," in name or name.strip() == "all":
-        raise bad_request(f"voice {name!r}: one voice per request (mix voices with a&b); send one request per voice",
+        raise bad_request(f"voice {name!r}: one voice per request (mix voices with a&b or a+b); send one request per "
+                          "voice", param="voice")
+    names = tuple(n.strip() for n in re.split(MIX_SEPARATORS, name))
+    if not all(names):
+        raise bad_request(f"voice {name!r} has an empty part: a mix names each voice, as alice&bob or alice+bob",
                           param="voice")
-    names = tuple(n.strip() for n in name.split("&"))
     if "random" in names and len(names) > 1:
         raise bad_request("the random voice cannot be mixed with other voices: use voice random alone",
                           param="voice")
@@ -175,7 +183,12 @@ def check_format(fmt):
     if fmt is None:
         return audio.default_format()
     if fmt not in supported:
-        what = "not one of OpenAI's formats" if fmt not in audio.OPENAI_FORMATS else "not supported here"
+        if fmt not in audio.OPENAI_FORMATS:
+            what = "not one of OpenAI's formats"
+        elif not audio.has_av():
+            what = "not available here (it needs PyAV: pip install av, part of the server extra)"
+        else:
+            what = "not supported by this installation's FFmpeg"
         raise bad_request(f"response_format {fmt!r} is {what}: use one of {', '.join(supported)}",
                           param="response_format", code="unsupported_format")
     return fmt
@@ -266,6 +279,14 @@ def speech_request(raw: bytes, model_identity=None) -> SpeechRequest:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     return SpeechRequest(texts, voice.strip(), names, settings, candidate, fmt, speed, body.stream_format,
                          body.model, preset)
+
+
+def render_job(voice, req: SpeechRequest):
+    """The engine's job for a request: ``job(tts, progress)`` yields its clips' audio as ``(clip index, chunk)``
+    pairs, as they are made (the same for every front end of the server)."""
+    def job(tts, progress):
+        return render.text_chunks(tts, voice, req.texts, req.settings, progress, req.candidate)
+    return job
 
 
 def request_schema():

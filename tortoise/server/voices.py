@@ -12,8 +12,10 @@ import os
 import threading
 
 from tortoise.server.errors import APIError, bad_request
-from tortoise.utils.voices import (LATENT_EXTENSION, RANDOM_VOICE, check_voice_name, get_voices, search_dirs,
-                                   unknown_voice_error, voice_dir_names)
+from tortoise.utils.voices import (AUDIO_EXTENSIONS, LATENT_EXTENSION, RANDOM_VOICE, _voice_files, check_voice_name,
+                                   get_voices, search_dirs, unknown_voice_error, voice_dir_names)
+from tortoise.voices.catalog import clip_seconds
+from tortoise.voices.catalog import describe_voice as catalog_entry
 
 UPLOAD_FIELDS = ("audio_sample", "audio_samples", "files", "file")  # OpenAI's name first
 MAX_UPLOAD_BYTES = 128 * 1024 * 1024  # one request; every clip is also held to the web UI's per-clip limit
@@ -44,6 +46,30 @@ def list_voices(voices_dirs):
             sources.setdefault(name, source)
     return [voice_object(RANDOM_VOICE, [])] + [voice_object(name, found[name], sources.get(name, "user"))
                                                for name in sorted(found)]
+
+
+def voice_list_body(voices):
+    """The answer of ``GET /v1/audio/voices``: OpenAI's list (``object``, ``data``) and, beside it, the shape Open WebUI
+    and Kokoro-FastAPI's clients read (``voices: [{id, name}]``); without it they fall back to OpenAI's six names."""
+    return {"object": "list", "data": voices, "voices": [{"id": v["id"], "name": v["name"]} for v in voices]}
+
+
+def describe_voice(name, voices_dirs):
+    """``GET /v1/audio/voices/{name}``: the voice object plus where it is read from and what it holds: each clip's
+    file name and length (``seconds`` None where a header cannot be read), the latent files, the total length."""
+    if name == RANDOM_VOICE:
+        return {**voice_object(RANDOM_VOICE, []), "clips": [], "latents": [], "seconds": 0.0}
+    found = [(os.path.join(d, name), source) for d, source in search_dirs(voices_dirs) if name in voice_dir_names(d)]
+    entry = catalog_entry(name, *found[0]) if found else None  # the first in search order is the one used
+    if entry is None:
+        raise APIError(404, f"no voice {name!r}: GET /v1/audio/voices lists the voices", param="voice",
+                       code="voice_not_found")
+    files = _voice_files(entry.directory)
+    clips = [{"file": os.path.basename(f), "seconds": clip_seconds(f)} for f in files
+             if f.lower().endswith(AUDIO_EXTENSIONS)]
+    latents = [os.path.basename(f) for f in files if f.endswith(LATENT_EXTENSION)]
+    return {**voice_object(name, files, entry.source), "kind": entry.kind, "clips": clips, "latents": latents,
+            "seconds": entry.seconds}
 
 
 def unknown_voice(name, known):
