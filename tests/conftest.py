@@ -101,7 +101,7 @@ def original_voices(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "tortoise.voices", "fetch", "--cache-dir", str(cache),
                            "--keep-archive", str(kept)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
-    from tortoise.voices.original import release
+    from tortoise.utils.original_voices import release
     return SimpleNamespace(cache=cache, originals=cache / "original", archive=kept / release().filename,
                            stdout=proc.stdout, stderr=proc.stderr)
 

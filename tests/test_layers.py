@@ -91,6 +91,15 @@ def test_no_import_cycles():
     assert cycles == []
 
 
+def test_no_cycles_between_packages():
+    """One level up: the subpackages (tortoise.utils, tortoise.voices, tortoise.backends, tortoise.export, ...) and
+    top-level modules import each other one way only, imports inside functions counted."""
+    def package(name):
+        return ".".join(name.split(".")[:2])
+    edges = {(package(n), package(m)) for n, deps in graph().items() for m in deps if package(n) != package(m)}
+    assert sorted((a, b) for a, b in edges if (b, a) in edges) == []
+
+
 def test_device_layer_imports_nothing_from_tortoise():
     g = graph()
     assert {n: sorted(m for m in deps if m.startswith("tortoise")) for n, deps in g.items()

@@ -21,7 +21,8 @@ import torch
 from conftest import write_tone
 from tortoise import cli as tts_cli
 from tortoise.utils import voices as V
-from tortoise.voices import catalog, original
+from tortoise.utils import original_voices as original
+from tortoise.voices import catalog
 from tortoise.voices import cli as voices_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +254,7 @@ def test_a_killed_extraction_leaves_only_a_hidden_staging_directory_the_next_fet
                                                                                            monkeypatch):
     cache = tmp_path / "cache"
     script = ("import os, signal, sys\n"
-              "from tortoise.voices import original\n"
+              "from tortoise.utils import original_voices as original\n"
               "def kill(done, total):\n"
               "    if done == 10:\n"
               "        os.kill(os.getpid(), signal.SIGKILL)\n"

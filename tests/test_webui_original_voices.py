@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from test_webui_app import app_env, messages, start_app  # noqa: F401  (app_env is a fixture)
-from tortoise.voices import original
+from tortoise.utils import original_voices as original
 from tortoise.webui import original_voices as ov
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 
 from tortoise.server.errors import APIError, bad_request
+from tortoise.utils.original_voices import original_voice_names
 from tortoise.utils.voices import (AUDIO_EXTENSIONS, LATENT_EXTENSION, RANDOM_VOICE, _voice_files, check_voice_name,
                                    get_voices, search_dirs, unknown_voice_error, voice_dir_names)
 from tortoise.voices.catalog import clip_seconds
@@ -73,7 +74,6 @@ def describe_voice(name, voices_dirs):
 
 
 def unknown_voice(name, known):
-    from tortoise.voices.original import original_voice_names
     if name in original_voice_names():  # not fetched (or damaged): the shared message says how to fetch them
         return bad_request(str(unknown_voice_error(name, known)), param="voice", code="voice_not_found")
     shown = ", ".join(sorted(known)[:40])

@@ -4,7 +4,7 @@ A voice is a directory named after it, holding reference clips (wav / mp3 / flac
 with the tuple (autoregressive latent, diffusion latent) written by ``tortoise-get-conditioning-latents``.
 Voices are searched in the caller's directories first, then in the package's own ``tortoise/voices`` directory
 (which ships no recordings), then among the original Tortoise voices once ``tortoise-voices fetch`` has fetched them
-(:mod:`tortoise.voices.original`). ``random`` means the random latent generators; ``a&b`` averages voices.
+(:mod:`tortoise.utils.original_voices`). ``random`` means the random latent generators; ``a&b`` averages voices.
 
 Names and semantics follow the original ``tortoise.utils.audio`` (``get_voices``, ``load_voice``, ``load_voices``);
 differences: a voice name can never leave its directory, bad input raises :class:`VoiceError` with the fix in its
@@ -15,6 +15,8 @@ from glob import escape, glob
 
 import torch
 
+from tortoise.utils.checkpoints import model_config
+from tortoise.utils.original_voices import fetch_hint, fetched_marker, is_fetched, original_voice_names, originals_dir
 from tortoise.utils.sound import load_audio
 
 BUILTIN_VOICES_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "voices")
@@ -51,7 +53,6 @@ def _voice_files(voice_dir):
 def search_dirs(extra_voice_dirs=(), cache_dir=None):
     """[(directory, source)] in search order: the caller's ("user"), the package's ("package"), then the fetched
     original voices ("original", only when complete; ``cache_dir`` defaults to ``$TORTOISE_VOICES_DIR``)."""
-    from tortoise.voices.original import fetched_marker, originals_dir
     extra = [extra_voice_dirs] if isinstance(extra_voice_dirs, str) else list(extra_voice_dirs or [])
     extra = [os.path.expanduser(str(d)) for d in extra]
     for d in extra:
@@ -88,7 +89,6 @@ def get_voices(extra_voice_dirs=()):
 
 
 def unknown_voice_error(voice, known):
-    from tortoise.voices.original import fetch_hint, is_fetched, original_voice_names
     if voice in original_voice_names():
         if not is_fetched():
             return VoiceError(f"Voice {voice!r} is one of the original Tortoise voices, which are not downloaded: "
@@ -105,7 +105,6 @@ def expected_latent_widths(models_dir=None):
     """(autoregressive latent width, diffusion latent width) of the models in ``models_dir``: the AR model's
     ``model_dim`` and twice the diffusion model's ``model_channels``, from the released configs or the directory's
     ``config.json`` (1024 and 2048 for the released models)."""
-    from tortoise.utils.checkpoints import model_config
     return (int(model_config("autoregressive", models_dir)["model_dim"]),
             2 * int(model_config("diffusion", models_dir)["model_channels"]))
 

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from tortoise.utils.original_voices import FetchError, describe_size, fetch, is_fetched, original_voice_names, release
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -35,7 +37,6 @@ def _cache_flag(p):
 
 
 def build_parser():
-    from tortoise.voices.original import describe_size, release
     rel = release()
     p = _Parser(prog=PROG, description="Fetch the original Tortoise voices on request; list the voices found.",
                 epilog=f"Examples:  {PROG} fetch   |   {PROG} list -V ~/voices   |   "
@@ -78,7 +79,6 @@ def _progress_printer(quiet):
 
 
 def run_fetch(args, say):
-    from tortoise.voices.original import describe_size, fetch
     result = fetch(cache_dir=args.cache_dir, force=args.force, archive=args.archive, keep_archive=args.keep_archive,
                    quiet=args.quiet, say=say, progress=_progress_printer(args.quiet))
     if result.kept_archive is not None:
@@ -122,7 +122,6 @@ def format_table(infos):
 
 def run_list(args):
     from tortoise.voices.catalog import voice_catalog
-    from tortoise.voices.original import describe_size, is_fetched, original_voice_names, release
     dirs = [d for d in (args.voices_dir or "").split(",") if d]
     infos = voice_catalog(dirs, cache_dir=args.cache_dir, include_hidden=args.include_hidden)
     if args.json:
@@ -160,7 +159,6 @@ def _is_voice_error(e):
 
 def main(argv=None):
     """Console entry point ``tortoise-voices``; returns the exit status."""
-    from tortoise.voices.original import FetchError
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:

