@@ -22,7 +22,7 @@ TIERS = {
     "export": ("test_export_backends.py", "test_backend_pipeline.py"),  # graphs exported and verified
     "ray": ("test_ray.py",),                                           # a real local Ray cluster and Serve
     "browser": ("test_webui_browser.py",),                             # the web UI in headless Chromium
-    "server": ("test_server.py", "test_webui_turtle.py"),              # servers started as subprocesses
+    "server": ("test_server.py", "test_server_wyoming.py", "test_webui_turtle.py"),  # servers as subprocesses
     "download": ("test_voices_fetch.py",),                             # the original voices over HTTP (local)
     "scripts": ("test_readme.py", "test_packaging.py", "test_benchmark_scripts.py", "test_run_tests_script.py",
                 "test_cli.py", "test_original_compat.py"),             # command lines and scripts as subprocesses
