@@ -8,14 +8,13 @@ latent's float32 values, no header. tortoise.cpp takes the diffusion latent from
 ``tortoise-export --format ggml --voice NAME.pth`` writes it there (see docs/tortoise-cpp.md).
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tortoise.export.ggml import write_voice
+from tortoise.utils.staging import write_atomically
 
 
 def build_parser():
@@ -38,16 +37,7 @@ def build_parser():
 
 def save_latents(latents, path):
     """Write the (autoregressive, diffusion) pair atomically as CPU tensors loadable with weights_only=True."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tuple(t.detach().cpu() for t in latents), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: torch.save(tuple(t.detach().cpu() for t in latents), tmp))
 
 
 def run(args):

@@ -35,13 +35,13 @@ GGUF (`write_gguf`, PyPI's ``gguf``): the same tensors under the same names, wit
 ``tortoise.*`` metadata, for tools that read GGUF; written for any configuration (no tortoise.cpp size check).
 """
 import hashlib
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tortoise.utils.staging import write_atomically
 
 GGML_FILE_MAGIC = 0x67676D6C  # "ggml" as a little-endian uint32 (GGML_FILE_MAGIC in ggml.h)
 GGML_TYPE_F32 = 0
@@ -339,15 +339,7 @@ def write_voice(path, ar_latent, overwrite=False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists: pass --overwrite to replace it or choose another output")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(voice_bytes(ar_latent))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: Path(tmp).write_bytes(voice_bytes(ar_latent)))
 
 
 def latent_digest(latent):

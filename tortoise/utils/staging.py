@@ -3,7 +3,9 @@ left behind. Used by the voices fetch (``.partial.<pid>.*``) and the graph expor
 import os
 import re
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 STALE_SECONDS = 24 * 3600  # where a process cannot be probed (not POSIX), a staging directory this old is abandoned
 
@@ -34,3 +36,18 @@ def remove_stale(root, prefix):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def write_atomically(path, write):
+    """Make ``path`` through ``write(temporary path)``, a hidden file beside it, then rename it into place: a reader
+    never sees half a file, and a failure (or an interrupt) leaves nothing behind. Returns ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
