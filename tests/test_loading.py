@@ -3,10 +3,11 @@ import torch
 
 import xpu
 from tortoise.loading import HALF_NETWORKS, ModelSet
+from tortoise.options import ModelOptions
 
 
 def test_half_dtype_goes_to_the_tolerant_networks_only(models_dir):
-    models = ModelSet("cpu", models_dir, dtype=torch.bfloat16)
+    models = ModelSet("cpu", ModelOptions(models_dir=str(models_dir)), dtype=torch.bfloat16)
     for name in ("autoregressive", "clvp", "cvvp", "diffusion", "vocoder", "rlg_auto", "hifidecoder"):
         dtypes = {p.dtype for p in models.get(name).parameters()}
         if name in HALF_NETWORKS:
@@ -23,10 +24,10 @@ def test_networks_placed_on_an_xpu_go_through_the_intel_extension(models_dir, mo
     calls = []
     monkeypatch.setattr(xpu, "optimize", lambda model, dtype=None: calls.append((type(model).__name__, dtype))
                         or model)
-    models = ModelSet("xpu", models_dir, dtype=torch.float16, high_vram=False)
+    models = ModelSet("xpu", ModelOptions(models_dir=str(models_dir)), dtype=torch.float16, high_vram=False)
     models.get("diffusion")
     models.get("vocoder")
     assert calls == [("DiffusionTts", torch.float16), ("UnivNetGenerator", None)]
     calls.clear()
-    ModelSet("cpu", models_dir).get("diffusion")
+    ModelSet("cpu", ModelOptions(models_dir=str(models_dir))).get("diffusion")
     assert calls == []

@@ -15,6 +15,7 @@ import torch
 
 import xpu
 from tortoise.models.vocoder import load_vocoder
+from tortoise.options import ModelOptions
 from tortoise.utils import checkpoints
 
 HALF_NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion")
@@ -28,25 +29,26 @@ NETWORKS = ("autoregressive", "clvp", "cvvp", "diffusion", "vocoder", "rlg_auto"
 class ModelSet:
     """Loads and holds the networks; ``get(name)`` returns one (loading it the first time).
 
-    :param device: where the networks compute.
-    :param dtype: None (float32) or the half dtype for :data:`HALF_NETWORKS`.
+    :param device: where the networks compute (resolved).
+    :param options: the :class:`tortoise.options.ModelOptions` of what to load: the models dir, explicit checkpoint
+                    files, the vocoder, the hub revision and the AR decoding settings.
+    :param dtype: None (float32) or the half dtype for :data:`HALF_NETWORKS` (resolved for ``device``).
     :param high_vram: True keeps every network on ``device``; False keeps them on the CPU between stages.
-    :param paths: explicit checkpoint files by network name (``--ar_checkpoint`` ...), else the models dir.
-    :param vocoder: ``univnet``, ``bigvgan_base`` or ``bigvgan``.
-    :param ar_settings: ``post_init_gpt2_config`` keywords (kv_cache, position_mode, compile, int8).
     :param check_ar: called with the autoregressive model once loaded (e.g. the tokenizer check), before it is kept.
+    :param backend, backend_options: the resolved backend and its runtime options (:mod:`tortoise.placement`).
     """
 
-    def __init__(self, device, models_dir, dtype=None, high_vram=True, paths=None, vocoder="univnet",
-                 ar_settings=None, revision=None, check_ar=None, backend="torch", backend_options=None):
+    def __init__(self, device, options=ModelOptions(), dtype=None, high_vram=True, check_ar=None, backend="torch",
+                 backend_options=None):
         self.device = torch.device(device)
-        self.models_dir = str(models_dir)
+        self.options = options
+        self.models_dir = str(options.models_dir or checkpoints.default_models_dir())
         self.dtype = dtype
         self.high_vram = high_vram
-        self.paths = dict(paths or {})
-        self.vocoder_name = vocoder
-        self.ar_settings = dict(ar_settings or {})
-        self.revision = revision
+        self.paths = options.checkpoints
+        self.vocoder_name = options.vocoder
+        self.ar_settings = options.ar_settings()
+        self.revision = options.hub_revision
         self.check_ar = check_ar
         self.backend = backend
         self.backend_options = dict(backend_options or {})

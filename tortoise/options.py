@@ -168,6 +168,11 @@ class ModelOptions:
         """The explicit checkpoint files by network (None: the models dir's)."""
         return {"autoregressive": self.ar_checkpoint, "clvp": self.clvp_checkpoint, "diffusion": self.diff_checkpoint}
 
+    def ar_settings(self) -> dict:
+        """The autoregressive model's decoding settings (``UnifiedVoice.post_init_gpt2_config`` keywords)."""
+        return dict(kv_cache=self.kv_cache, compile=bool(self.compile), int8=bool(self.int8),
+                    position_mode="contiguous" if self.kv_cache_positions == "contiguous" else "original")
+
     def identity(self, precision: str, filenames: dict, home: Path) -> dict:
         """What about the networks changes the audio, as a clip's record holds it: where each checkpoint comes from
         (with its size and time when it is a local file; ``filenames`` by network, under ``home``, the models dir),

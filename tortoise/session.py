@@ -59,8 +59,6 @@ class Session:
                                            use_basic_cleaners=options.tokenizer_basic)
         self.checkpoint_paths = options.checkpoints
         high_vram = self._default_high_vram() if options.high_vram is None else bool(options.high_vram)
-        ar_settings = dict(kv_cache=options.kv_cache, compile=options.compile, int8=options.int8,
-                           position_mode="contiguous" if options.kv_cache_positions == "contiguous" else "original")
         self.backend = resolve_backend(options.backend)
         graph_options = backend_options(self.backend, self.device, options.ort_provider, options.ov_device,
                                         options.backend_precision, half=options.half, dtype=options.dtype)
@@ -68,10 +66,9 @@ class Session:
             graph_options["threads"] = self.threads
         #: the precision the networks compute in: f32, bf16 or f16 (a graph backend's, else the torch networks')
         self.precision = graph_options.get("precision") or precision_name(self.half_dtype)
-        self.models = ModelSet(self.device, self.models_dir, dtype=self.half_dtype, high_vram=high_vram,
-                               paths=self.checkpoint_paths, vocoder=options.vocoder, ar_settings=ar_settings,
-                               revision=options.hub_revision, check_ar=self._check_tokenizer_fits,
-                               backend=self.backend, backend_options=graph_options)
+        self.models = ModelSet(self.device, options.replace(models_dir=self.models_dir), dtype=self.half_dtype,
+                               high_vram=high_vram, check_ar=self._check_tokenizer_fits, backend=self.backend,
+                               backend_options=graph_options)
         self._aligner = None
         self._latent_cache = pipeline.LatentCache(self.LATENT_CACHE_SIZE)
         if options.preload:

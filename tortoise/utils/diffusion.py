@@ -402,25 +402,6 @@ def output_length(num_codes):
     return num_codes * 4 * 24000 // 22050
 
 
-@torch.no_grad()
-def sample(model, latents, conditioning_latent, steps=100, sampler="p", cond_free=True, cond_free_k=2.0,
-           temperature=1.0, noise=None, progress=False):
-    """AR latents (B, S, 1024) + diffusion voice latent (B, 2048) -> normalised mel (B, 100, T), T = output_length(S).
-
-    The timestep-independent code embedding is computed once; each step is one (guided: one batched) forward.
-    ``noise`` (B, 100, T) replaces ``torch.randn(...) * temperature`` as the starting point. The result is in the
-    model's [-1, 1] mel space (`tortoise.utils.sound.denormalize_tacotron_mel` maps it to log-mels for a vocoder).
-    """
-    diffuser = make_diffuser(steps, sampler, cond_free, cond_free_k)
-    t = output_length(latents.shape[1])
-    shape = (latents.shape[0], model.in_channels, t)
-    emb = model.timestep_independent(latents, conditioning_latent, t, False)  # (B, C, T)
-    if noise is None:
-        noise = torch.randn(shape, device=latents.device) * temperature
-    return diffuser.sample_loop(model, shape, noise=noise, progress=progress,
-                                model_kwargs={"precomputed_aligned_embeddings": emb})
-
-
 def do_spectrogram_diffusion(diffusion_model, diffuser, latents, conditioning_latents, temperature=1, verbose=True):
     """The original's helper: AR latents -> denormalised 24 kHz mel (B, 100, T) with ``diffuser``'s sampler."""
     from tortoise.utils.sound import denormalize_tacotron_mel
