@@ -114,8 +114,8 @@ def check_finished(out, reference):
 
 
 def test_ray_without_an_address_starts_a_local_cluster(models_dir, tmp_path):
-    """The README's command as a process of its own: ``--ray`` starts a local cluster, reads and stops it. (First in
-    this file, before the module's cluster starts.)"""
+    """The README's command as a process of its own: ``--ray`` starts a local cluster of its own (``address="local"``,
+    so it runs in any order, beside the module's cluster or not), reads and stops it."""
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "tortoise.cli", "--models_dir", str(models_dir), "-O", str(out),
                            *QUICK, "--ray", "--ray_actors", "1", "--text", "Hello there."],
