@@ -147,3 +147,25 @@ def test_half_on_openvino_runs_the_cpus_half_and_says_what_ran(export_models, re
     wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
     assert torch.equal(codes_seen[-1], reference[1])
     torch.testing.assert_close(wav, reference[0], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_unguided_diffusion_runs_its_own_graph_of_half_the_work(export_models, backend):
+    """Samplers without guidance (the original's ultra_fast, cond_free=False) call the model itself: that is the
+    unguided step graph (B items), not the guided one (2B items, half thrown away); both match torch's forward."""
+    from tortoise import backends
+    from tortoise.utils import checkpoints
+    torch_net = checkpoints.load_model("diffusion", models_dir=export_models).eval()
+    graph = backends.load("diffusion", export_models, backend)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, torch_net.in_channels, 40, generator=gen)
+    t = torch.tensor([10.0, 500.0])
+    emb = torch.randn(1, torch_net.model_channels, 40, generator=gen)
+    with torch.no_grad():
+        want = torch_net(x, t, precomputed_aligned_embeddings=emb.expand(2, -1, -1))
+        want_uncond = torch_net(x, t, precomputed_aligned_embeddings=emb, conditioning_free=True)
+    got = graph(x, t, precomputed_aligned_embeddings=emb)
+    assert set(graph.graphs._runners) == {"diffusion_step_unguided"}
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+    got_uncond = graph(x, t, precomputed_aligned_embeddings=emb, conditioning_free=True)
+    torch.testing.assert_close(got_uncond, want_uncond, atol=1e-4 * want_uncond.abs().max().item(), rtol=0)

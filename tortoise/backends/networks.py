@@ -192,8 +192,9 @@ class ClvpGraphs(_GraphObject):
 
 # ---------------------------------------------------------------------------------------------------------------
 class DiffusionGraphs(_GraphObject):
-    """DiffusionTts on graphs: voice latent, timestep-independent code embedding, the guided step. Plugs into
-    `tortoise.utils.diffusion`'s samplers as the model (they call ``forward_guided`` when guiding)."""
+    """DiffusionTts on graphs: voice latent, timestep-independent code embedding, the guided and the unguided step.
+    Plugs into `tortoise.utils.diffusion`'s samplers as the model (they call ``forward_guided`` when guiding, the
+    model itself otherwise)."""
 
     def __init__(self, graphs, config):
         super().__init__(graphs)
@@ -217,15 +218,18 @@ class DiffusionGraphs(_GraphObject):
         return self.graphs.runner("diffusion_embedding").run({"latents": aligned_conditioning,
                                                               "cond_latent": conditioning_latent})[0]
 
+    def _code_embedding(self, x, aligned_conditioning, conditioning_latent, precomputed_aligned_embeddings):
+        if precomputed_aligned_embeddings is not None:
+            return precomputed_aligned_embeddings
+        if aligned_conditioning is None or conditioning_latent is None:
+            raise ValueError("the diffusion step needs precomputed_aligned_embeddings, or aligned_conditioning with "
+                             "conditioning_latent")
+        return self.timestep_independent(aligned_conditioning, conditioning_latent, x.shape[-1], False)
+
     def forward_guided(self, x, timesteps, aligned_conditioning=None, conditioning_latent=None,
                        precomputed_aligned_embeddings=None):
         """Conditional and unconditional outputs (B, 200, T) each, from one graph run of 2B items."""
-        emb = precomputed_aligned_embeddings
-        if emb is None:
-            if aligned_conditioning is None or conditioning_latent is None:
-                raise ValueError("forward_guided needs precomputed_aligned_embeddings, or aligned_conditioning "
-                                 "with conditioning_latent")
-            emb = self.timestep_independent(aligned_conditioning, conditioning_latent, x.shape[-1], False)
+        emb = self._code_embedding(x, aligned_conditioning, conditioning_latent, precomputed_aligned_embeddings)
         emb = emb.expand(x.shape[0], -1, -1)
         out, out_uncond = self.graphs.runner("diffusion_step").run({"x": x, "timesteps": timesteps.float(),
                                                                     "code_emb": emb})
@@ -233,13 +237,17 @@ class DiffusionGraphs(_GraphObject):
 
     def __call__(self, x, timesteps, aligned_conditioning=None, conditioning_latent=None,
                  precomputed_aligned_embeddings=None, conditioning_free=False, return_code_pred=False):
-        """The unguided call, through the guided graph (half its work is discarded: guided sampling, every
-        preset with cond_free, runs ``forward_guided`` instead)."""
+        """The unguided call (samplers without guidance): the unguided step graph, one pass of B items. The
+        unconditional output alone (``conditioning_free``, which no preset asks for by itself) comes from the guided
+        graph, whose inputs hold the learned unconditioned embedding."""
         if return_code_pred:
             raise ValueError("return_code_pred is training-only; the graph backends do not export it")
-        out, out_uncond = self.forward_guided(x, timesteps, aligned_conditioning, conditioning_latent,
-                                              precomputed_aligned_embeddings)
-        return out_uncond if conditioning_free else out
+        if conditioning_free:
+            return self.forward_guided(x, timesteps, aligned_conditioning, conditioning_latent,
+                                       precomputed_aligned_embeddings)[1]
+        emb = self._code_embedding(x, aligned_conditioning, conditioning_latent, precomputed_aligned_embeddings)
+        return self.graphs.runner("diffusion_step_unguided").run({"x": x, "timesteps": timesteps.float(),
+                                                                  "code_emb": emb.expand(x.shape[0], -1, -1)})[0]
 
     forward = __call__
 

@@ -6,8 +6,8 @@ Command line: ``tortoise-export`` / ``python -m tortoise.export`` (`tortoise.exp
     path = ensure_exported("ar_decode", models_dir, backend="openvino")   # exported on first use, then cached
 
 Components (`tortoise.export.components.COMPONENTS`): ar_conditioning, ar_prefill, ar_decode, ar_latent,
-clvp_text, clvp_speech, diffusion_conditioning, diffusion_embedding, diffusion_step, univnet, bigvgan_base,
-bigvgan, hifigan. Nothing here imports torch.onnx, onnxruntime or openvino until an export runs.
+clvp_text, clvp_speech, diffusion_conditioning, diffusion_embedding, diffusion_step, diffusion_step_unguided,
+univnet, bigvgan_base, bigvgan, hifigan. Nothing here imports torch.onnx, onnxruntime or openvino until an export runs.
 """
 from tortoise.export.components import COMPONENTS, Shapes  # noqa: F401
 from tortoise.export.exporter import (  # noqa: F401

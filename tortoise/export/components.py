@@ -277,6 +277,17 @@ class DiffusionStepComponent(Component):
         return list(net.forward_guided(x["x"], x["timesteps"], precomputed_aligned_embeddings=x["code_emb"]))
 
 
+class DiffusionStepUnguidedComponent(DiffusionStepComponent):
+    def form(self, net):
+        return graphs.DiffusionStepUnguided(net)
+
+    def outputs(self, net):
+        return ["out"]
+
+    def reference(self, net, x):
+        return [net(x["x"], x["timesteps"], precomputed_aligned_embeddings=x["code_emb"])]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def _log_mel(gen, *shape):
     return _rand(gen, *shape, scale=2.0) - 5.0  # around the level of a real log-mel
@@ -346,6 +357,7 @@ COMPONENTS = {c.name: c for c in (
     DiffusionConditioningComponent("diffusion_conditioning", "diffusion", "diffusion voice latent from mels"),
     DiffusionEmbeddingComponent("diffusion_embedding", "diffusion", "diffusion timestep-independent code embedding"),
     DiffusionStepComponent("diffusion_step", "diffusion", "guided diffusion step (cond + uncond in one batch)"),
+    DiffusionStepUnguidedComponent("diffusion_step_unguided", "diffusion", "unguided diffusion step (cond only)"),
     UnivNetComponent("univnet", "vocoder", "UnivNet vocoder (mel + noise -> wav)"),
     BigVGANComponent("bigvgan_base", "bigvgan_base", "BigVGAN base vocoder (mel -> wav)"),
     BigVGANComponent("bigvgan", "bigvgan", "BigVGAN vocoder (mel -> wav)"),
@@ -356,7 +368,7 @@ COMPONENTS = {c.name: c for c in (
 NETWORK_COMPONENTS = {
     "autoregressive": ("ar_conditioning", "ar_prefill", "ar_decode", "ar_latent"),
     "clvp": ("clvp_text", "clvp_speech"),
-    "diffusion": ("diffusion_conditioning", "diffusion_embedding", "diffusion_step"),
+    "diffusion": ("diffusion_conditioning", "diffusion_embedding", "diffusion_step", "diffusion_step_unguided"),
     "vocoder": ("univnet",),
     "bigvgan_base": ("bigvgan_base",),
     "bigvgan": ("bigvgan",),

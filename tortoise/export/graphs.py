@@ -238,6 +238,18 @@ class DiffusionStep(nn.Module):
         return out[:b], out[b:]
 
 
+class DiffusionStepUnguided(nn.Module):
+    """``DiffusionTts.forward(x, timesteps, precomputed_aligned_embeddings=code_emb)``: the unguided step (samplers
+    without conditioning-free guidance) -> (B, 200, F), one pass of B items, not the guided graph's 2B."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, timesteps, code_emb):
+        return diffusion_trunk(self.model, x, timesteps, code_emb)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Vocoders and the HiFi-GAN decoder
 # ---------------------------------------------------------------------------------------------------------------
