@@ -58,9 +58,9 @@ def time_local(models_dir, n_clips, repeats, work):
     import torch
 
     from tortoise import render
-    from tortoise.cli import new_tts
+    from tortoise.session import Session
     torch.set_num_threads(1)
-    tts = new_tts(tts_kwargs(models_dir))
+    tts = Session.load(tts_kwargs(models_dir))
     render.render(tts, make_job(models_dir, work / "warm", 1))
     walls, cpus = [], []
     for r in range(repeats):

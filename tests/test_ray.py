@@ -19,9 +19,10 @@ import soundfile as sf
 import torch
 
 from conftest import write_tone
-from tortoise.options import ModelOptions
 from tortoise import cli, render
 from tortoise.distributed import reader
+from tortoise.options import ModelOptions
+from tortoise.session import Session
 
 SENTENCES = ("The first sentence is short.", "Here comes the second one.", "A third sentence follows it.",
              "Then there is a fourth.", "The fifth is nearly the last.", "And this is the end.")
@@ -86,7 +87,7 @@ def reference(models_dir, voices, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = render.render(cli.new_tts(tts_kwargs(models_dir)), job)
+        result = render.render(Session.load(tts_kwargs(models_dir)), job)
     finally:
         torch.set_num_threads(threads)
     assert not result.failed
@@ -235,7 +236,7 @@ def speech_app(job, models_dir):
 
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
-    tts = cli.new_tts(ModelOptions(models_dir=models_dir, vocoder="univnet"))  # device: TORTOISE_DEVICE=cpu (Serve)
+    tts = Session.load(ModelOptions(models_dir=models_dir, vocoder="univnet"))  # device: TORTOISE_DEVICE=cpu (Serve)
     app, lock, load = FastAPI(), threading.Lock(), {"now": 0, "most": 0}
 
     @app.get("/whoami")

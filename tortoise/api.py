@@ -85,11 +85,6 @@ def classify_audio_clip(clip, models_dir=None, classifier=None):
     return F.softmax(logits, dim=-1)[0][0]
 
 
-def load_tts(options, stream=False):
-    """A :class:`Session` of the :class:`ModelOptions` ``options``, its models loaded (:meth:`Session.load`)."""
-    return Session.load(options, stream)
-
-
 class TextToSpeech(Session):
     """Main entry point into Tortoise: the original's names (``tts``, ``tts_with_preset``, ``tts_stream``,
     ``get_conditioning_latents``, the model attributes) over a :class:`tortoise.session.Session`."""

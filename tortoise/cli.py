@@ -15,12 +15,11 @@ import warnings
 from pathlib import Path
 
 from tortoise.flags import (TUNING, VOCODER_CHOICES, Parser, UsageError, add_model_arguments,  # noqa: F401
-                            check_model_args, choose_vocoder, flag, make_session, model_options, new_session, yes_no)
+                            check_model_args, choose_vocoder, flag, make_session, model_options, yes_no)
 from tortoise.progress import TqdmProgress
 from tortoise.utils import errors
 from tortoise.utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: F401 (the CLI's codes)
 
-new_tts, make_tts = new_session, make_session  # the names these had before tortoise.flags (scripts, tests)
 
 
 def build_parser():

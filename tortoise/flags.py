@@ -149,18 +149,13 @@ def model_options(args, vocoder, stream=None):
         enable_redaction=not args.disable_redaction, threads=args.threads, preload=not stream, stream=bool(stream))
 
 
-def new_session(options, stream=False):
-    """A loaded :class:`tortoise.session.Session` of :func:`model_options` (see :meth:`Session.load`)."""
-    return Session.load(options, stream)
-
-
 def make_session(args, vocoder, say, stream=None):
     """The loaded :class:`~tortoise.session.Session` of the model options, said as it loads; ``stream`` (default
     ``args.stream``): load only what the streaming fast path needs."""
     stream = args.stream if stream is None else stream
     say("Loading models (HiFi-GAN decoder, streaming)..." if stream else f"Loading models ({vocoder} vocoder)...")
     t0 = time.time()
-    tts = new_session(model_options(args, vocoder, stream))
+    tts = Session.load(model_options(args, vocoder, stream))
     on = tts.device if tts.backend == "torch" else f"{tts.device}, {tts.backend}"
     threads = f"{tts.threads} thread{'s' if tts.threads != 1 else ''}"
     say(f"Loaded on {on} in {time.time() - t0:.1f} s ({tts.precision}, {threads}, batch size "

@@ -102,11 +102,21 @@ def preset_options(preset, **overrides):
 BACKENDS = ("torch", "onnxruntime", "openvino")
 KV_CACHE_POSITIONS = ("contiguous", "original")
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 ORT_PROVIDERS = ("cpu", "cuda", "openvino")
 OV_DEVICES = ("CPU", "GPU", "AUTO")
 GRAPH_PRECISIONS = ("f32", "bf16", "f16")
 # what a clip's record names of the networks: every checkpoint file the pipeline may read
 IDENTITY_CHECKPOINTS = ("autoregressive", "clvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder")
+
+
+def dtype_name(dtype) -> str:
+    """``dtype`` (a name, an alias such as ``bf16``, or a torch dtype) as one of :data:`DTYPES`; one line with the
+    names to use otherwise."""
+    name = str(dtype).replace("torch.", "")
+    name = DTYPE_ALIASES.get(name, name)
+    check(name in DTYPES, f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return name
 
 
 @dataclass(frozen=True)
@@ -146,8 +156,8 @@ class ModelOptions:
         check(self.vocoder in VOCODERS, f"unknown vocoder {self.vocoder!r}: use one of {', '.join(VOCODERS)}")
         check(self.kv_cache_positions in KV_CACHE_POSITIONS,
               f"kv_cache_positions must be 'contiguous' or 'original', not {self.kv_cache_positions!r}")
-        check(self.dtype is None or str(self.dtype).replace("torch.", "") in DTYPES,
-              f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.dtype is not None:
+            dtype_name(self.dtype)
         check(self.backend is None or self.backend.lower() in BACKENDS,
               f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         check(self.ort_provider in ORT_PROVIDERS,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import xpu
-from tortoise.options import BACKENDS, IDENTITY_CHECKPOINTS, check
+from tortoise.options import BACKENDS, GRAPH_PRECISIONS, IDENTITY_CHECKPOINTS, ORT_PROVIDERS, check, dtype_name
 from tortoise.utils import checkpoints
 
 
@@ -17,11 +17,7 @@ def resolve_dtype(device_info, half=False, dtype=None):
     ``float16``), else the device's half dtype when ``half``, else None (float32). ``half`` on a device without a
     useful half dtype (a CPU without native bf16) says so once and runs float32."""
     if dtype is not None:
-        name = str(dtype).replace("torch.", "")
-        aliases = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                   "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-        check(name in aliases, f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-        return aliases[name]
+        return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name(dtype)]
     if not half:
         return None
     chosen = xpu.half_dtype(device_info)
@@ -55,7 +51,7 @@ def resolve_backend(backend=None):
     return name
 
 
-PRECISIONS = ("f32", "bf16", "f16")
+PRECISIONS = GRAPH_PRECISIONS
 _DTYPE_PRECISION = {None: "f32", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
@@ -107,7 +103,7 @@ def backend_options(backend, device, ort_provider="cpu", ov_device="CPU", precis
         return {}
     from tortoise import backends
     backends.require(backend)
-    check(backend != "onnxruntime" or ort_provider in ("cpu", "cuda", "openvino"),
+    check(backend != "onnxruntime" or ort_provider in ORT_PROVIDERS,
           f"unknown ONNX Runtime provider {ort_provider!r}: use cpu, cuda or openvino")
     computes = graph_precision(backend, half, dtype, ort_provider, ov_device, precision)
     if backend == "onnxruntime":

@@ -139,7 +139,6 @@ class Session:
         self._aligner = value
 
     # ---------------------------------------------------------- conditioning
-    # ---------------------------------------------------------- conditioning
 
     def get_conditioning_latents(self, voice_samples, return_mels=False, latent_averaging_mode=0,
                                  original_tortoise=False):
@@ -176,8 +175,6 @@ class Session:
         """Latents of a random voice, from the random latent generators."""
         cond = pipeline.random_conditioning(self.models)
         return cond.auto_latent, cond.diffusion_latent
-
-    # ---------------------------------------------------------- generation
 
     # ---------------------------------------------------------- speaking
 

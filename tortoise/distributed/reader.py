@@ -115,8 +115,8 @@ class ClipRenderer:
     def __init__(self, model_options, stream=False, threads=None):
         self.tts, self.error = None, None
         try:
-            from tortoise.api import load_tts
-            self.tts = load_tts(model_options.replace(threads=threads or model_options.threads), stream)
+            from tortoise.session import Session
+            self.tts = Session.load(model_options.replace(threads=threads or model_options.threads), stream)
         except Exception as e:  # noqa: BLE001 - reported by ready()
             self.error = _one_line(f"{type(e).__name__}: {e}")
 

@@ -437,7 +437,7 @@ class UnifiedVoice(nn.Module, DecodeLoop):
                 and prompt.device.type == "cpu" and can_prepack(prompt.dtype))
 
     def feed(self, state, tokens, mel_pos):
-        """One step: ``tokens`` (B,) at ``mel_pos`` -> (latent, logits) of the next position, float32."""
+        """One step: ``tokens`` (B,) at ``mel_pos`` -> (logits, latent) of the next position, float32."""
         if state.cache is None:
             state.generated.append(tokens)
             gen = torch.stack(state.generated, dim=1)  # (B, t)
