@@ -22,6 +22,8 @@ def test_model_options_are_checked_once_with_the_fix_in_one_line():
             ModelOptions(**bad)
     assert ModelOptions(vocoder="BigVGAN_Base").vocoder == "bigvgan_base"
     assert ModelOptions(ov_device="GPU.1", dtype="torch.bfloat16").ov_device == "GPU.1"
+    for alias in ("bf16", "fp16", "half", "fp32"):  # the names TextToSpeech(dtype=) has always taken
+        assert ModelOptions(dtype=alias).dtype == alias
 
 
 def test_model_options_are_frozen_hashable_and_travel():
