@@ -9,12 +9,12 @@ network (`tortoise.backends.networks`); graphs are exported, verified and cached
 time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvino"), ``precision`` ("f32", or
 "f16": float16 graphs, for CUDA), ``threads``; OpenVINO ``device`` ("CPU", "GPU", "AUTO"), ``precision`` ("f32" by
 default on every device, "bf16", "f16": set as the inference precision hint, so a CPU with native bf16 does not pick
-bf16 by itself), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
+bf16 by itself; "int8": the AR transformer with int8 weights, every graph computing in f32), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
 """
 from tortoise.backends import networks
 from tortoise.runtimes.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401
-from tortoise.runtimes.onnxruntime import OrtDecoder, OrtRunner
-from tortoise.runtimes.openvino import OvDecoder, OvRunner, check_device, check_precision
+from tortoise.runtimes.onnxruntime import OrtRunner, OrtTransformer
+from tortoise.runtimes.openvino import OvRunner, OvTransformer, check_device, check_precision
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 NETWORKS = ("autoregressive", "clvp", "diffusion", "vocoder", "bigvgan_base", "bigvgan", "hifidecoder")
@@ -31,11 +31,13 @@ class OnnxRuntimeBackend:
         self.provider, self.threads, self.device_id, self.precision = provider, threads, device_id, precision
         self.half_graphs = precision == "f16"  # the graphs are exported in float16
 
+    int8_weights = False
+
     def runner(self, path):
         return OrtRunner(path, self.provider, self.threads, self.device_id)
 
-    def decoder(self, prefill_path, decode_path):
-        return OrtDecoder(prefill_path, decode_path, self.provider, self.threads, self.device_id)
+    def transformer(self, path):
+        return OrtTransformer(path, self.provider, self.threads, self.device_id)
 
     def describe(self):
         return f"onnxruntime {self.provider} {self.precision}"
@@ -48,13 +50,17 @@ class OpenVinoBackend:
 
     def __init__(self, device="CPU", precision="f32", threads=None):
         require("openvino")
-        self.device, self.precision, self.threads = check_device(device), check_precision(precision), threads
+        self.device, self.threads = check_device(device), threads
+        # int8: the AR transformer's weights as int8 (its own IR), computing in f32 like every other graph
+        self.int8_weights = precision == "int8"
+        self.precision = "int8" if self.int8_weights else check_precision(precision)
+        self.compute_precision = "f32" if self.int8_weights else self.precision
 
     def runner(self, path):
-        return OvRunner(path, self.device, self.precision, self.threads)
+        return OvRunner(path, self.device, self.compute_precision, self.threads)
 
-    def decoder(self, prefill_path, decode_path):
-        return OvDecoder(prefill_path, decode_path, self.device, self.precision, self.threads)
+    def transformer(self, path):
+        return OvTransformer(path, self.device, self.compute_precision, self.threads)
 
     def describe(self):
         return f"openvino {self.device} {self.precision}"

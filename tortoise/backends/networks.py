@@ -8,8 +8,9 @@ UnifiedVoice           `AutoregressiveGraphs`: ``get_conditioning(mels)``; the d
                        tokens)``, ``tokens(state, sampling)``, ``decode(state, sampling, callback)``,
                        ``inference_speech(...)`` (`tortoise.models.decoding`; sampling in torch); the latent
                        pass ``latents(cond, text, codes)`` / ``__call__(..., return_latent=True, clip_inputs=False)``.
-                       Underneath, ``graphs.decoder()``: ``prefill(feeds) -> (logits, latent, cache)`` and
-                       ``step(tokens, mel_position, cache) -> (logits, latent, cache)`` (`tortoise.runtimes.common`)
+                       Underneath, one graph for all three, ``graphs.transformer()`` (`tortoise.runtimes.common.
+                       Transformer`: ``prompt``, ``step`` with the KV cache in place, ``latents``), fed embeddings
+                       summed in torch from its tables (`tortoise.export.transformer.Embeddings`)
 CLVP                   `ClvpGraphs`: ``encode_text``, ``encode_speech``, ``score(text, codes)``, ``__call__(text,
                        codes, return_loss=False)``
 DiffusionTts           `DiffusionGraphs`: ``get_conditioning``, ``timestep_independent``, ``forward_guided``,
@@ -24,10 +25,12 @@ Sampling never leaves torch: the graphs return logits and the decode loop draws 
 Each object loads (and on first use exports) its graphs lazily, so the streaming path never loads the latent pass.
 """
 import inspect
+from pathlib import Path
 
 import torch
 
 from tortoise.export.exporter import ensure_exported
+from tortoise.export.transformer import Embeddings
 from tortoise.models.decoding import DecodeLoop, position_offset
 from tortoise.models.vocoder import INFERENCE_PAD_FRAMES
 from tortoise.utils import checkpoints
@@ -42,21 +45,23 @@ class GraphSet:
         self.backend, self.models_dir, self.network = backend, models_dir, network
         self.export_kwargs = dict(output_dir=export_dir, dynamic=dynamic, verify=verify, cpu_only=cpu_only,
                                   checkpoint=checkpoint)
-        self._runners, self._decoder = {}, None
+        self._runners, self._transformer = {}, None
 
     def path(self, component):
         return ensure_exported(component, self.models_dir, self.backend.name, half=self.backend.half_graphs,
-                               **self.export_kwargs)
+                               int8=self.backend.int8_weights, **self.export_kwargs)
 
     def runner(self, component):
         if component not in self._runners:
             self._runners[component] = self.backend.runner(self.path(component))
         return self._runners[component]
 
-    def decoder(self):
-        if self._decoder is None:
-            self._decoder = self.backend.decoder(self.path("ar_prefill"), self.path("ar_decode"))
-        return self._decoder
+    def transformer(self):
+        """The AR transformer graph (one for the prompt, the steps and the latent pass) and its embedding tables."""
+        if self._transformer is None:
+            path = self.path("ar_transformer")
+            self._transformer = self.backend.transformer(path), Path(path).parent
+        return self._transformer
 
     def describe(self):
         return self.backend.describe()
@@ -88,7 +93,8 @@ class _GraphObject:
 
 # ---------------------------------------------------------------------------------------------------------------
 class AutoregressiveGraphs(_GraphObject, DecodeLoop):
-    """UnifiedVoice on graphs: conditioning encoder, prefill + decode step with the KV cache, latent pass."""
+    """UnifiedVoice on graphs: the conditioning encoder, and one transformer graph for the prompt, the decode steps (KV
+    cache in place) and the latent pass."""
 
     def __init__(self, graphs, config):
         super().__init__(graphs)
@@ -105,6 +111,7 @@ class AutoregressiveGraphs(_GraphObject, DecodeLoop):
         self.mel_length_compression = config["mel_length_compression"]
         self.mel_positions = self.max_mel_tokens + 2 + config["max_conditioning_inputs"]
         self.position_offset = 0
+        self._embeddings = None
 
     def post_init_gpt2_config(self, use_deepspeed=False, kv_cache=True, half=False, *, position_mode="original",
                               **_ignored):
@@ -120,25 +127,39 @@ class AutoregressiveGraphs(_GraphObject, DecodeLoop):
             mels = mels.unsqueeze(1)
         return self.graphs.runner("ar_conditioning").run({"mels": mels})[0]
 
-    # -- the decoder protocol (`tortoise.models.decoding`): the graphs' prompt pass and step; the loop is shared --
+    # -- the transformer graph and its embedding tables --------------------------------------------------------------
+    def _transformer(self):
+        transformer, directory = self.graphs.transformer()
+        if self._embeddings is None:
+            self._embeddings = Embeddings.load(directory, start_text_token=self.start_text_token,
+                                               stop_text_token=self.stop_text_token,
+                                               start_mel_token=self.start_mel_token,
+                                               stop_mel_token=self.stop_mel_token)
+        return transformer, self._embeddings
+
+    # -- the decoder protocol (`tortoise.models.decoding`): the graph's prompt pass and step; the loop is shared ---
     def encode_prompt(self, plan, state):
-        """The prompt graph once per distinct prompt; its KV cache is broadcast to every row."""
-        logits, latent, cache = self.graphs.decoder().prefill({"cond_latent": plan.cond_latent,
-                                                               "text_tokens": plan.text_inputs,
-                                                               "mel_tokens": plan.mel_tokens})
+        """The prompt pass once per distinct prompt; its cache is broadcast to every row (no copy on OpenVINO)."""
+        transformer, emb = self._transformer()
+        device = plan.cond_latent.device
+        hidden, logits, cache = transformer.prompt(emb.prompt(plan.cond_latent, plan.text_inputs, plan.mel_tokens))
         state.prompt_len = cache.length
-        state.logits, state.latent, state.cache = logits[plan.row_map], latent[plan.row_map], cache.select(plan.row_map)
+        state.cache = cache.select(plan.row_map, capacity=cache.length + state.max_new)
+        rows = plan.row_map.cpu()
+        state.logits, state.latent = logits[rows].to(device), hidden[:, -1][rows].to(device)
 
     def feed(self, state, tokens, mel_pos):
-        """The step graph: ``tokens`` (B,) at ``mel_pos``; the cache it returns replaces the state's."""
-        logits, latent, state.cache = self.graphs.decoder().step(tokens, mel_pos, state.cache)
-        return logits, latent
+        """The step: ``tokens`` (B,) at ``mel_pos``, written into the state's cache in place."""
+        transformer, emb = self._transformer()
+        hidden, logits = transformer.step(emb.step(tokens, mel_pos), state.cache)
+        return logits.to(tokens.device), hidden[:, -1].to(tokens.device)
 
     # -- latent pass -------------------------------------------------------------------------------------------------
     def latents(self, cond_latent, text_tokens, codes):
         """(B, d), (B, t), (B, m) -> final-normed hidden states (B, m, d): the latent pass."""
-        return self.graphs.runner("ar_latent").run({"cond_latent": cond_latent, "text_tokens": text_tokens,
-                                                    "codes": codes})[0]
+        transformer, emb = self._transformer()
+        embeds, first = emb.latent(cond_latent, text_tokens, codes)
+        return transformer.latents(embeds)[:, first:first + codes.shape[1]].to(codes.device)
 
     def __call__(self, speech_conditioning_latent, text_inputs, text_lengths, mel_codes, wav_lengths, types=None,
                  text_first=True, raw_mels=None, return_attentions=False, return_latent=False, clip_inputs=True):

@@ -2,7 +2,8 @@
 
 Each component knows
 - ``network``: the checkpoint it is exported from (a `tortoise.utils.checkpoints` name, or a BigVGAN vocoder name);
-- ``form(net)``: its export form (`tortoise.export.graphs`);
+- ``form(net)``: its export form (`tortoise.export.graphs`), traced by torch.export; or, for a ``built`` component,
+  ``build(net, fmt, path, half=, int8=)``, which writes the graph op by op (`tortoise.export.transformer`);
 - ``inputs(net, shapes, generator)``: seeded example inputs, in graph-input order;
 - ``axes(net)``: which input axes are dynamic with ``--dynamic_axes`` (named, so equal names are equal sizes);
 - ``outputs(net)``: graph output names;
@@ -26,16 +27,11 @@ class Shapes:
     text_tokens: int = 32     # text tokens (as given to the AR model, before its start/stop tokens)
     codes: int = 64           # AR codes: the latent pass, CLVP speech, diffusion latents, HiFi-GAN latents
     clips: int = 1            # conditioning clips per voice
-    cache: int = 0            # past positions in the decode step's KV cache (0: the prompt, 1 + text + 2 + 1)
     cond_frames: int = 0      # conditioning mel frames (0: the pipeline's, 517 for the AR model, 401 for diffusion)
 
     @property
     def frames(self) -> int:  # diffusion / vocoder mel frames for `codes` codes
         return output_length(self.codes)
-
-    @property
-    def past(self) -> int:
-        return self.cache or self.text_tokens + 4
 
     def ar_cond_frames(self) -> int:
         return self.cond_frames or AR_COND_FRAMES
@@ -47,7 +43,7 @@ class Shapes:
         """Other sizes for checking that a dynamic graph really is (every dynamic axis changed, none of them 1: an
         axis of size 1 is specialised by the tracer)."""
         return replace(self, batch=self.batch + 1, text_tokens=self.text_tokens + 5, codes=self.codes + 7,
-                       clips=self.clips + 1, cache=self.past + 3, cond_frames=self.ar_cond_frames() - 13)
+                       clips=self.clips + 1, cond_frames=self.ar_cond_frames() - 13)
 
     def traceable(self) -> "Shapes":
         """The example for a dynamic export: axes of size 1 raised to 2 (the tracer would fix them at 1)."""
@@ -107,82 +103,58 @@ def _ar_prompt_inputs(net, s, gen, batch):
             "text_tokens": _ints(gen, net.number_text_tokens, batch, s.text_tokens)}
 
 
-class ArPrefillComponent(Component):
-    def form(self, net):
-        return graphs.ArPrefill(net)
+STEPS = 3  # decode steps in the AR transformer's verification
+
+
+class ArTransformerComponent(Component):
+    """The AR model's GPT-2 for every pass (`tortoise.export.transformer`): built op by op, not traced. Verified as
+    the pipeline uses it: a prompt of ``batch`` rows, its cache broadcast to twice as many rows, three decode steps,
+    and a latent pass — each against `UnifiedVoice`'s own prefill, step and ``forward(return_latent=True)``."""
+
+    built = True
+
+    def build(self, net, fmt, path, *, half=False, int8=False):
+        from tortoise.export import transformer
+        if fmt == "onnx":
+            transformer.build_onnx(net, path, half=half)
+        else:
+            transformer.build_openvino(net, path, int8=int8)
 
     def inputs(self, net, s, gen):
         x = _ar_prompt_inputs(net, s, gen, s.batch)
-        x["mel_tokens"] = torch.full((s.batch, 1), net.start_mel_token, dtype=torch.long)
-        return x
-
-    def axes(self, net):
-        return {"cond_latent": {0: "batch"}, "text_tokens": {0: "batch", 1: "text"}, "mel_tokens": {0: "batch"}}
-
-    def outputs(self, net):
-        return ["logits", "hidden"] + graphs.cache_names(net.layers, "present")
-
-    def reference(self, net, x):
-        prompt = net.compute_embeddings(x["cond_latent"], x["text_tokens"])
-        mel = x["mel_tokens"]
-        prompt = torch.cat([prompt, net.mel_embedding(mel) + net.mel_pos_embedding(mel)], dim=1)
-        cache = net.gpt.new_cache(prompt.shape[0], prompt.shape[1], prompt, prompt.dtype)  # the graph's own dtype
-        hidden = net.final_norm(net.gpt.prefill(prompt, cache)[:, -1])
-        return [net.mel_head(hidden), hidden] + cache.tensors
-
-
-class ArDecodeComponent(Component):
-    def form(self, net):
-        return graphs.ArDecode(net)
-
-    def inputs(self, net, s, gen):
-        cfg = net.gpt.config
-        x = {"tokens": _ints(gen, net.number_mel_codes, s.batch),
-             "position": torch.tensor([min(5, net.mel_pos_embedding.emb.num_embeddings - 1)])}
-        for name in graphs.cache_names(cfg.n_layer, "past"):
-            x[name] = _rand(gen, s.batch, cfg.n_head, s.past, cfg.head_dim)
-        return x
-
-    def axes(self, net):
-        axes = {"tokens": {0: "batch"}, "position": {}}
-        for name in graphs.cache_names(net.gpt.config.n_layer, "past"):
-            axes[name] = {0: "batch", 2: "past"}
-        return axes
-
-    def outputs(self, net):
-        return ["logits", "hidden"] + graphs.cache_names(net.layers, "present")
-
-    def reference(self, net, x):
-        past = [t for name, t in x.items() if name.startswith("past.")]
-        b, _, t, _ = past[0].shape
-        cache = net.gpt.new_cache(b, t + 1, past[0], past[0].dtype)
-        for dst, src in zip(cache.tensors, past):
-            dst[:, :, :t] = src
-        step = net._mel_step_embedding(x["tokens"], int(x["position"][0]))
-        hidden = net.final_norm(net.gpt.step(step, cache, t)[:, 0])
-        return [net.mel_head(hidden), hidden] + cache.tensors
-
-
-class ArLatentComponent(Component):
-    def form(self, net):
-        return graphs.ArLatent(net)
-
-    def inputs(self, net, s, gen):
-        x = _ar_prompt_inputs(net, s, gen, s.batch)
+        x["step_tokens"] = _ints(gen, net.number_mel_codes, 2 * s.batch, STEPS)
+        latent = _ar_prompt_inputs(net, s, gen, s.batch)
+        x["latent_cond"], x["latent_text"] = latent["cond_latent"], latent["text_tokens"]
         x["codes"] = _ints(gen, net.stop_mel_token, s.batch, s.codes)
         return x
 
-    def axes(self, net):
-        return {"cond_latent": {0: "batch"}, "text_tokens": {0: "batch", 1: "text"}, "codes": {0: "batch", 1: "codes"}}
+    def axes(self, net):  # the built graph is always dynamic
+        return {}
 
     def outputs(self, net):
-        return ["latents"]
+        return ["prompt_logits", "prompt_hidden", "step_logits", "step_hidden", "latents"]
 
     def reference(self, net, x):
-        text, codes = x["text_tokens"], x["codes"]
-        return [net(x["cond_latent"], text, torch.tensor([text.shape[1]]), codes,
-                    torch.tensor([codes.shape[1] * net.mel_length_compression]), return_latent=True,
-                    clip_inputs=False)]
+        cond, text, steps = x["cond_latent"], x["text_tokens"], x["step_tokens"]
+        u, rows = cond.shape[0], steps.shape[0]
+        start = torch.full((u, 1), net.start_mel_token, dtype=torch.long, device=cond.device)
+        prompt = torch.cat([net.compute_embeddings(cond, text),
+                            net.mel_embedding(start) + net.mel_pos_embedding(start)], dim=1)
+        n = prompt.shape[1]
+        cache = net.gpt.new_cache(rows, n + STEPS, prompt, prompt.dtype)
+        hidden = net.gpt.prefill(prompt[torch.arange(rows) % u], cache)[:, -1]
+        prompt_hidden, prompt_logits = net._final(hidden[:u])
+        step_hidden, step_logits = [], []
+        for j in range(STEPS):
+            h = net.gpt.step(net._mel_step_embedding(steps[:, j], j + 1), cache, n + j)[:, 0]
+            latent, logits = net._final(h)
+            step_hidden.append(latent)
+            step_logits.append(logits)
+        text2, codes = x["latent_text"], x["codes"]
+        latents = net(x["latent_cond"], text2, torch.tensor([text2.shape[1]]), codes,
+                      torch.tensor([codes.shape[1] * net.mel_length_compression]), return_latent=True,
+                      clip_inputs=False)
+        return [prompt_logits, prompt_hidden, torch.stack(step_logits, 1), torch.stack(step_hidden, 1), latents]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,9 +321,8 @@ class HifiganComponent(Component):
 
 COMPONENTS = {c.name: c for c in (
     ArConditioningComponent("ar_conditioning", "autoregressive", "AR conditioning encoder (voice mels -> latent)"),
-    ArPrefillComponent("ar_prefill", "autoregressive", "GPT-2 prefill: prompt -> logits, hidden, KV cache"),
-    ArDecodeComponent("ar_decode", "autoregressive", "GPT-2 decode step: token, position, KV cache -> same"),
-    ArLatentComponent("ar_latent", "autoregressive", "AR latent pass (codes -> final-normed hidden states)"),
+    ArTransformerComponent("ar_transformer", "autoregressive",
+                           "GPT-2 for the prompt, the decode steps (KV cache in place) and the latent pass"),
     ClvpTextComponent("clvp_text", "clvp", "CLVP text encoder (+ score scale)"),
     ClvpSpeechComponent("clvp_speech", "clvp", "CLVP speech encoder"),
     DiffusionConditioningComponent("diffusion_conditioning", "diffusion", "diffusion voice latent from mels"),
@@ -366,7 +337,7 @@ COMPONENTS = {c.name: c for c in (
 
 # Which components each network's backend object uses.
 NETWORK_COMPONENTS = {
-    "autoregressive": ("ar_conditioning", "ar_prefill", "ar_decode", "ar_latent"),
+    "autoregressive": ("ar_conditioning", "ar_transformer"),
     "clvp": ("clvp_text", "clvp_speech"),
     "diffusion": ("diffusion_conditioning", "diffusion_embedding", "diffusion_step", "diffusion_step_unguided"),
     "vocoder": ("univnet",),

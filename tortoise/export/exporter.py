@@ -26,11 +26,12 @@ import torch
 
 import tortoise.export.cache as cache
 from tortoise.export.components import COMPONENTS, Shapes
+from tortoise.export.transformer import Embeddings, fake_quantize
 from tortoise.models.bigvgan import BigVGAN
 from tortoise.models.vocoder import VOCODERS
 from tortoise.runtimes.common import MissingRuntime, install_hint, require, runtime_version
-from tortoise.runtimes.onnxruntime import OrtDecoder, OrtRunner, available_providers
-from tortoise.runtimes.openvino import OvDecoder, OvRunner, make_stateful
+from tortoise.runtimes.onnxruntime import OrtRunner, OrtTransformer, available_providers
+from tortoise.runtimes.openvino import OvRunner, OvTransformer
 from tortoise.utils import checkpoints
 from tortoise.utils.checkpoints import default_models_dir
 
@@ -40,7 +41,6 @@ HALF_TOLERANCE = 1e-2  # fp16 graphs and fp16-compressed OpenVINO weights
 FORMATS = ("onnx", "openvino")
 BACKEND_FORMATS = {"onnxruntime": "onnx", "onnx": "onnx", "openvino": "openvino"}
 SEED = 1234
-ALWAYS_DYNAMIC = ("past",)  # the KV cache grows by one position per decode step, so its length is never fixed
 
 
 class ExportError(RuntimeError):
@@ -179,8 +179,8 @@ def export_onnx(component, net, path, *, shapes, dynamic, opset):
     inputs = {k: _as_input(v, net).to(device) for k, v in inputs.items()}
     names = list(inputs)
     axes = comp.axes(net)
-    if not dynamic:  # fixed shapes, except what changes every call by design (the decode step's cache length)
-        axes = {inp: {a: n for a, n in spec.items() if n in ALWAYS_DYNAMIC} for inp, spec in axes.items()}
+    if not dynamic:
+        axes = {}
     dynamic_shapes = _dynamic_shapes(form, names, axes) if any(axes.values()) else None
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -210,20 +210,13 @@ def _as_input(t, net):
 # ONNX -> OpenVINO IR
 # ---------------------------------------------------------------------------------------------------------------
 def convert_openvino(component, onnx_path, xml_path, *, half):
-    """``openvino.convert_model`` of the ONNX graph, the decode step made stateful, saved as IR (weights fp16-
-    compressed only with ``half``)."""
+    """``openvino.convert_model`` of the ONNX graph, saved as IR (weights fp16-compressed only with ``half``)."""
     ov = require("openvino")
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{component}: openvino.convert_model failed ({_first_line(e)})") from e
-    note = ""
-    if component == "ar_decode":
-        names = {p.get_any_name() for p in model.inputs}
-        pairs = {n: "present." + n[len("past."):] for n in sorted(names) if n.startswith("past.")}
-        note = "stateful KV cache" if make_stateful(model, pairs) else "stateless (MakeStateful unavailable)"
     ov.save_model(model, str(xml_path), compress_to_fp16=half)
-    return note
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,26 +225,42 @@ def convert_openvino(component, onnx_path, xml_path, *, half):
 class _GraphRun:
     """The graph at ``path`` loaded once in its runtime; called with torch inputs -> list of torch outputs."""
 
-    def __init__(self, component, fmt, path, provider):
+    def __init__(self, component, fmt, path, provider, net):
         self.component = component
         threads = torch.get_num_threads()  # as many as torch uses for the reference
-        if component == "ar_decode":
-            if fmt == "onnx":
-                self.decoder = OrtDecoder(None, path, provider=provider, threads=threads, exact=True)
-            else:
-                self.decoder = OvDecoder(None, path, precision="f32", threads=threads)
+        if component == "ar_transformer":
+            self.transformer = (OrtTransformer(path, provider=provider, threads=threads, exact=True) if fmt == "onnx"
+                                else OvTransformer(path, precision="f32", threads=threads))
+            self.embeddings = Embeddings.load(Path(path).parent, start_text_token=net.start_text_token,
+                                              stop_text_token=net.stop_text_token,
+                                              start_mel_token=net.start_mel_token, stop_mel_token=net.stop_mel_token)
         elif fmt == "onnx":
             self.runner = OrtRunner(path, provider=provider, threads=threads, exact=True)
         else:
             self.runner = OvRunner(path, precision="f32", threads=threads)
 
     def __call__(self, inputs):
-        if self.component != "ar_decode":
+        if self.component != "ar_transformer":
             return self.runner.run(inputs)
-        past = [v.cpu().numpy() for k, v in inputs.items() if k.startswith("past.")]
-        logits, hidden, cache = self.decoder.step(inputs["tokens"], int(inputs["position"][0]),
-                                                  self.decoder.cache_from_arrays(past))
-        return [logits, hidden] + [torch.from_numpy(a) for a in cache.arrays()]
+        return self._transformer_passes(inputs)
+
+    def _transformer_passes(self, x):
+        """The passes `ArTransformerComponent.reference` makes, through the graph (see there)."""
+        t, emb = self.transformer, self.embeddings
+        cond, text, steps = x["cond_latent"], x["text_tokens"], x["step_tokens"]
+        u, rows = cond.shape[0], steps.shape[0]
+        start = torch.full((u, 1), emb.start_mel_token, dtype=torch.long)
+        hidden, logits, cache = t.prompt(emb.prompt(cond, text, start))
+        cache = cache.select(torch.arange(rows) % u, capacity=cache.length + steps.shape[1])
+        step_hidden, step_logits = [], []
+        for j in range(steps.shape[1]):
+            h, lg = t.step(emb.step(steps[:, j], j + 1), cache)
+            step_hidden.append(h[:, -1])
+            step_logits.append(lg)
+        codes = x["codes"]
+        embeds, first = emb.latent(x["latent_cond"], x["latent_text"], codes)
+        latents = t.latents(embeds)[:, first:first + codes.shape[1]]
+        return [logits, hidden[:, -1], torch.stack(step_logits, 1), torch.stack(step_hidden, 1), latents]
 
 
 def verify(component, fmt, net, path, *, shapes, dynamic, tolerance, provider="cpu"):
@@ -260,7 +269,7 @@ def verify(component, fmt, net, path, *, shapes, dynamic, tolerance, provider="c
     cases = [("example", shapes)] + ([("other sizes", shapes.varied())] if dynamic else [])
     device = next(net.parameters()).device
     checks = []
-    graph = _GraphRun(component, fmt, path, provider)
+    graph = _GraphRun(component, fmt, path, provider, net)
     with _no_tf32():
         for label, case_shapes in cases:
             checks += _verify_case(comp, component, fmt, net, graph, label, case_shapes, tolerance, device)
@@ -324,6 +333,7 @@ class ExportOptions:
     half: bool = False
     verify: bool = True
     cpu_only: bool = False
+    int8: bool = False  # int8 weights (OpenVINO; the components that have them: the AR transformer)
 
 
 def _device(options):
@@ -353,9 +363,15 @@ def graph_entry(component, models_dir=None, fmt="onnx", *, output_dir=None, opti
     root = Path(output_dir).expanduser() if output_dir else cache.default_root(models_dir)
     files, config = network_source(COMPONENTS[component].network, models_dir, checkpoint)
     fp = cache.fingerprint(component, files, config, root, opset=options.opset, dynamic=options.dynamic,
-                           shapes=asdict(options.shapes),
-                           dtype="float16" if options.half and fmt == "onnx" else "float32")
+                           shapes=asdict(options.shapes), dtype=_weights_dtype(component, fmt, options))
     return cache.Entry(root, component, cache.key_of(fp)), fp
+
+
+def _weights_dtype(component, fmt, options):
+    """The graph's weight type, part of its cache key: float16 ONNX graphs, int8 OpenVINO AR transformer."""
+    if options.int8 and fmt == "openvino" and getattr(COMPONENTS[component], "built", False):
+        return "int8"
+    return "float16" if options.half and fmt == "onnx" else "float32"
 
 
 def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=ExportOptions(), checkpoint=None,
@@ -385,6 +401,8 @@ def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=E
     net = load_network(comp.network, models_dir, checkpoint, device)
     if onnx_half:
         net = net.half()
+    if _weights_dtype(component, fmt, options) == "int8":
+        net = fake_quantize(net)  # the graph is verified against the weights it computes with
     tolerance = HALF_TOLERANCE if options.half else TOLERANCE
     entry.dir.mkdir(parents=True, exist_ok=True)
     cache.write_json_atomic(entry.dir / "fingerprint.json", fp)
@@ -397,6 +415,8 @@ def export(component, models_dir=None, fmt="onnx", *, output_dir=None, options=E
 
 def _export_into(component, fmt, net, entry, tmp, final, stamp, version, options, tolerance, device, start):
     provider = _ort_provider(device)
+    if getattr(COMPONENTS[component], "built", False):
+        return _build_into(component, fmt, net, tmp, final, stamp, version, options, tolerance, provider, start)
     have_onnx = entry.onnx.is_file()
     onnx_path = entry.onnx if have_onnx else tmp / "onnx" / "model.onnx"
     if not have_onnx:
@@ -434,6 +454,31 @@ def _export_into(component, fmt, net, entry, tmp, final, stamp, version, options
     return ExportResult(component, fmt, path, False, verification, checks, time.perf_counter() - start, note)
 
 
+def _build_into(component, fmt, net, tmp, final, stamp, version, options, tolerance, provider, start):
+    """A built component (`tortoise.export.transformer`): written straight in its format, verified, published."""
+    out_dir = tmp / fmt
+    out_dir.mkdir()
+    target = out_dir / ("model.onnx" if fmt == "onnx" else "model.xml")
+    try:
+        COMPONENTS[component].build(net, fmt, target, half=options.half, int8=options.int8)
+    except Exception as e:  # noqa: BLE001 - one line
+        raise ExportError(f"{component}: building the {fmt} graph failed ({type(e).__name__}: {_first_line(e)})") from e
+    checks = []
+    if options.verify:
+        checks = verify(component, fmt, net, target, shapes=options.shapes, dynamic=options.dynamic,
+                        tolerance=tolerance, provider=provider)
+        if not all(c.ok for c in checks):
+            raise _failure(component, fmt, checks)
+    verification = "passed" if options.verify else "skipped"
+    note = "int8 weights" if _weights_dtype(component, fmt, options) == "int8" else ""
+    cache.write_json_atomic(out_dir / stamp.name, {"verification": verification, "runtime_version": version,
+                                                   "checks": [asdict(c) for c in checks], "note": note})
+    if not cache.publish(out_dir, final):
+        return _cached_result(component, fmt, final, stamp, start)
+    return ExportResult(component, fmt, final / target.name, False, verification, checks,
+                        time.perf_counter() - start, note)
+
+
 def _cached_result(component, fmt, final, stamp, start):
     record = json.loads(stamp.read_text())
     checks = [Check(**{**c, "shape": tuple(c["shape"])}) for c in record.get("checks", [])]
@@ -443,7 +488,8 @@ def _cached_result(component, fmt, final, stamp, start):
 
 
 def ensure_exported(component, models_dir=None, backend="onnxruntime", *, output_dir=None, dynamic=True,
-                    shapes=None, half=False, opset=DEFAULT_OPSET, verify=True, cpu_only=False, checkpoint=None):
+                    shapes=None, half=False, opset=DEFAULT_OPSET, verify=True, cpu_only=False, checkpoint=None,
+                    int8=False):
     """The path of ``component``'s verified graph for ``backend`` ("onnxruntime" / "onnx" -> model.onnx,
     "openvino" -> model.xml): exported, verified and cached on first use, found in the cache afterwards.
 
@@ -452,6 +498,6 @@ def ensure_exported(component, models_dir=None, backend="onnxruntime", *, output
     if backend not in BACKEND_FORMATS:
         raise ExportError(f"unknown backend {backend!r}; choose onnxruntime or openvino")
     options = ExportOptions(opset=opset, dynamic=dynamic, shapes=shapes or Shapes(), half=half, verify=verify,
-                            cpu_only=cpu_only)
+                            cpu_only=cpu_only, int8=int8)
     return export(component, models_dir, BACKEND_FORMATS[backend], output_dir=output_dir, options=options,
                   checkpoint=checkpoint).path

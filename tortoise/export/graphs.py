@@ -3,13 +3,14 @@ makes on the torch network, written with ops that ``torch.export`` traces into a
 
 Why forms and not the networks themselves: the torch networks run their CPU hot loops with tricks a graph cannot
 hold — per-batch-item ``addmm(out=...)`` loops, strided (Hankel) views of the attention bias, chunked activations
-chosen by the input length, a KV cache written in place. Those either fix the batch size and length in the trace or
+chosen by the input length. Those either fix the batch size and length in the trace or
 do not exist in ONNX. Each form below reuses the network's own submodules and parameters and takes the standard
 formulation of the same maths (``AttentionBlock.forward``, ``nn.ConvTranspose1d``, the location-variable convolution
-as batched matmuls per tap, the KV cache as tensors in and out). Every graph is verified against the torch network's
-own method on seeded inputs before it is kept (`tortoise.export.exporter`).
+as batched matmuls per tap). Every graph is verified against the torch network's
+own method on seeded inputs before it is kept (`tortoise.export.exporter`). The AR model's GPT-2 is not traced at
+all: `tortoise.export.transformer` builds it op by op, for its KV cache written in place.
 
-Shapes: B batch, t text tokens, m mel tokens / codes, d AR model width, H heads, T cache length, D head width,
+Shapes: B batch, t text tokens, m mel tokens / codes, d AR model width,
 C diffusion width, F mel frames.
 """
 import torch
@@ -39,90 +40,6 @@ class ArConditioning(nn.Module):
         b, n = mels.shape[:2]
         latents = self.encoder(mels.flatten(0, 1))  # (B*N, d)
         return latents.unflatten(0, (b, n)).mean(dim=1)
-
-
-def gpt_block(block, x, past_k=None, past_v=None):
-    """One GPT-2 block over x (B, S, d) -> (x, k, v) with k, v (B, H, T, D) the keys/values of every position seen.
-
-    Without a past: causal attention over the S positions (prefill). With one: each of the S = 1 new positions
-    attends to the past and itself, and k, v are the past with the new position appended (the decode step)."""
-    attn = block.attn
-    q, k, v = attn._heads(attn.c_attn(block.ln_1(x)))  # each (B, H, S, D)
-    if past_k is None:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v)
-    x = x + attn._merge(y)
-    return x + block.mlp(block.ln_2(x)), k, v
-
-
-def cache_names(n_layers, prefix):
-    """Graph input/output names of the KV cache: ``{prefix}.{i}.key``, ``{prefix}.{i}.value`` per layer."""
-    return [f"{prefix}.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
-
-
-class ArPrefill(nn.Module):
-    """The prompt pass of the decode loop (`UnifiedVoice._build_prompt` + `GPT2Model.prefill`).
-
-    Inputs: conditioning latent (B, d), text tokens (B, t) as given to ``inference_speech`` (the start/stop text
-    tokens and the text positions are added here), mel tokens (B, m): the start mel token, then any input tokens.
-    Outputs: logits (B, V) and final-normed hidden state (B, d) of the last position (what predicts the first code),
-    then the KV cache ``present.{i}.key|value`` (B, H, 1 + t + 2 + m, D) per layer."""
-
-    def __init__(self, ar):
-        super().__init__()
-        self.ar = ar
-
-    def forward(self, cond_latent, text_tokens, mel_tokens):
-        ar = self.ar
-        prompt = ar.compute_embeddings(cond_latent, text_tokens)  # (B, 1 + t + 2, d)
-        mel = ar.mel_embedding(mel_tokens) + ar.mel_pos_embedding(mel_tokens)  # (B, m, d), positions 0..m-1
-        x = torch.cat([prompt, mel], dim=1)
-        cache = []
-        for block in ar.gpt.h:
-            x, k, v = gpt_block(block, x)
-            cache += [k, v]
-        hidden = ar.final_norm(ar.gpt.ln_f(x[:, -1]))  # (B, d)
-        return (ar.mel_head(hidden), hidden, *cache)
-
-
-class ArDecode(nn.Module):
-    """One decode step (`UnifiedVoice._mel_step_embedding` + `GPT2Model.step`): the token each row drew (B,) at mel
-    position ``position`` (1,) — the caller applies the position rule of `UnifiedVoice._logit_source` — and the KV
-    cache ``past.{i}.key|value`` (B, H, T, D) -> logits (B, V), final-normed hidden state (B, d), and the cache with
-    the new position appended ``present.{i}.key|value`` (B, H, T + 1, D)."""
-
-    def __init__(self, ar):
-        super().__init__()
-        self.ar = ar
-
-    def forward(self, tokens, position, *past):
-        ar = self.ar
-        x = (ar.mel_embedding(tokens) + ar.mel_pos_embedding.emb(position)).unsqueeze(1)  # (B, 1, d)
-        cache = []
-        for i, block in enumerate(ar.gpt.h):
-            x, k, v = gpt_block(block, x, past[2 * i], past[2 * i + 1])
-            cache += [k, v]
-        hidden = ar.final_norm(ar.gpt.ln_f(x[:, 0]))  # (B, d)
-        return (ar.mel_head(hidden), hidden, *cache)
-
-
-class ArLatent(nn.Module):
-    """The latent pass, ``UnifiedVoice.forward(..., return_latent=True, clip_inputs=False)`` as the pipeline calls it:
-    conditioning latent (B, d), text tokens (B, t), codes (B, m) -> final-normed hidden states (B, m, d), the one that
-    predicted each code."""
-
-    def __init__(self, ar):
-        super().__init__()
-        self.ar = ar
-
-    def forward(self, cond_latent, text_tokens, codes):
-        ar = self.ar
-        m = codes.shape[1]
-        return ar(cond_latent, text_tokens, torch.full((1,), text_tokens.shape[1], device=codes.device), codes,
-                  torch.full((1,), m * ar.mel_length_compression, device=codes.device),
-                  return_latent=True, clip_inputs=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """What every inference-engine backend shares: the runner interface, tensor conversion, the missing-runtime message.
 
 A *runner* executes one exported graph: ``run({input name: tensor}) -> [output tensors]`` (torch tensors in, torch
-tensors out, on the caller's device). A *decoder* runs the AR prefill and decode-step graphs and owns the KV cache
-between steps (ONNX Runtime: cache tensors bound in and out with io_binding; OpenVINO: the cache as the model's
-state). The per-network objects the pipeline calls (`tortoise.backends.networks`) are built on these and are the same
+tensors out, on the caller's device). A *transformer* runs the AR model's GPT-2 graph and owns its KV cache, written in
+place (ONNX Runtime: one buffer bound as both the cache input and output; OpenVINO: the model's state). The per-network objects the pipeline calls (`tortoise.backends.networks`) are built on these and are the same
 for every runtime.
 """
 import importlib
@@ -114,43 +113,36 @@ class Runner:
         return f"{self.runtime} {self.device} {self.precision}"
 
 
-class Decoder:
-    """The AR prefill + decode-step graphs with their KV cache.
+class KVCache:
+    """A transformer graph's KV cache for ``batch`` rows: ``length`` positions written, room for ``capacity``. What
+    holds the keys and values is the runtime's (buffers bound in and out, or the model's own state)."""
 
-    ``prefill({cond_latent, text_tokens, mel_tokens}) -> (logits (B, V), hidden (B, d), cache)``;
-    ``step(tokens (B,), position, cache) -> (logits, hidden, cache)`` where ``position`` is the mel position of the
-    tokens (an int); ``cache.select(rows)`` picks (and repeats) batch rows, e.g. one prefilled prompt for every
-    sample. A cache is consumed by the step it is given to: use the one that step returns."""
+    def __init__(self, batch, length, capacity):
+        self.batch, self.length, self.capacity = batch, length, capacity
 
-    def prefill(self, feeds):
+
+class Transformer:
+    """The AR model's GPT-2 graph (`tortoise.export.transformer`) with its KV cache written in place. Embeddings in,
+    (hidden (B, S, d) final-normed, logits (B, V) of the last position) out, as torch float32 tensors.
+
+    ``prompt(embeds)`` runs a sequence from an empty cache and returns it with the outputs; ``cache.select(rows,
+    capacity)`` -> the cache whose row i continues row ``rows[i]`` (one prompt for every sample), with room for
+    ``capacity`` positions; ``step(embeds, cache)`` appends S positions to ``cache`` in place; ``latents(embeds)``
+    is the whole-sequence pass (its own cache, dropped after)."""
+
+    def prompt(self, embeds):
         raise NotImplementedError
 
-    def step(self, tokens, position, cache):
+    def step(self, embeds, cache):
         raise NotImplementedError
 
-    def cache_from_arrays(self, arrays):
-        """A cache from numpy arrays (k_0, v_0, k_1, ...), each (B, H, T, D)."""
+    def latents(self, embeds):
+        raise NotImplementedError
+
+    def describe(self):
         raise NotImplementedError
 
 
-class GraphCache:
-    """A KV cache held as one array per layer and kind (k_0, v_0, k_1, ...), each (B, H, T, D), in whatever form
-    the runtime keeps it (numpy arrays, OrtValues). ``to_numpy(value)`` and ``from_numpy(array)`` convert one."""
-
-    def __init__(self, values, length, to_numpy_fn, from_numpy_fn):
-        self.values = list(values)
-        self.length = length
-        self._to_numpy, self._from_numpy = to_numpy_fn, from_numpy_fn
-
-    @property
-    def batch(self):
-        return self.arrays()[0].shape[0] if self.values else 0
-
-    def arrays(self):
-        return [self._to_numpy(v) for v in self.values]
-
-    def select(self, rows):
-        """A new cache whose row i is row ``rows[i]`` of this one."""
-        idx = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        return GraphCache([self._from_numpy(np.ascontiguousarray(a[idx])) for a in self.arrays()], self.length,
-                          self._to_numpy, self._from_numpy)
+def rows_array(rows):
+    """Row indices (tensor, list or array) as an int64 numpy array."""
+    return rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows, dtype=np.int64)

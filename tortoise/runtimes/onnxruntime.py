@@ -1,16 +1,17 @@
 """ONNX Runtime backend: runs the graphs `tortoise-export` writes, on the CPU, CUDA or OpenVINO execution provider.
 
 Providers (``--ort_provider``): ``cpu``; ``cuda`` (needs the ``onnxruntime-gpu`` package instead of ``onnxruntime``);
-``openvino`` (needs ``onnxruntime-openvino``). The AR decoder keeps its KV cache as ONNX Runtime values bound with
-io_binding: each step's ``present`` outputs stay where the provider put them (device memory with CUDA) and are bound
-as the next step's ``past`` inputs, so the cache never goes through numpy; only the logits and hidden state (B, V)
-and (B, d) come back to torch. The same io_binding code runs on the CPU provider (tested here) and on CUDA (written
+``openvino`` (needs ``onnxruntime-openvino``). The AR transformer keeps its KV cache in one buffer per layer and kind,
+bound with io_binding as both the graph's ``past`` input and its ``present`` output: GroupQueryAttention writes each
+step's keys and values into it in place (device memory with CUDA); only the hidden states and logits come back to
+torch. The same io_binding code runs on the CPU provider (tested here) and on CUDA (written
 for it, not run here: no NVIDIA GPU on the build machines).
 """
 import numpy as np
 import torch
 
-from tortoise.runtimes.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
+from tortoise.runtimes.common import (BackendError, KVCache, Runner, Transformer, require, rows_array, to_numpy,
+                                      to_torch)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 PROVIDER_PACKAGES = {"cuda": "onnxruntime-gpu", "openvino": "onnxruntime-openvino"}
@@ -73,56 +74,87 @@ class OrtRunner(Runner):
         return [v.numpy() for v in binding.get_outputs()]
 
 
-class OrtDecoder(Decoder):
-    """The prefill and decode-step sessions, the KV cache kept as OrtValues between steps (io_binding)."""
+class OrtCache(KVCache):
+    """Per layer and kind one (B, H, capacity, D) buffer (numpy on the CPU, an OrtValue on CUDA), bound as both the
+    graph's ``past`` input and its ``present`` output, so GroupQueryAttention writes the new positions into it."""
+
+    def __init__(self, owner, arrays, length):
+        super().__init__(arrays[0].shape[0], length, arrays[0].shape[2])
+        self.owner, self.arrays = owner, arrays
+        self.values = [owner.ortvalue(a) for a in arrays]
+
+    def host_arrays(self):
+        return self.arrays if self.owner.device_type == "cpu" else [v.numpy() for v in self.values]
+
+    def select(self, rows, capacity=None):
+        idx = rows_array(rows)
+        capacity = max(capacity or self.length, self.length)
+        out = []
+        for a in self.host_arrays():
+            b = np.zeros((len(idx), a.shape[1], capacity, a.shape[3]), dtype=a.dtype)
+            b[:, :, :self.length] = a[idx, :, :self.length]
+            out.append(b)
+        return OrtCache(self.owner, out, self.length)
+
+    def grown(self, needed):
+        """This cache with room for ``needed`` positions (a copy into larger buffers when it has less)."""
+        if needed <= self.capacity:
+            return self
+        return self.select(np.arange(self.batch), max(needed, 2 * self.capacity))
+
+
+class OrtTransformer(Transformer):
+    """The AR transformer graph in one session; its KV cache updated in place through io_binding."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, prefill_path, decode_path, provider="cpu", threads=None, device_id=0, exact=False):
-        self.prefill_runner = OrtRunner(prefill_path, provider, threads, device_id, exact) if prefill_path else None
-        self.step_runner = OrtRunner(decode_path, provider, threads, device_id, exact)
+    def __init__(self, path, provider="cpu", threads=None, device_id=0, exact=False):
+        self.runner = OrtRunner(path, provider, threads, device_id, exact)
+        self.session = self.runner.session
         self.device_type = "cuda" if provider == "cuda" else "cpu"
         self.device_id = device_id
-        self.float_dtype = self.step_runner.float_dtype
-        self.precision = self.step_runner.precision
-        self.past_names = [n for n in self.step_runner.input_names if n.startswith("past.")]
+        self.float_dtype, self.precision = self.runner.float_dtype, self.runner.precision
+        self.past_names = [n for n in self.runner.input_names if n.startswith("past.")]
+        _, self.heads, _, self.head_dim = self.session.get_inputs()[self.runner.input_names.index("past.0.key")].shape
 
     def describe(self):
-        return self.step_runner.describe()
+        return self.runner.describe()
 
-    def _ortvalue(self, array):
+    def ortvalue(self, array):
         ort = require("onnxruntime")
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
 
-    def _cache(self, values, length):
-        return GraphCache(values, length, lambda v: v.numpy(), self._ortvalue)
+    def new_cache(self, batch, capacity):
+        shape = (batch, self.heads, capacity, self.head_dim)
+        return OrtCache(self, [np.zeros(shape, dtype=self.float_dtype) for _ in self.past_names], 0)
 
-    def cache_from_arrays(self, arrays):
-        return self._cache([self._ortvalue(np.asarray(a, dtype=self.float_dtype)) for a in arrays], arrays[0].shape[2])
-
-    def _bound_run(self, session, inputs, ortvalues):
-        """Run with io_binding: numpy ``inputs``, OrtValue ``ortvalues``; every output left on the device."""
-        binding = session.io_binding()
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, array)
-        for name, value in ortvalues.items():
+    def _run(self, embeds, cache):
+        device = embeds.device if isinstance(embeds, torch.Tensor) else None
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("embeds", to_numpy(embeds, self.float_dtype))
+        binding.bind_cpu_input("past_length", np.array([cache.length], dtype=np.int64))
+        for name in ("hidden", "logits"):  # bound first: get_outputs() lists the outputs in binding order
+            binding.bind_output(name, self.device_type, self.device_id)
+        for name, value in zip(self.past_names, cache.values):
             binding.bind_ortvalue_input(name, value)
-        for out in session.get_outputs():
-            binding.bind_output(out.name, self.device_type, self.device_id)
-        session.run_with_iobinding(binding)
-        return binding.get_outputs()
+            binding.bind_ortvalue_output("present." + name[len("past."):], value)
+        self.session.run_with_iobinding(binding)
+        hidden, logits = (v.numpy() for v in binding.get_outputs()[:2])
+        cache.length += embeds.shape[1]
+        return to_torch(hidden, device), to_torch(logits, device)
 
-    def prefill(self, feeds):
-        device = feeds["cond_latent"].device if isinstance(feeds["cond_latent"], torch.Tensor) else None
-        arrays = {n: to_numpy(feeds[n], self.float_dtype) for n in self.prefill_runner.input_names}
-        outs = self._bound_run(self.prefill_runner.session, arrays, {})
-        cache = outs[2:]
-        length = cache[0].shape()[2]
-        return to_torch(outs[0].numpy(), device), to_torch(outs[1].numpy(), device), self._cache(cache, length)
+    def prompt(self, embeds):
+        cache = self.new_cache(embeds.shape[0], embeds.shape[1])
+        hidden, logits = self._run(embeds, cache)
+        return hidden, logits, cache
 
-    def step(self, tokens, position, cache):
-        inputs = {"tokens": to_numpy(tokens), "position": np.array([int(position)], dtype=np.int64)}
-        outs = self._bound_run(self.step_runner.session, inputs, dict(zip(self.past_names, cache.values)))
-        device = tokens.device if isinstance(tokens, torch.Tensor) else None
-        return (to_torch(outs[0].numpy(), device), to_torch(outs[1].numpy(), device),
-                self._cache(outs[2:], cache.length + 1))
+    def step(self, embeds, cache):
+        if cache.batch != embeds.shape[0]:
+            raise BackendError(f"the KV cache has {cache.batch} rows, the step {embeds.shape[0]}")
+        grown = cache.grown(cache.length + embeds.shape[1])
+        if grown is not cache:
+            cache.__dict__.update(grown.__dict__)
+        return self._run(embeds, cache)
+
+    def latents(self, embeds):
+        return self.prompt(embeds)[0]

@@ -5,15 +5,15 @@ OpenVINO would pick its device default (bf16 on CPUs with native bf16, AVX512-BF
 call would compute differently from one CPU to the next. What runs is reported by ``describe()`` / ``precision``
 (read back from the compiled model: a CPU without bf16 runs ``"bf16"`` as f32). Verification always runs in f32.
 
-The AR decode graph is stored *stateful* (OpenVINO's MakeStateful transformation): its ``past.*`` inputs and
-``present.*`` outputs become internal variables, so the KV cache stays inside the runtime between steps (the form
-OpenVINO's CPU plugin fuses with its attention for an in-place cache). The prefill's cache is written into those
-variables before the first step (``GraphCache`` of numpy arrays -> state); reading it back (``select``) copies.
+The AR transformer IR is *stateful* (`tortoise.export.transformer`): its KV cache is the model's state, in the form
+OpenVINO's CPU plugin fuses with its attention (the cache grows in place; rows are reordered by ``beam_idx`` without a
+copy), stored at the inference precision.
 """
 import numpy as np
 import torch
 
-from tortoise.runtimes.common import BackendError, Decoder, GraphCache, Runner, require, to_numpy, to_torch
+from tortoise.runtimes.common import (BackendError, KVCache, Runner, Transformer, require, rows_array, to_numpy,
+                                      to_torch)
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 
@@ -41,11 +41,16 @@ def check_precision(precision):
     return PRECISIONS[precision]
 
 
-def compile_model(model_or_path, device="CPU", precision="f32", threads=None):
-    """Read (if a path) and compile an OpenVINO model at ``precision`` -> (compiled model, precision that runs)."""
+def compile_model(model_or_path, device="CPU", precision="f32", threads=None, kv_cache=False):
+    """Read (if a path) and compile an OpenVINO model at ``precision`` -> (compiled model, precision that runs).
+    ``kv_cache``: the model keeps a KV cache in its state, stored at the same precision."""
     ov, core = _core()
     device = check_device(device)
     config = {"INFERENCE_PRECISION_HINT": check_precision(precision)}
+    if kv_cache and device.startswith(("CPU", "GPU")):
+        config["KV_CACHE_PRECISION"] = KV_CACHE_PRECISIONS[check_precision(precision)]
+    if device == "CPU":  # int8 weights stay weight-only: no activation quantisation the precision did not ask for
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
@@ -79,9 +84,9 @@ class OvRunner(Runner):
 
     runtime = "openvino"
 
-    def __init__(self, path, device="CPU", precision="f32", threads=None):
+    def __init__(self, path, device="CPU", precision="f32", threads=None, kv_cache=False):
         super().__init__(path)
-        self.compiled, self.precision = compile_model(path, device, precision, threads)
+        self.compiled, self.precision = compile_model(path, device, precision, threads, kv_cache)
         self.device = device.upper()
         self.request = self.compiled.create_infer_request()
         self.input_names = _names(self.compiled.inputs)
@@ -92,98 +97,78 @@ class OvRunner(Runner):
         return [np.asarray(results[out]) for out in self.compiled.outputs]
 
 
-class OvDecoder(Decoder):
-    """Prefill model + stateful decode-step model. The step's KV cache is the request's state."""
+# The KV cache's element type for each inference precision: the cache computes as the attention does (OpenVINO's CPU
+# default would store it as u8, a quantisation no precision asked for).
+KV_CACHE_PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+class OvCache(KVCache):
+    """The KV cache held in an OpenVINO infer request's state. ``beam`` is the row of the state each row continues
+    from at the next step (None: its own); only the request's newest cache can step."""
+
+    def __init__(self, owner, request, batch, length, beam=None):
+        super().__init__(batch, length, None)
+        self.owner, self.request, self.beam = owner, request, beam
+
+    def select(self, rows, capacity=None):
+        """The rows ``rows`` of this cache: applied by the next step's ``beam_idx`` (nothing is copied here)."""
+        idx = rows_array(rows).astype(np.int32)
+        beam = idx if self.beam is None else self.beam[idx]
+        return self.owner._take(self, OvCache(self.owner, self.request, len(idx), self.length, beam))
+
+
+class OvTransformer(Transformer):
+    """The stateful AR transformer IR: one compiled model (one copy of the weights), one infer request for the decode
+    and one for the latent pass, each with its own state."""
 
     runtime = "openvino"
 
-    def __init__(self, prefill_path, decode_path, device="CPU", precision="f32", threads=None):
-        self.prefill_runner = OvRunner(prefill_path, device, precision, threads) if prefill_path else None
-        self.step_runner = OvRunner(decode_path, device, precision, threads)
-        self.precision = self.step_runner.precision
-        self.states = {s.name: s for s in self.step_runner.request.query_state()}
-        self.stateful = bool(self.states)
-        if self.stateful:  # MakeStateful names each variable after its pair: "past.0.key" + "present.0.key"
-            names = [name[name.index("present."):] for name in self.states]
-            self.cache_names = sorted(names, key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "key"))
-        else:
-            self.cache_names = [n for n in self.step_runner.output_names if n.startswith("present.")]
-        self._live = None  # the cache object whose contents are in the state right now
+    def __init__(self, path, device="CPU", precision="f32", threads=None):
+        self.runner = OvRunner(path, device, precision, threads, kv_cache=True)
+        self.precision = self.runner.precision
+        self.request = self.runner.request
+        self._latent_request = None
+        self._live = None
 
     def describe(self):
-        return self.step_runner.describe() + (" stateful" if self.stateful else "")
+        return self.runner.describe() + " stateful"
 
-    def _state_for(self, present_name):
-        past = "past." + present_name[len("present."):]
-        state = self.states.get(past + present_name)
-        if state is None:
-            raise BackendError(f"the OpenVINO decode graph has no state for {past}; re-export it with "
-                               f"tortoise-export --format openvino")
-        return state
+    def _take(self, old, new):
+        if self._live is not old:
+            raise BackendError("this KV cache was superseded by a later prompt or selection (OpenVINO keeps one cache "
+                               "per decoder): continue from the newest one")
+        self._live = new
+        return new
 
-    def _numpy_cache(self, arrays, length):
-        return GraphCache(arrays, length, lambda a: a, lambda a: a)
+    def _infer(self, request, embeds, length, beam):
+        device = embeds.device if isinstance(embeds, torch.Tensor) else None
+        results = request.infer({"embeds": to_numpy(embeds), "past_length": np.array([length], dtype=np.int64),
+                                 "beam_idx": beam}, share_outputs=False)
+        hidden, logits = (np.asarray(results[out]) for out in self.runner.compiled.outputs)
+        return to_torch(hidden, device), to_torch(logits, device)
 
-    def cache_from_arrays(self, arrays):
-        return self._numpy_cache([np.asarray(a, dtype=np.float32) for a in arrays], arrays[0].shape[2])
+    def prompt(self, embeds):
+        self.request.reset_state()
+        batch = embeds.shape[0]
+        hidden, logits = self._infer(self.request, embeds, 0, np.arange(batch, dtype=np.int32))
+        self._live = OvCache(self, self.request, batch, embeds.shape[1])
+        return hidden, logits, self._live
 
-    def prefill(self, feeds):
-        outs = self.prefill_runner.run(feeds)
-        arrays = [t.numpy() for t in outs[2:]]
-        return outs[0], outs[1], self._numpy_cache(arrays, arrays[0].shape[2])
-
-    def _load(self, cache):
-        ov = require("openvino")
-        for name, array in zip(self.cache_names, cache.arrays()):
-            self._state_for(name).state = ov.Tensor(np.ascontiguousarray(array))
-
-    def _read_state(self):
-        return [np.array(self._state_for(name).state.data, copy=True) for name in self.cache_names]
-
-    def step(self, tokens, position, cache):
-        device = tokens.device if isinstance(tokens, torch.Tensor) else None
-        feeds = {"tokens": to_numpy(tokens), "position": np.array([int(position)], dtype=np.int64)}
-        if not self.stateful:  # a stateless IR: the cache goes in and out
-            feeds.update({"past." + n[len("present."):]: a for n, a in zip(self.cache_names, cache.arrays())})
-            outs = self.step_runner._run(feeds)
-            return to_torch(outs[0], device), to_torch(outs[1], device), self._numpy_cache(outs[2:], cache.length + 1)
+    def step(self, embeds, cache):
         if cache is not self._live:
-            if isinstance(cache, LiveCache):
-                raise BackendError("this KV cache was superseded by a later step (OpenVINO keeps one cache per "
-                                   "decoder): continue from the cache the last step returned")
-            self._load(cache)
-        outs = self.step_runner._run(feeds)
-        self._live = LiveCache(self, cache.length + 1)
-        return to_torch(outs[0], device), to_torch(outs[1], device), self._live
+            raise BackendError("this KV cache was superseded by a later prompt or selection (OpenVINO keeps one cache "
+                               "per decoder): continue from the newest one")
+        if cache.batch != embeds.shape[0]:
+            raise BackendError(f"the KV cache has {cache.batch} rows, the step {embeds.shape[0]}")
+        beam = cache.beam if cache.beam is not None else np.arange(cache.batch, dtype=np.int32)
+        out = self._infer(self.request, embeds, cache.length, beam)
+        cache.beam, cache.length = None, cache.length + embeds.shape[1]
+        return out
 
-
-class LiveCache(GraphCache):
-    """The KV cache inside an OpenVINO decoder's state; reading it (``arrays``/``select``) copies it out."""
-
-    def __init__(self, decoder, length):
-        super().__init__([], length, lambda a: a, lambda a: a)
-        self.decoder = decoder
-
-    def arrays(self):
-        if self.decoder._live is not self:
-            raise BackendError("this KV cache was superseded by a later step: use the cache the last step returned")
-        return self.decoder._read_state()
-
-    @property
-    def batch(self):
-        return self.arrays()[0].shape[0]
-
-    def select(self, rows):
-        idx = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        return GraphCache([np.ascontiguousarray(a[idx]) for a in self.arrays()], self.length,
-                          lambda a: a, lambda a: a)
-
-
-def make_stateful(model, pairs):
-    """Turn the decode graph's (past input, present output) pairs into OpenVINO variables. -> True if done."""
-    try:
-        from openvino._offline_transformations import apply_make_stateful_transformation
-    except ImportError:
-        return False
-    apply_make_stateful_transformation(model, dict(pairs))
-    return True
+    def latents(self, embeds):
+        if self._latent_request is None:
+            self._latent_request = self.runner.compiled.create_infer_request()
+        self._latent_request.reset_state()
+        hidden, _ = self._infer(self._latent_request, embeds, 0, np.arange(embeds.shape[0], dtype=np.int32))
+        self._latent_request.reset_state()  # the state is released, not kept for the next call
+        return hidden
