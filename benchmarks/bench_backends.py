@@ -2,21 +2,25 @@
 
     python -m tortoise.utils.make_test_models /tmp/full --size full         # once: released-size random weights
     python3 benchmarks/bench_backends.py --models_dir /tmp/full             # every stage, every variant
+    python3 benchmarks/bench_backends.py --models_dir /tmp/full --stages ar_step --past 10,250,500 \
+        --variants torch,ort,ov-f32                                         # step time against context length
     python3 benchmarks/bench_backends.py --models_dir /tmp/tiny --text_tokens 8 --past 20 --frames 64 \
         --batches 1,2 --repeats 1                                           # a quick check on tiny models
 
 Stages (each at fp32 in torch; the graphs exported with dynamic axes by `tortoise.export`, on first use):
-  ar_step bB   one AR decode step at batch B (rows sharing one prefilled prompt of --text_tokens text tokens, after
-               --past decoded codes): torch's cached step (oneDNN-prepacked weights at B >= 2, as the pipeline runs
-               it) vs each backend's decode graph with its KV cache (io_binding / OpenVINO state). Timed over
-               --steps chained steps, reported per step.
+  ar_step bB @P  one AR decode step at batch B (rows sharing one prefilled prompt of --text_tokens text tokens,
+               after P decoded codes, for each P of --past): torch's cached step (oneDNN-prepacked weights at B >= 2,
+               as the pipeline runs it) vs each backend's transformer graph with its KV cache written in place
+               (GroupQueryAttention on one bound buffer / OpenVINO state). Timed over --steps chained steps,
+               reported per step.
   prefill      the prompt pass at batch 1.
   diffusion    one guided diffusion forward (cond + uncond, 2 items) at --frames mel frames.
   univnet, bigvgan_base, hifigan   the vocoders at --frames frames (HiFi-GAN: the codes that give them); BigVGAN only
                when its directory is in the models dir.
 Variants: torch (eager fp32); ort (ONNX Runtime CPU, fp32); ov-f32 (OpenVINO CPU at f32); ov-bf16 (OpenVINO's bf16
-inference precision, only on CPUs with native bf16); ov-int8w (OpenVINO with int8-compressed weights through NNCF,
-``pip install nncf``; AR stages only); ort-int8 (ONNX Runtime dynamic int8 quantization, AR stages only).
+inference precision: native with AVX512-BF16 / AMX, emulated on other AVX512 CPUs, f32 on AVX2 — the precision
+column says what ran); ov-int8 (the backend's ``int8`` precision: the AR transformer with int8 weights; AR stages
+only); ort-int8 (ONNX Runtime dynamic int8 quantization of the transformer graph, AR stages only).
 Each row: median wall and process-CPU seconds over --repeats, the ratio to torch, and the largest difference from
 torch's output (max |x - torch| / max |torch|) — the drift of the reduced-precision variants.
 """
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from timing import cpu_model, median_wall_cpu  # benchmarks/timing.py
 
-VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8w", "ort-int8")
+VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8", "ort-int8")
 STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan")
 
 
@@ -59,7 +63,7 @@ def rel_diff(got, want):
 # runtimes for the graph variants
 # ---------------------------------------------------------------------------------------------------------------
 class Variants:
-    """Which variants can run here, and runners / decoders for each, from the cached graphs."""
+    """Which variants can run here, and runners / transformers for each, from the cached graphs."""
 
     def __init__(self, args):
         self.args, self.notes = args, {}
@@ -72,47 +76,27 @@ class Variants:
             return "onnxruntime not installed: pip install -e '.[onnx]'"
         if variant.startswith("ov") and importlib.util.find_spec("openvino") is None:
             return "openvino not installed: pip install -e '.[openvino]'"
-        if variant in ("ov-int8w", "ort-int8") and not ar_only_ok:
+        if variant in ("ov-int8", "ort-int8") and not ar_only_ok:
             return "AR stages only"
-        if variant == "ov-int8w" and importlib.util.find_spec("nncf") is None:
-            return "nncf not installed (pip install nncf)"
-        if variant == "ov-bf16" and not self.native_bf16():
-            return "no native bf16 on this CPU"
         return None
-
-    @staticmethod
-    def native_bf16():
-        import openvino as ov
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
     def path(self, component, variant):
         from tortoise.export.exporter import ensure_exported
         backend = "onnxruntime" if variant.startswith("ort") else "openvino"
         path = ensure_exported(component, self.args.models_dir, backend, output_dir=self.args.export_dir,
-                               opset=self.args.opset)
+                               opset=self.args.opset, int8=variant == "ov-int8")
         if variant == "ort-int8":
             return self.ort_int8(path, component)
-        if variant == "ov-int8w":
-            return self.ov_int8(path, component)
         return path
 
     def ort_int8(self, path, component):
+        from onnx import TensorProto
         from onnxruntime.quantization import QuantType, quantize_dynamic
         out = self.tmp / f"{component}-int8.onnx"
         if not out.exists():
             with quiet():
-                quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True)
-        return out
-
-    def ov_int8(self, path, component):
-        import nncf
-        import openvino as ov
-        out = self.tmp / f"{component}-int8w.xml"
-        if not out.exists():
-            with quiet():
-                model = nncf.compress_weights(ov.Core().read_model(str(path)),
-                                              mode=nncf.CompressWeightsMode.INT8_ASYM)
-            ov.save_model(model, str(out), compress_to_fp16=False)
+                quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True,
+                                 extra_options={"DefaultTensorType": TensorProto.FLOAT})  # past GroupQueryAttention
         return out
 
     def runtime(self, variant):
@@ -125,12 +109,19 @@ class Variants:
     def runner(self, component, variant):
         return self.runtime(variant).runner(self.path(component, variant))
 
-    def decoder(self, variant):
-        return self.runtime(variant).decoder(self.path("ar_prefill", variant), self.path("ar_decode", variant))
+    def transformer(self, variant):
+        """The AR transformer graph on ``variant`` and its embedding tables."""
+        from tortoise.export.transformer import Embeddings
+        path = self.path("ar_transformer", variant)
+        ar = self.args.ar
+        tables = Embeddings.load(Path(path).parent if variant != "ort-int8" else self.path("ar_transformer", "ort")
+                                 .parent, start_text_token=ar.start_text_token, stop_text_token=ar.stop_text_token,
+                                 start_mel_token=ar.start_mel_token, stop_mel_token=ar.stop_mel_token)
+        return self.runtime(variant).transformer(path), tables
 
     @staticmethod
     def precision(variant):
-        return {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8w": "f32"}[variant]
+        return {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": "int8"}[variant]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,31 +138,29 @@ def ar_prompt(ar, args, gen):
     return cond, text
 
 
-def ar_step_stage(ar, batch, args, variants, variant):
-    """Chained decode steps from a prompt + --past codes; -> (run, last outputs) with per-call = --steps steps."""
+def ar_step_stage(ar, batch, past, args, variants, variant):
+    """Chained decode steps from a prompt + ``past`` codes; -> (run, last outputs) with per-call = --steps steps."""
     gen = torch.Generator().manual_seed(0)
     cond, text = ar_prompt(ar, args, gen)
-    tokens = torch.randint(0, ar.stop_mel_token, (args.past + args.steps * (args.repeats + 2), batch), generator=gen)
-    rows = torch.zeros(batch, dtype=torch.long)
+    tokens = torch.randint(0, ar.stop_mel_token, (past + args.steps * (args.repeats + 2), batch), generator=gen)
     state = {"t": 0, "out": None}
     if variant == "torch":
-        return _torch_steps(ar, cond, text, tokens, batch, args, state)
-    decoder = variants.decoder(variant)
+        return _torch_steps(ar, cond, text, tokens, batch, past, state, args.steps)
+    transformer, tables = variants.transformer(variant)
     start = torch.full((1, 1), ar.start_mel_token)
-    _, _, cache = decoder.prefill({"cond_latent": cond, "text_tokens": text, "mel_tokens": start})
-    cache = cache.select(rows)
+    _, _, cache = transformer.prompt(tables.prompt(cond, text, start))
+    cache = cache.select(torch.zeros(batch, dtype=torch.long), capacity=cache.length + len(tokens))
 
     def step():
-        nonlocal cache
         t = state["t"]
-        logits, hidden, cache = decoder.step(tokens[t], 1 + t, cache)
+        _, logits = transformer.step(tables.step(tokens[t], 1 + t), cache)
         state["t"], state["out"] = t + 1, logits
-    for _ in range(args.past):  # the codes already decoded (untimed; also loads OpenVINO's state)
+    for _ in range(past):  # the codes already decoded (untimed)
         step()
-    return (lambda: [step() for _ in range(args.steps)]), lambda: state["out"], decoder.precision
+    return (lambda: [step() for _ in range(args.steps)]), lambda: state["out"], transformer.precision
 
 
-def _torch_steps(ar, cond, text, tokens, batch, args, state):
+def _torch_steps(ar, cond, text, tokens, batch, past, state, steps):
     from tortoise.models.gpt2 import can_prepack
     start = torch.full((1, 1), ar.start_mel_token)
     prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)], 1)
@@ -190,24 +179,27 @@ def _torch_steps(ar, cond, text, tokens, batch, args, state):
         x = ar._mel_step_embedding(tokens[t], 1 + t)
         state["out"] = ar._final(ar.gpt.step(x, cache, prompt.shape[1] + t)[:, 0])[1]
         state["t"] = t + 1
-    for _ in range(args.past):
+    for _ in range(past):
         step()
-    return (lambda: [step() for _ in range(args.steps)]), lambda: state["out"], "f32"
+    return (lambda: [step() for _ in range(steps)]), lambda: state["out"], "f32"
 
 
 def prefill_stage(ar, args, variants, variant):
     cond, text = ar_prompt(ar, args, torch.Generator().manual_seed(1))
     start = torch.full((1, 1), ar.start_mel_token)
-    if variant == "torch":
-        from tortoise.export.components import COMPONENTS
-        feeds = {"cond_latent": cond, "text_tokens": text, "mel_tokens": start}
-        out = {}
-        ar.gpt.unpack()
-        return (lambda: out.update(r=COMPONENTS["ar_prefill"].reference(ar, feeds)[0])), lambda: out["r"], "f32"
-    decoder = variants.decoder(variant)
     out = {}
-    feeds = {"cond_latent": cond, "text_tokens": text, "mel_tokens": start}
-    return (lambda: out.update(r=decoder.prefill(feeds)[0])), lambda: out["r"], decoder.precision
+    if variant == "torch":
+        ar.gpt.unpack()
+
+        def prompt_pass():
+            prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)],
+                               1)
+            cache = ar.gpt.new_cache(1, prompt.shape[1], prompt)
+            out["r"] = ar._final(ar.gpt.prefill(prompt, cache)[:, -1])[1]
+        return prompt_pass, lambda: out["r"], "f32"
+    transformer, tables = variants.transformer(variant)
+    return (lambda: out.update(r=transformer.prompt(tables.prompt(cond, text, start))[1])), lambda: out["r"], \
+        transformer.precision
 
 
 def graph_stage(component, net, reference, inputs, variants, variant):
@@ -255,7 +247,7 @@ def run_stage(label, make, variants, args, ar_only):
     for variant in args.variants:
         reason = variants.available(variant, ar_only) if variant != "torch" else None
         if reason:
-            print(f"{label:<14}{variant:<10}{'':>10}  skipped: {reason}", flush=True)
+            print(f"{label:<18}{variant:<10}{'':>10}  skipped: {reason}", flush=True)
             continue
         try:
             run, output, precision = make(variant)
@@ -263,7 +255,7 @@ def run_stage(label, make, variants, args, ar_only):
                 run()  # warm-up (first-call allocations, OpenVINO's lazy init)
                 wall, cpu = median_wall_cpu(lambda: run(), args.repeats)
         except Exception as e:  # noqa: BLE001 - one variant failing must not hide the others
-            print(f"{label:<14}{variant:<10}{'':>10}  failed: {type(e).__name__}: {' '.join(str(e).split())[:150]}",
+            print(f"{label:<18}{variant:<10}{'':>10}  failed: {type(e).__name__}: {' '.join(str(e).split())[:150]}",
                   flush=True)
             failed += 1
             continue
@@ -274,7 +266,7 @@ def run_stage(label, make, variants, args, ar_only):
             torch_out, torch_time = out, wall
         ratio = f"{wall / torch_time:.2f}" if torch_time else "-"
         diff = f"{rel_diff(out, torch_out):.1e}" if torch_out is not None and variant != "torch" else "-"
-        print(f"{label:<14}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9}{diff:>11}", flush=True)
+        print(f"{label:<18}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9}{diff:>11}", flush=True)
     return failed
 
 
@@ -287,7 +279,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--batches", default="1,16", help="AR decode-step batch sizes")
     ap.add_argument("--text_tokens", type=int, default=100)
-    ap.add_argument("--past", type=int, default=100, help="codes decoded before the timed steps")
+    ap.add_argument("--past", default="100", help="codes decoded before the timed steps (a comma list: one row each)")
     ap.add_argument("--steps", type=int, default=8, help="chained decode steps per timed call")
     ap.add_argument("--frames", type=int, default=1088, help="mel frames for diffusion and the vocoders")
     ap.add_argument("--repeats", type=int, default=3)
@@ -303,19 +295,21 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} cpu={cpu_model()} repeats={args.repeats} "
           f"models={args.models_dir}")
-    print(f"{'stage':<14}{'variant':<10}{'precision':>10}{'wall s':>10}{'cpu s':>10}{'x torch':>9}{'max diff':>11}")
+    print(f"{'stage':<18}{'variant':<10}{'precision':>10}{'wall s':>10}{'cpu s':>10}{'x torch':>9}{'max diff':>11}")
     variants = Variants(args)
     stages = args.stages.split(",")
     failed = 0
     with torch.no_grad():
         if "ar_step" in stages or "prefill" in stages:
-            ar = load("autoregressive", args)
+            ar = args.ar = load("autoregressive", args)
             for batch in (int(b) for b in args.batches.split(",")) if "ar_step" in stages else ():
-                failed += run_stage(f"ar_step b{batch}", lambda v, b=batch: ar_step_stage(ar, b, args, variants, v),
-                                    variants, args, True)
+                for past in (int(p) for p in args.past.split(",")):
+                    failed += run_stage(f"ar_step b{batch} @{past}",
+                                        lambda v, b=batch, p=past: ar_step_stage(ar, b, p, args, variants, v),
+                                        variants, args, True)
             if "prefill" in stages:
                 failed += run_stage("prefill", lambda v: prefill_stage(ar, args, variants, v), variants, args, True)
-            del ar
+            del ar, args.ar
         for stage in (s for s in stages if s not in ("ar_step", "prefill")):
             try:
                 component, net, reference, inputs = stage_inputs(stage, args)

@@ -394,6 +394,7 @@ GRAPH_PRECISIONS = [
     ("openvino", False, "bfloat16", "cpu", "CPU", None, False, "bf16"),  # a forced dtype wins
     ("openvino", True, None, "cpu", "CPU", "f32", True, "f32"),  # and --backend_precision over both
     ("openvino", False, None, "cpu", "CPU", "bf16", False, "bf16"),
+    ("openvino", True, None, "cpu", "CPU", "int8", True, "int8"),  # int8 weights: an OpenVINO precision
     ("onnxruntime", False, None, "cpu", "CPU", None, True, "f32"),
     ("onnxruntime", True, None, "cpu", "CPU", None, True, "f32"),  # no half CPU path in ONNX Runtime: said once
     ("onnxruntime", True, None, "cuda", "CPU", None, False, "f16"),  # float16 graphs
@@ -428,6 +429,8 @@ def test_run_precision_of_torch_follows_the_cpu_and_the_warnings_say_why(monkeyp
         assert api.graph_precision("onnxruntime", True) == "f32"
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         api.graph_precision("openvino", override="int4")
+    with pytest.raises(ValueError, match="int8 weights are an OpenVINO precision: use --backend openvino"):
+        api.graph_precision("onnxruntime", override="int8")
 
 
 def test_threads_are_set_once_and_passed_to_the_graph_runtimes(models_dir):

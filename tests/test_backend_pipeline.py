@@ -126,6 +126,18 @@ def _openvino_runs_bf16():
     return any(caps.get(f) for f in ("avx512_bf16", "amx_bf16", "avx512_bw"))
 
 
+def test_openvino_int8_weights_speak_and_say_so(export_models):
+    """--backend_precision int8 on OpenVINO: the AR transformer with int8 weights (its own verified IR), every graph
+    computing in f32; the precision is reported and the audio is finite."""
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
+                           enable_redaction=False, backend="openvino", backend_precision="int8")
+    assert tts.precision == "int8"
+    wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
+    transformer, directory = tts.autoregressive.graphs.transformer()
+    assert transformer.precision == "int8" and "int8" in (directory.parent / "fingerprint.json").read_text()
+    assert torch.isfinite(wav).all() and wav.numel() > 0
+
+
 def test_half_on_openvino_runs_the_cpus_half_and_says_what_ran(export_models, reference, codes_seen, monkeypatch):
     """--half on OpenVINO asks for bf16 on a CPU with native bf16 (faked at the device layer) and the decoder reports
     what OpenVINO compiled (bf16 where its CPU plugin runs it: an AVX2 CPU runs the bf16 hint as f32); the audio

@@ -423,18 +423,22 @@ def test_cli_all_skips_what_has_no_checkpoint(export_models, tmp_path, capsys, m
 
 
 def test_a_killed_exports_temporary_directory_is_removed_by_the_next(tmp_path):
-    """Temporary export directories carry their process id; one whose process is gone is removed when the next
-    export of that graph starts, one of a live process (this one) is kept."""
+    """Temporary export directories carry their process id; those whose process is gone are removed when the next
+    export starts, whatever graph or key they were for; one of a live process (this one) is kept."""
     import os
 
     from tortoise.export import cache
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     entry = cache.Entry(tmp_path, "univnet", "abc123")
-    (tmp_path / "univnet").mkdir()
-    stale = tmp_path / "univnet" / f".abc123.tmp-{int(dead.stdout)}.xyz"
-    mine = tmp_path / "univnet" / f".abc123.tmp-{os.getpid()}.old"
-    stale.mkdir()
-    mine.mkdir()
+    for name in ("univnet", "clvp_text"):
+        (tmp_path / name).mkdir()
+    stale = tmp_path / "univnet" / f".tmp-{int(dead.stdout)}.abc123.xyz"
+    other_key = tmp_path / "univnet" / f".tmp-{int(dead.stdout)}.def456.xyz"
+    other_graph = tmp_path / "clvp_text" / f".tmp-{int(dead.stdout)}.0123ab.xyz"
+    mine = tmp_path / "univnet" / f".tmp-{os.getpid()}.abc123.old"
+    for d in (stale, other_key, other_graph, mine):
+        d.mkdir()
     (stale / "model.onnx").write_bytes(b"half-written")
     fresh = entry.temp_dir()
-    assert not stale.exists() and mine.exists() and fresh.name.startswith(f".abc123.tmp-{os.getpid()}.")
+    assert not stale.exists() and not other_key.exists() and not other_graph.exists() and mine.exists()
+    assert fresh.name.startswith(f".tmp-{os.getpid()}.abc123.")

@@ -133,7 +133,8 @@ class TextToSpeech(Session):
                         CLVP, diffusion, vocoder and HiFi-GAN networks as exported graphs on that runtime (exported,
                         verified against torch and cached on first use; sampling stays in torch). ``ort_provider``:
                         ``cpu``, ``cuda`` or ``openvino``; ``ov_device``: ``CPU``, ``GPU`` or ``AUTO``;
-                        ``backend_precision``: OpenVINO's inference precision (``f32``, ``bf16``, ``f16``), else
+                        ``backend_precision``: OpenVINO's inference precision (``f32``, ``bf16``, ``f16``, or
+                        ``int8``: the AR transformer's weights in int8, computing in f32), else
                         decided by ``half`` as for torch: f32 without it on every CPU, bf16 with it on CPUs with
                         native bf16 (:func:`graph_precision`).
         :param preload: load the AR, CLVP, diffusion and vocoder models now (errors surface early); the rest

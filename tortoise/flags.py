@@ -101,9 +101,9 @@ def add_model_arguments(a, s):
                    help="ONNX Runtime execution provider (default cpu)")
     s.add_argument(*flag("ov_device"), default="CPU", type=str.upper, choices=("CPU", "GPU", "AUTO"),
                    help="OpenVINO device (default CPU)")
-    s.add_argument(*flag("backend_precision"), default=None, choices=("f32", "bf16", "f16"),
+    s.add_argument(*flag("backend_precision"), default=None, choices=("f32", "bf16", "f16", "int8"),
                    help="graph backend's precision (default f32; with --half bf16 on CPUs with native bf16, f16 on "
-                        "GPUs and ONNX Runtime CUDA)")
+                        "GPUs and ONNX Runtime CUDA; int8: OpenVINO with the AR transformer's weights in int8)")
 
 
 # ---------------------------------------------------------------- input checks (all before any model loads)

@@ -105,7 +105,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 ORT_PROVIDERS = ("cpu", "cuda", "openvino")
 OV_DEVICES = ("CPU", "GPU", "AUTO")
-GRAPH_PRECISIONS = ("f32", "bf16", "f16")
+GRAPH_PRECISIONS = ("f32", "bf16", "f16", "int8")  # int8: OpenVINO, the AR transformer's weights
 # what a clip's record names of the networks: every checkpoint file the pipeline may read
 IDENTITY_CHECKPOINTS = ("autoregressive", "clvp", "diffusion", "vocoder", "rlg_auto", "rlg_diffuser", "hifidecoder")
 

@@ -69,11 +69,16 @@ def graph_precision(backend, half=False, dtype=None, ort_provider="cpu", ov_devi
       AMX), else ``f32`` (said once, as for torch); OpenVINO GPU / AUTO: ``f16`` (Arc's XMX precision; on AUTO the
       CPU plugin maps it to its own half type). ONNX Runtime CUDA: ``f16`` graphs; ONNX Runtime's CPU and OpenVINO
       providers: ``f32`` (said once: ONNX Runtime has no half-precision CPU path);
-    - ``override`` (``--backend_precision``), else ``dtype`` (a forced torch dtype), wins over ``half``.
+    - ``override`` (``--backend_precision``), else ``dtype`` (a forced torch dtype), wins over ``half``; OpenVINO
+      also takes ``int8``: the AR transformer with int8 weights (weight-only), every graph computing in f32.
     """
     if backend == "torch":
         return None
-    check(override in (None,) + PRECISIONS, f"unknown precision {override!r}: use f32, bf16 or f16")
+    check(override in (None,) + PRECISIONS, f"unknown precision {override!r}: use {', '.join(PRECISIONS)}")
+    check(override != "int8" or backend == "openvino", "int8 weights are an OpenVINO precision: use --backend openvino "
+          "--backend_precision int8 (ONNX Runtime computes f32, or f16 graphs on CUDA)")
+    if override == "int8":
+        return "int8"
     if override is not None:
         wanted = override
     elif dtype is not None:

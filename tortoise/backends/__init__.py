@@ -60,7 +60,10 @@ class OpenVinoBackend:
         return OvRunner(path, self.device, self.compute_precision, self.threads)
 
     def transformer(self, path):
-        return OvTransformer(path, self.device, self.compute_precision, self.threads)
+        transformer = OvTransformer(path, self.device, self.compute_precision, self.threads)
+        if self.int8_weights:
+            transformer.precision = "int8"  # int8 weights, f32 compute
+        return transformer
 
     def describe(self):
         return f"openvino {self.device} {self.precision}"

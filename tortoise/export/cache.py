@@ -122,6 +122,9 @@ def key_of(fp):
     return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+TEMP_PREFIX = ".tmp-"  # + pid + "." + key + ".": an export in progress (hidden; removed once its process is gone)
+
+
 class Entry:
     """The directory of one fingerprinted graph and the runtime artefacts made from it."""
 
@@ -146,11 +149,13 @@ class Entry:
 
     def temp_dir(self):
         """A fresh directory beside the entry (same filesystem, so the final rename is atomic), named after this
-        process; those an export that was killed left behind (its process gone) are removed first."""
+        process; those that killed exports left anywhere in the cache (their process gone: any graph, any key) are
+        removed first."""
         parent = self.dir.parent
         parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(parent, f".{self.key}.tmp-")
-        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.key}.tmp-{os.getpid()}."))
+        for component_dir in (d for d in self.root.iterdir() if d.is_dir()):
+            remove_stale(component_dir, TEMP_PREFIX)
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{os.getpid()}.{self.key}."))
 
 
 def publish(tmp, final):
