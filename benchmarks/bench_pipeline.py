@@ -40,21 +40,42 @@ def synthetic_clips(seconds=6.0, sr=22050):
     return out
 
 
+def peak_rss_gib(reset=False):
+    """This process's peak resident memory (VmHWM) in GiB; ``reset``: start a new peak from here (Linux's
+    ``clear_refs`` 5), so each stage's own peak can be read. None where /proc does not say."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib / 2 ** 20
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 class StageTimer:
-    """Accumulates wall time per stage by wrapping callables on objects or modules."""
+    """Accumulates wall time per stage, and each stage's peak resident memory, by wrapping callables on objects or
+    modules."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self):
         self.times = {s: 0.0 for s in STAGES}
+        self.peaks = {s: 0.0 for s in STAGES}
 
     def wrap(self, owner, name, stage):
         fn = getattr(owner, name)
 
         def timed(*a, **kw):
+            peak_rss_gib(reset=True)
             t0 = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
                 self.times[stage] += time.perf_counter() - t0
+                self.peaks[stage] = max(self.peaks[stage], peak_rss_gib() or 0.0)
         setattr(owner, name, timed)
 
 
@@ -170,13 +191,15 @@ def run_impl(args):
         for r in range(args.repeats):
             if hasattr(tts, "_latent_cache"):  # time the voice's encoding every repeat, as the original does
                 tts._latent_cache = type(tts._latent_cache)(tts._latent_cache.size)
-            timer.times = {s: 0.0 for s in STAGES}
+            timer.reset()
             t0 = time.perf_counter()
             with torch.no_grad():
                 wav = tts.tts_with_preset(TEXT, preset=preset, voice_samples=clips, k=1, verbose=False,
                                           use_deterministic_seed=r, max_mel_tokens=500, **overrides(args))
             total = time.perf_counter() - t0
-            runs.append(dict(timer.times, total=total, audio_s=wav.shape[-1] / 24000))
+            peaks = {f"rss_{s}": timer.peaks[s] for s in STAGES}
+            runs.append(dict(timer.times, total=total, audio_s=wav.shape[-1] / 24000, **peaks,
+                             rss_peak=max(list(peaks.values()) + [peak_rss_gib() or 0.0])))
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         med["other"] = med["total"] - sum(med[s] for s in STAGES)
         impl = args.impl if getattr(args, "backend", "torch") == "torch" else f"ours-{args.backend}"
@@ -191,6 +214,9 @@ def print_table(rows):
         rtf = r["total"] / max(r["audio_s"], 1e-9)
         print(f"{r['impl']:17} {r['preset']:20} {r['batch']:>5} " + " ".join(f"{r[c]:>11.2f}s" for c in cols)
               + f" {rtf:>7.1f}")
+        if r.get("rss_peak"):  # each stage's peak resident memory, then the whole call's
+            print(f"{'  peak RSS GiB':43} " + " ".join(f"{r.get('rss_' + c, 0.0):>12.2f}" for c in STAGES)
+                  + f" {'':>12} {r['rss_peak']:>12.2f}")
 
 
 def main():

@@ -9,6 +9,7 @@ Each component knows
 - ``outputs(net)``: graph output names;
 - ``reference(net, inputs)``: the outputs of the torch network's own method (what the graph is verified against).
 """
+import copy
 from dataclasses import dataclass, replace
 
 import torch
@@ -135,6 +136,9 @@ class ArTransformerComponent(Component):
         return ["prompt_logits", "prompt_hidden", "step_logits", "step_hidden", "latents"]
 
     def reference(self, net, x):
+        if next(net.parameters()).dtype != torch.float32:  # a half graph: against its rounded weights in float32
+            net = copy.deepcopy(net).float()
+            x = {k: v.float() if v.is_floating_point() else v for k, v in x.items()}
         cond, text, steps = x["cond_latent"], x["text_tokens"], x["step_tokens"]
         u, rows = cond.shape[0], steps.shape[0]
         start = torch.full((u, 1), net.start_mel_token, dtype=torch.long, device=cond.device)

@@ -55,13 +55,23 @@ def clvp_encode(clvp, tokens, emb, pos_emb, transformer, to_latent):
     return F.normalize(to_latent(h.mean(dim=1)), p=2, dim=-1)
 
 
+def functional_rotary(clvp):
+    """The export copy's attention rotates q, k, v functionally (slices and a concatenation): the in-place rotation
+    traces into ScatterND writes and transposes that made ONNX Runtime 7x slower than torch on CLVP."""
+    from tortoise.models.xtransformers import Attention
+    for module in clvp.modules():
+        if isinstance(module, Attention):
+            module.inplace_rotary = False  # an instance attribute of this export copy only
+    return clvp
+
+
 class ClvpText(nn.Module):
     """``CLVP.encode_text``: text tokens (B, t) -> unit text latents (B, L), and the score scale exp(temperature)
     (1,), so that ``score = (speech_latent . text_latent) * scale`` as `CLVP.forward` computes it."""
 
     def __init__(self, clvp):
         super().__init__()
-        self.clvp = clvp
+        self.clvp = functional_rotary(clvp)
 
     def forward(self, text_tokens):
         c = self.clvp
@@ -75,7 +85,7 @@ class ClvpSpeech(nn.Module):
 
     def __init__(self, clvp):
         super().__init__()
-        self.clvp = clvp
+        self.clvp = functional_rotary(clvp)
 
     def forward(self, codes):
         c = self.clvp

@@ -174,6 +174,8 @@ class Attention(nn.Module):
     exactly as the original (so a fully masked query row attends uniformly).
     """
 
+    inplace_rotary = True  # rotate q, k, v in place when nothing records them (an export form turns it off)
+
     def __init__(self, dim, dim_head=DEFAULT_DIM_HEAD, heads=8, causal=False, dropout=0.0):
         super().__init__()
         self.heads = heads
@@ -190,7 +192,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q, k, v = (proj(x).view(b, n, self.heads, self.dim_head) for proj in (self.to_q, self.to_k, self.to_v))
         if rotary is not None:
-            rotate = _rotate_prefix_ if _no_grad(q) else _rotate_prefix
+            rotate = _rotate_prefix_ if _no_grad(q) and self.inplace_rotary else _rotate_prefix
             q, k, v = (rotate(t, *rotary) for t in (q, k, v))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
         bias = _attention_bias(mask, n, self.causal, q.dtype, q.device)
