@@ -99,6 +99,13 @@ def test_ar_transformer_is_one_graph_with_its_cache_in_place(exports):
     assert [p.get_any_name() for p in model.outputs] == ["hidden", "logits"]
     assert sorted(v.get_info().variable_id for v in model.get_variables()) == sorted(
         f"past.{i}.{kind}" for i in range(2) for kind in ("key", "value"))
+    # The CPU plugin fused each layer's ReadValue -> Gather -> Concat -> attention -> Assign into one attention node
+    # that owns its cache: no concatenation or row gather per cache variable is left in what runs.
+    from tortoise.runtimes.openvino import OvTransformer
+    runtime = OvTransformer(exports.get("ar_transformer", "openvino").path, threads=1).runner.compiled
+    kinds = [n.get_rt_info()["layerType"].astype(str) for n in runtime.get_runtime_model().get_ops()]
+    assert kinds.count("ScaledDotProductAttention") == 2 and kinds.count("Concatenation") < 4
+    assert kinds.count("Gather") < 4
 
 
 def test_cache_layout(exports):

@@ -92,9 +92,11 @@ def file_digest(path, root):
 
 
 def source_digest():
-    """sha256 over the sources that decide what a graph computes: the networks and the export forms."""
+    """sha256 over the sources that decide what a graph computes: the networks, the export forms and the built
+    transformer."""
     here = Path(__file__).resolve().parent
-    files = sorted((here.parent / "models").glob("*.py")) + [here / "graphs.py", here / "components.py"]
+    files = sorted((here.parent / "models").glob("*.py")) + [here / n for n in ("graphs.py", "components.py",
+                                                                                 "transformer.py")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
