@@ -82,7 +82,7 @@ class StageTimer:
 def fix_length(ar, codes):
     """Mask the stop token until ``codes`` codes are drawn, then force it: every sample is exactly that long.
     Works for both implementations: each decode step calls ``mel_head`` once (the prefill's last position too); ours
-    on graph backends has no ``mel_head``, so there its prefill and step results are edited instead.
+    on graph backends has no ``mel_head``, so there the logits of its prompt pass and of each step are edited.
     -> the state dict (``state["codes"]`` may be changed, e.g. for a short warm-up)."""
     state = {"step": 0, "codes": codes}
 
@@ -96,28 +96,27 @@ def fix_length(ar, codes):
         state["step"] += 1
         return out
 
-    start = "prefill" if hasattr(ar, "prefill") else "inference_speech"  # ours decodes from prefill; the original
-    real = getattr(ar, start)
-    if hasattr(ar, "mel_head"):
+    if hasattr(ar, "mel_head"):  # torch (ours and the original): every step's logits come from mel_head
+        start = "prefill" if hasattr(ar, "prefill") else "inference_speech"  # ours decodes from prefill
+        real = getattr(ar, start)
         ar.mel_head.register_forward_hook(lambda _module, _inputs, out: edit(out))
 
         def restart(*a, **kw):
             state["step"] = 0
             return real(*a, **kw)
-    else:  # graphs: the DecodeState's logits after the prefill and after each step
-        real_step = ar.step
+        setattr(ar, start, restart)
+    else:  # graphs: the logits the decode loop gets from the prompt pass and from each step (decoding.Decoder)
+        real_encode, real_feed = ar.encode_prompt, ar.feed
 
-        def restart(*a, **kw):
+        def encode_prompt(plan, decode):
             state["step"] = 0
-            decode = real(*a, **kw)
+            real_encode(plan, decode)
             edit(decode.logits)
-            return decode
 
-        def step(decode, tokens):
-            real_step(decode, tokens)
-            edit(decode.logits)
-        ar.step = step
-    setattr(ar, start, restart)
+        def feed(decode, tokens, mel_pos):
+            logits, latent = real_feed(decode, tokens, mel_pos)
+            return edit(logits), latent
+        ar.encode_prompt, ar.feed = encode_prompt, feed
     return state
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 import tortoise.export.graphs as graphs
+import tortoise.export.transformer as transformer
 from tortoise.utils.diffusion import output_length
 
 AR_COND_FRAMES = 517         # mel frames of a 132,300-sample AR conditioning clip (22.05 kHz, hop 256, centred)
@@ -115,7 +116,6 @@ class ArTransformerComponent(Component):
     built = True
 
     def build(self, net, fmt, path, *, half=False, int8=False):
-        from tortoise.export import transformer
         if fmt == "onnx":
             transformer.build_onnx(net, path, half=half)
         else:

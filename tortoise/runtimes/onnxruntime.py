@@ -34,6 +34,11 @@ def _session(path, provider="cpu", threads=None, device_id=0, exact=False):
     options.log_severity_level = 3  # errors only: no per-node placement chatter
     if threads:
         options.intra_op_num_threads = int(threads)
+    # The pipeline alternates graphs with torch work: threads that spin after a run take the cores torch needs next,
+    # and an arena per session would keep each graph's largest activations (the diffusion's attention at every
+    # length seen) for the life of the session.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False
     if provider == "cpu":
         providers = [name]
     else:  # exact: fp32 as fp32 on CUDA (no TF32), for verification
