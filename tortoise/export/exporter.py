@@ -429,16 +429,9 @@ def _export_into(component, fmt, net, entry, tmp, final, stamp, version, options
         out_dir = tmp / "openvino"
         out_dir.mkdir()
         target = out_dir / "model.xml"
-        note = convert_openvino(component, onnx_path, target, half=options.half)
-    checks = []
-    if options.verify:
-        checks = verify(component, fmt, net, target, shapes=options.shapes, dynamic=options.dynamic,
-                        tolerance=tolerance, provider=provider)
-        if not all(c.ok for c in checks):
-            raise _failure(component, fmt, checks)
-    verification = "passed" if options.verify else "skipped"
-    record = {"verification": verification, "runtime_version": version, "checks": [asdict(c) for c in checks],
-              "note": note}
+        convert_openvino(component, onnx_path, target, half=options.half)
+    checks, record = _verified(component, fmt, net, target, options, tolerance, provider, version, note)
+    verification = record["verification"]
     if fmt == "onnx" and have_onnx:  # an existing graph (exported for OpenVINO) now verified by ONNX Runtime
         cache.write_json_atomic(stamp, record)
         return ExportResult(component, fmt, entry.onnx, False, verification, checks, time.perf_counter() - start,
@@ -454,6 +447,18 @@ def _export_into(component, fmt, net, entry, tmp, final, stamp, version, options
     return ExportResult(component, fmt, path, False, verification, checks, time.perf_counter() - start, note)
 
 
+def _verified(component, fmt, net, target, options, tolerance, provider, version, note):
+    """Verify the graph at ``target`` (unless skipped) -> (checks, the record its stamp keeps); raises on a failure."""
+    checks = []
+    if options.verify:
+        checks = verify(component, fmt, net, target, shapes=options.shapes, dynamic=options.dynamic,
+                        tolerance=tolerance, provider=provider)
+        if not all(c.ok for c in checks):
+            raise _failure(component, fmt, checks)
+    return checks, {"verification": "passed" if options.verify else "skipped", "runtime_version": version,
+                    "checks": [asdict(c) for c in checks], "note": note}
+
+
 def _build_into(component, fmt, net, tmp, final, stamp, version, options, tolerance, provider, start):
     """A built component (`tortoise.export.transformer`): written straight in its format, verified, published."""
     out_dir = tmp / fmt
@@ -463,16 +468,10 @@ def _build_into(component, fmt, net, tmp, final, stamp, version, options, tolera
         COMPONENTS[component].build(net, fmt, target, half=options.half, int8=options.int8)
     except Exception as e:  # noqa: BLE001 - one line
         raise ExportError(f"{component}: building the {fmt} graph failed ({type(e).__name__}: {_first_line(e)})") from e
-    checks = []
-    if options.verify:
-        checks = verify(component, fmt, net, target, shapes=options.shapes, dynamic=options.dynamic,
-                        tolerance=tolerance, provider=provider)
-        if not all(c.ok for c in checks):
-            raise _failure(component, fmt, checks)
-    verification = "passed" if options.verify else "skipped"
     note = "int8 weights" if _weights_dtype(component, fmt, options) == "int8" else ""
-    cache.write_json_atomic(out_dir / stamp.name, {"verification": verification, "runtime_version": version,
-                                                   "checks": [asdict(c) for c in checks], "note": note})
+    checks, record = _verified(component, fmt, net, target, options, tolerance, provider, version, note)
+    verification = record["verification"]
+    cache.write_json_atomic(out_dir / stamp.name, record)
     if not cache.publish(out_dir, final):
         return _cached_result(component, fmt, final, stamp, start)
     return ExportResult(component, fmt, final / target.name, False, verification, checks,
