@@ -112,12 +112,9 @@ class Variants:
     def transformer(self, variant):
         """The AR transformer graph on ``variant`` and its embedding tables."""
         from tortoise.export.transformer import Embeddings
-        path = self.path("ar_transformer", variant)
-        ar = self.args.ar
-        tables = Embeddings.load(Path(path).parent if variant != "ort-int8" else self.path("ar_transformer", "ort")
-                                 .parent, start_text_token=ar.start_text_token, stop_text_token=ar.stop_text_token,
-                                 start_mel_token=ar.start_mel_token, stop_mel_token=ar.stop_mel_token)
-        return self.runtime(variant).transformer(path), tables
+        exported = self.path("ar_transformer", "ort" if variant == "ort-int8" else variant)  # beside its tables
+        tables = Embeddings.load(Path(exported).parent, self.args.ar)
+        return self.runtime(variant).transformer(self.path("ar_transformer", variant)), tables
 
     @staticmethod
     def precision(variant):
@@ -163,7 +160,7 @@ def ar_step_stage(ar, batch, past, args, variants, variant):
 def _torch_steps(ar, cond, text, tokens, batch, past, state, steps):
     from tortoise.models.gpt2 import can_prepack
     start = torch.full((1, 1), ar.start_mel_token)
-    prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)], 1)
+    prompt = ar.prompt_embeddings(cond, text, start)
     total = prompt.shape[1] + len(tokens)
     small = ar.gpt.new_cache(1, prompt.shape[1], prompt)
     ar.gpt.prefill(prompt, small)
@@ -192,8 +189,7 @@ def prefill_stage(ar, args, variants, variant):
         ar.gpt.unpack()
 
         def prompt_pass():
-            prompt = torch.cat([ar.compute_embeddings(cond, text), ar.mel_embedding(start) + ar.mel_pos_embedding(start)],
-                               1)
+            prompt = ar.prompt_embeddings(cond, text, start)
             cache = ar.gpt.new_cache(1, prompt.shape[1], prompt)
             out["r"] = ar._final(ar.gpt.prefill(prompt, cache)[:, -1])[1]
         return prompt_pass, lambda: out["r"], "f32"

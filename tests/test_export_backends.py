@@ -88,7 +88,8 @@ def test_ar_transformer_is_one_graph_with_its_cache_in_place(exports):
     for j in (5, 6):
         ort_t.step(embeds[:, j:j + 1], cache)
     assert cache.length == 7 and [v.data_ptr() for v in cache.values] == buffers
-    full = OrtTransformer(onnx_path, threads=1).prompt(torch.cat([embeds[:1, :5].expand(2, -1, -1), embeds[:, 5:]], 1))[2]
+    whole_sequence = torch.cat([embeds[:1, :5].expand(2, -1, -1), embeds[:, 5:]], 1)
+    full = OrtTransformer(onnx_path, threads=1).prompt(whole_sequence)[2]
     for mine, whole in zip(cache.host_arrays(), full.host_arrays()):
         np.testing.assert_allclose(mine, whole, atol=1e-5)
     ort_t.step(embeds[:, :1], cache)  # past its capacity: the cache grows

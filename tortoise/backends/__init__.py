@@ -9,7 +9,8 @@ network (`tortoise.backends.networks`); graphs are exported, verified and cached
 time they are needed. Options: ONNX Runtime ``provider`` ("cpu", "cuda", "openvino"), ``precision`` ("f32", or
 "f16": float16 graphs, for CUDA), ``threads``; OpenVINO ``device`` ("CPU", "GPU", "AUTO"), ``precision`` ("f32" by
 default on every device, "bf16", "f16": set as the inference precision hint, so a CPU with native bf16 does not pick
-bf16 by itself; "int8": the AR transformer with int8 weights, every graph computing in f32), ``threads``. A missing runtime raises `MissingRuntime` with the pip command that installs it.
+bf16 by itself; "int8": the AR transformer with int8 weights, every graph computing in f32), ``threads``. A missing
+runtime raises `MissingRuntime` with the pip command that installs it.
 """
 from tortoise.backends import networks
 from tortoise.runtimes.common import BackendError, MissingRuntime, install_hint, require  # noqa: F401

@@ -131,10 +131,7 @@ class AutoregressiveGraphs(_GraphObject, DecodeLoop):
     def _transformer(self):
         transformer, directory = self.graphs.transformer()
         if self._embeddings is None:
-            self._embeddings = Embeddings.load(directory, start_text_token=self.start_text_token,
-                                               stop_text_token=self.stop_text_token,
-                                               start_mel_token=self.start_mel_token,
-                                               stop_mel_token=self.stop_mel_token)
+            self._embeddings = Embeddings.load(directory, self)
         return transformer, self._embeddings
 
     # -- the decoder protocol (`tortoise.models.decoding`): the graph's prompt pass and step; the loop is shared ---

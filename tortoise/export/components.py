@@ -142,8 +142,7 @@ class ArTransformerComponent(Component):
         cond, text, steps = x["cond_latent"], x["text_tokens"], x["step_tokens"]
         u, rows = cond.shape[0], steps.shape[0]
         start = torch.full((u, 1), net.start_mel_token, dtype=torch.long, device=cond.device)
-        prompt = torch.cat([net.compute_embeddings(cond, text),
-                            net.mel_embedding(start) + net.mel_pos_embedding(start)], dim=1)
+        prompt = net.prompt_embeddings(cond, text, start)
         n = prompt.shape[1]
         cache = net.gpt.new_cache(rows, n + STEPS, prompt, prompt.dtype)
         hidden = net.gpt.prefill(prompt[torch.arange(rows) % u], cache)[:, -1]

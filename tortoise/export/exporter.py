@@ -231,9 +231,7 @@ class _GraphRun:
         if component == "ar_transformer":
             self.transformer = (OrtTransformer(path, provider=provider, threads=threads, exact=True) if fmt == "onnx"
                                 else OvTransformer(path, precision="f32", threads=threads))
-            self.embeddings = Embeddings.load(Path(path).parent, start_text_token=net.start_text_token,
-                                              stop_text_token=net.stop_text_token,
-                                              start_mel_token=net.start_mel_token, stop_mel_token=net.stop_mel_token)
+            self.embeddings = Embeddings.load(Path(path).parent, net)
         elif fmt == "onnx":
             self.runner = OrtRunner(path, provider=provider, threads=threads, exact=True)
         else:

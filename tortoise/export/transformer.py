@@ -84,9 +84,13 @@ class Embeddings:
         self.start_mel_token, self.stop_mel_token = start_mel_token, stop_mel_token
 
     @classmethod
-    def load(cls, directory, **tokens):
+    def load(cls, directory, model):
+        """The tables in ``directory``, with the start/stop tokens of ``model`` (a `UnifiedVoice`, or any object with
+        its ``start_text_token``, ``stop_text_token``, ``start_mel_token`` and ``stop_mel_token``)."""
         with np.load(Path(directory) / EMBEDDINGS) as npz:
-            return cls({k: torch.from_numpy(npz[k]) for k in ("text", "text_pos", "mel", "mel_pos")}, **tokens)
+            tables = {k: torch.from_numpy(npz[k]) for k in ("text", "text_pos", "mel", "mel_pos")}
+        return cls(tables, model.start_text_token, model.stop_text_token, model.start_mel_token,
+                   model.stop_mel_token)
 
     def _text(self, text_tokens):  # (B, t) -> (B, t + 2, d): [start, text..., stop] + positions
         start = torch.full_like(text_tokens[:, :1], self.start_text_token)

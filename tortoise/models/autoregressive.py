@@ -390,6 +390,11 @@ class UnifiedVoice(nn.Module, DecodeLoop):
         emb = self.text_embedding(text_inputs) + self.text_pos_embedding(text_inputs)
         return torch.cat([cond_latents.to(emb.dtype).unsqueeze(1), emb], dim=1)
 
+    def prompt_embeddings(self, cond_latents, text_inputs, mel_tokens):
+        """(b, d), (b, t), (b, n) start mel token [+ input tokens] -> (b, 1 + t + 2 + n, d): the decode's prompt."""
+        mel_emb = self.mel_embedding(mel_tokens) + self.mel_pos_embedding(mel_tokens)
+        return torch.cat([self.compute_embeddings(cond_latents, text_inputs), mel_emb], dim=1)
+
     def _mel_step_embedding(self, tokens, position):  # (B,) long, int or 0-d tensor -> (B, 1, d)
         if isinstance(position, torch.Tensor):  # traced (compiled) step: a gather, not a Python index
             return (self.mel_embedding(tokens) + self.mel_pos_embedding.emb(position.view(1))).unsqueeze(1)
@@ -414,9 +419,7 @@ class UnifiedVoice(nn.Module, DecodeLoop):
         """The prompt pass: embeds the plan's distinct prompts, prefills a small cache once per prompt and broadcasts
         it to every row of a cache long enough for the whole decode; recomputing (``kv_cache=False``), keeps the
         prompt rows instead."""
-        emb = self.compute_embeddings(plan.cond_latent, plan.text_inputs)  # (u, 1 + t + 2, d)
-        mel_emb = self.mel_embedding(plan.mel_tokens) + self.mel_pos_embedding(plan.mel_tokens)
-        prompt = torch.cat([emb, mel_emb], dim=1)
+        prompt = self.prompt_embeddings(plan.cond_latent, plan.text_inputs, plan.mel_tokens)  # (u, P, d)
         state.prompt_len = prompt.shape[1]
         if not self.kv_cache:  # recompute the whole sequence at every step (the original without a cache)
             state.prompt = prompt[plan.row_map]

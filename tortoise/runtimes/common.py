@@ -2,8 +2,9 @@
 
 A *runner* executes one exported graph: ``run({input name: tensor}) -> [output tensors]`` (torch tensors in, torch
 tensors out, on the caller's device). A *transformer* runs the AR model's GPT-2 graph and owns its KV cache, written in
-place (ONNX Runtime: one buffer bound as both the cache input and output; OpenVINO: the model's state). The per-network objects the pipeline calls (`tortoise.backends.networks`) are built on these and are the same
-for every runtime.
+place (ONNX Runtime: one buffer bound as both the cache input and output; OpenVINO: the model's state). The
+per-network objects the pipeline calls (`tortoise.backends.networks`) are built on these and are the same for every
+runtime.
 """
 import importlib
 
@@ -119,6 +120,11 @@ class KVCache:
 
     def __init__(self, batch, length, capacity):
         self.batch, self.length, self.capacity = batch, length, capacity
+
+    def check_rows(self, embeds):
+        """A step feeds one row per cache row."""
+        if self.batch != embeds.shape[0]:
+            raise BackendError(f"the KV cache has {self.batch} rows, the step {embeds.shape[0]}")
 
 
 class Transformer:

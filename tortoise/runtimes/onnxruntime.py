@@ -101,11 +101,12 @@ class OrtCache(KVCache):
             out.append(b)
         return OrtCache(self.owner, out, self.length)
 
-    def grown(self, needed):
-        """This cache with room for ``needed`` positions (a copy into larger buffers when it has less)."""
-        if needed <= self.capacity:
-            return self
-        return self.select(np.arange(self.batch), max(needed, 2 * self.capacity))
+    def reserve(self, needed):
+        """Room for ``needed`` positions: when there is less, the buffers are replaced by ones twice as long (or
+        ``needed``) holding the same positions."""
+        if needed > self.capacity:
+            larger = self.select(np.arange(self.batch), max(needed, 2 * self.capacity))
+            self.arrays, self.values, self.capacity = larger.arrays, larger.values, larger.capacity
 
 
 class OrtTransformer(Transformer):
@@ -154,11 +155,8 @@ class OrtTransformer(Transformer):
         return hidden, logits, cache
 
     def step(self, embeds, cache):
-        if cache.batch != embeds.shape[0]:
-            raise BackendError(f"the KV cache has {cache.batch} rows, the step {embeds.shape[0]}")
-        grown = cache.grown(cache.length + embeds.shape[1])
-        if grown is not cache:
-            cache.__dict__.update(grown.__dict__)
+        cache.check_rows(embeds)
+        cache.reserve(cache.length + embeds.shape[1])
         return self._run(embeds, cache)
 
     def latents(self, embeds):

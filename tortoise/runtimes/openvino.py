@@ -103,18 +103,19 @@ KV_CACHE_PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 class OvCache(KVCache):
-    """The KV cache held in an OpenVINO infer request's state. ``beam`` is the row of the state each row continues
-    from at the next step (None: its own); only the request's newest cache can step."""
+    """The KV cache held in the decode request's state of an `OvTransformer` (``owner``). ``beam`` is the row of the
+    state each row continues from at the next step (None: its own); only the owner's newest cache can step."""
 
-    def __init__(self, owner, request, batch, length, beam=None):
+    def __init__(self, owner, batch, length, beam=None):
         super().__init__(batch, length, None)
-        self.owner, self.request, self.beam = owner, request, beam
+        self.owner, self.beam = owner, beam
 
     def select(self, rows, capacity=None):
         """The rows ``rows`` of this cache: applied by the next step's ``beam_idx`` (nothing is copied here)."""
+        self.owner.check_live(self)
         idx = rows_array(rows).astype(np.int32)
-        beam = idx if self.beam is None else self.beam[idx]
-        return self.owner._take(self, OvCache(self.owner, self.request, len(idx), self.length, beam))
+        self.owner._live = OvCache(self.owner, len(idx), self.length, idx if self.beam is None else self.beam[idx])
+        return self.owner._live
 
 
 class OvTransformer(Transformer):
@@ -133,12 +134,12 @@ class OvTransformer(Transformer):
     def describe(self):
         return self.runner.describe() + " stateful"
 
-    def _take(self, old, new):
-        if self._live is not old:
+    def check_live(self, cache):
+        """The state holds ``cache`` (OpenVINO keeps one cache per decoder: a later prompt or selection replaced any
+        other)."""
+        if cache is not self._live:
             raise BackendError("this KV cache was superseded by a later prompt or selection (OpenVINO keeps one cache "
                                "per decoder): continue from the newest one")
-        self._live = new
-        return new
 
     def _infer(self, request, embeds, length, beam):
         device = embeds.device if isinstance(embeds, torch.Tensor) else None
@@ -151,15 +152,12 @@ class OvTransformer(Transformer):
         self.request.reset_state()
         batch = embeds.shape[0]
         hidden, logits = self._infer(self.request, embeds, 0, np.arange(batch, dtype=np.int32))
-        self._live = OvCache(self, self.request, batch, embeds.shape[1])
+        self._live = OvCache(self, batch, embeds.shape[1])
         return hidden, logits, self._live
 
     def step(self, embeds, cache):
-        if cache is not self._live:
-            raise BackendError("this KV cache was superseded by a later prompt or selection (OpenVINO keeps one cache "
-                               "per decoder): continue from the newest one")
-        if cache.batch != embeds.shape[0]:
-            raise BackendError(f"the KV cache has {cache.batch} rows, the step {embeds.shape[0]}")
+        self.check_live(cache)
+        cache.check_rows(embeds)
         beam = cache.beam if cache.beam is not None else np.arange(cache.batch, dtype=np.int32)
         out = self._infer(self.request, embeds, cache.length, beam)
         cache.beam, cache.length = None, cache.length + embeds.shape[1]
