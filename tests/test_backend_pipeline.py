@@ -138,6 +138,23 @@ def test_openvino_int8_weights_speak_and_say_so(export_models):
     assert torch.isfinite(wav).all() and wav.numel() > 0
 
 
+def test_each_stage_gives_back_its_graphs_memory(export_models, monkeypatch):
+    """A compiled graph keeps its buffers (and OpenVINO its decode cache) until told: every stage of the pipeline
+    tells its graph networks when it ends, so what a stage used is not held through the later ones."""
+    from tortoise.backends import networks
+    released = []
+    real = networks.GraphSet.release
+    monkeypatch.setattr(networks.GraphSet, "release", lambda self: (released.append(self.network), real(self))[1])
+    tts = api.TextToSpeech(models_dir=export_models, device="cpu", autoregressive_batch_size=2,
+                           enable_redaction=False, backend="openvino")
+    wav = tts.tts_with_preset(TEXT, "ultra_fast", verbose=False, use_deterministic_seed=4, **FAST)
+    assert torch.isfinite(wav).all()
+    assert {"autoregressive", "clvp", "diffusion", "vocoder"} <= set(released)
+    assert released.count("autoregressive") >= 2  # after the sampling and after the latent pass
+    transformer, _ = tts.autoregressive.graphs.transformer()
+    assert transformer._live is None  # the decode's cache is not kept after the stage
+
+
 def test_half_on_openvino_runs_the_cpus_half_and_says_what_ran(export_models, reference, codes_seen, monkeypatch):
     """--half on OpenVINO asks for bf16 on a CPU with native bf16 (faked at the device layer) and the decoder reports
     what OpenVINO compiled (bf16 where its CPU plugin runs it: an AVX2 CPU runs the bf16 hint as f32); the audio

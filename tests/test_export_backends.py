@@ -9,6 +9,7 @@ not per weight.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,6 +279,40 @@ def test_openvino_reports_precision_and_stale_cache_is_refused(exports):
     _close(got, want, 5e-2)  # bf16: 8 mantissa bits
     with pytest.raises(BackendError, match="unknown OpenVINO precision 'f8'"):
         _load("clvp", exports, "openvino", precision="f8")
+
+
+def test_openvino_gives_back_its_memory_and_still_computes_the_same(exports):
+    """After a stage the pipeline has every graph release its runtime's buffers: OpenVINO's decode cache (the request's
+    state) and the compiled models' intermediate buffers go, and the next call computes the same. The weights file
+    that compiling read is handed back to the kernel (Linux), and the weights the plugin still reads come back."""
+    from tortoise.backends import BackendError
+    from tortoise.runtimes.openvino import page_out
+    graph = _load("autoregressive", exports, "openvino")
+    transformer, _ = graph.graphs.transformer()
+    embeds, step = torch.randn(1, 9, 64), torch.randn(3, 1, 64)
+    _, first_logits, cache = transformer.prompt(embeds)
+    rows = cache.select([0, 0, 0])
+    want = transformer.step(step, rows)
+    graph.release_memory()
+    with pytest.raises(BackendError, match="superseded"):
+        transformer.step(step, rows)  # the cache went with the request's state
+    _, again_logits, cache = transformer.prompt(embeds)
+    torch.testing.assert_close(again_logits, first_logits, rtol=0, atol=1e-6)
+    got = transformer.step(step, cache.select([0, 0, 0]))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+    clvp = _load("clvp", exports, "openvino")
+    codes = torch.randint(0, 100, (2, 8))
+    before = clvp.encode_speech(codes)
+    runner = clvp.graphs.runner("clvp_speech")
+    weights = Path(runner.path).with_suffix(".bin")
+    advised = page_out(weights)
+    clvp.release_memory()
+    torch.testing.assert_close(clvp.encode_speech(codes), before, rtol=0, atol=0)
+    if sys.platform.startswith("linux"):
+        assert advised > 0  # OpenVINO mapped the file to read it
+    assert page_out(weights.with_name("not-mapped.bin")) == 0
 
 
 def test_devices_and_providers_absent_here_are_one_line_errors(exports):

@@ -119,7 +119,12 @@ class ModelSet:
         return models
 
     def release(self, *names):
-        """Low-VRAM mode: the named networks back to the CPU, and the device's cache emptied."""
+        """After a stage: graph networks give back their runtimes' working memory; in low-VRAM mode the named
+        networks go back to the CPU, and the device's cache is emptied."""
+        for n in names:
+            give_back = getattr(self._models[n], "release_memory", None)
+            if give_back is not None:
+                give_back()
         if self.high_vram:
             return
         for n in names:

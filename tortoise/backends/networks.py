@@ -63,6 +63,13 @@ class GraphSet:
             self._transformer = self.backend.transformer(path), Path(path).parent
         return self._transformer
 
+    def release(self):
+        """Every loaded graph gives back the working memory its runtime keeps between runs (`Runner.release`)."""
+        for runner in self._runners.values():
+            runner.release()
+        if self._transformer is not None:
+            self._transformer[0].release()
+
     def describe(self):
         return self.backend.describe()
 
@@ -89,6 +96,11 @@ class _GraphObject:
 
     def to(self, *args, **kwargs):
         return self
+
+    def release_memory(self):
+        """After a stage: the runtimes' buffers (and OpenVINO's decode cache) back to the system; torch frees its
+        activations as they go, a compiled graph keeps them until told."""
+        self.graphs.release()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -110,6 +110,10 @@ class Runner:
     def _run(self, arrays):
         raise NotImplementedError
 
+    def release(self):
+        """Give back the working memory the runtime keeps between runs (its activation buffers at the largest shapes
+        seen); the next run allocates what it needs again. Nothing to do where the runtime keeps none."""
+
     def describe(self):
         return f"{self.runtime} {self.device} {self.precision}"
 
@@ -144,6 +148,10 @@ class Transformer:
 
     def latents(self, embeds):
         raise NotImplementedError
+
+    def release(self):
+        """Give back the working memory kept between calls (see `Runner.release`). A cache that lives in the
+        runtime's state rather than in the caller's objects is dropped with it; caches the caller holds stay valid."""
 
     def describe(self):
         raise NotImplementedError

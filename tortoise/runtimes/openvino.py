@@ -9,6 +9,10 @@ The AR transformer IR is *stateful* (`tortoise.export.transformer`): its KV cach
 OpenVINO's CPU plugin fuses with its attention (the cache grows in place; rows are reordered by ``beam_idx`` without a
 copy), stored at the inference precision.
 """
+import ctypes
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -60,7 +64,40 @@ def compile_model(model_or_path, device="CPU", precision="f32", threads=None, kv
         reason = " ".join(str(e).split())[:240]
         raise BackendError(f"OpenVINO cannot compile {model_or_path} for {device} ({reason}); re-export it with "
                            f"tortoise-export --format openvino, or try --ov_device CPU") from e
+    if not isinstance(model_or_path, ov.Model):
+        page_out(Path(model_or_path).with_suffix(".bin"))
     return compiled, _precision_of(compiled)
+
+
+_MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def page_out(weights_file):
+    """Hand the kernel back the resident pages of ``weights_file`` that OpenVINO mapped to read the weights (Linux).
+
+    Compiling reads every weight once, and the CPU plugin repacks most of them into its own buffers (about two
+    thirds of the AR transformer's), so the mapping keeps the file resident, counted in the process's memory, for
+    weights nothing reads again. ``MADV_PAGEOUT`` only drops clean pages from memory (it never changes their contents):
+    those the plugin still reads come back from the file at their first use. Returns the bytes advised; 0 where the
+    file is not mapped or the system has no such advice (the memory then stays resident, nothing else changes)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        target = str(Path(weights_file).resolve())
+        ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip() == target:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end - start))
+        if not ranges:
+            return 0
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return sum(size for start, size in ranges if libc.madvise(start, size, _MADV_PAGEOUT) == 0)
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 _TYPE_NAMES = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
@@ -96,6 +133,10 @@ class OvRunner(Runner):
         results = self.request.infer(arrays, share_outputs=False)
         return [np.asarray(results[out]) for out in self.compiled.outputs]
 
+    def release(self):
+        """The compiled model's intermediate buffers (kept at the largest shapes it ran) back to the system."""
+        self.compiled.release_memory()
+
 
 # The KV cache's element type for each inference precision: the cache computes as the attention does (OpenVINO's CPU
 # default would store it as u8, a quantisation no precision asked for).
@@ -130,6 +171,14 @@ class OvTransformer(Transformer):
         self.request = self.runner.request
         self._latent_request = None
         self._live = None
+
+    def release(self):
+        """The decode's KV cache (the request's state: 1.4 GB at batch 16 and 350 positions in f32) and the compiled
+        model's buffers back to the system; the next prompt starts a new request."""
+        self._live = None
+        self.request = self.runner.request = self.runner.compiled.create_infer_request()
+        self._latent_request = None
+        self.runner.release()
 
     def describe(self):
         return self.runner.describe() + " stateful"
