@@ -14,6 +14,10 @@ Stages (each at fp32 in torch; the graphs exported with dynamic axes by `tortois
                (GroupQueryAttention on one bound buffer / OpenVINO state). Timed over --steps chained steps,
                reported per step.
   prefill      the prompt pass at batch 1.
+  latent       the latent pass (the diffusion's input) at batch 1 over --codes codes after the prompt.
+  codes        drift in codes: --codes codes sampled at batch 1 from one seed (top-p 0.8, temperature 0.8, the
+               shared decode loop), torch against the graph; the diff column counts the leading codes equal to
+               torch's (fp32 graphs must draw them all; a reduced precision drifts after a while).
   diffusion    one guided diffusion forward (cond + uncond, 2 items) at --frames mel frames.
   univnet, bigvgan_base, hifigan   the vocoders at --frames frames (HiFi-GAN: the codes that give them); BigVGAN only
                when its directory is in the models dir.
@@ -36,7 +40,8 @@ import torch
 from timing import cpu_model, median_wall_cpu  # benchmarks/timing.py
 
 VARIANTS = ("torch", "ort", "ov-f32", "ov-bf16", "ov-int8", "ort-int8")
-STAGES = ("ar_step", "prefill", "diffusion", "univnet", "bigvgan_base", "hifigan")
+AR_STAGES = ("ar_step", "prefill", "latent", "codes")
+STAGES = ("ar_step", "prefill", "latent", "codes", "diffusion", "univnet", "bigvgan_base", "hifigan")
 
 
 @contextlib.contextmanager
@@ -54,7 +59,14 @@ def quiet():
             log.setLevel(level)
 
 
+class Skip(Exception):
+    """A stage that ``variant`` cannot run; the message says why."""
+
+
 def rel_diff(got, want):
+    if not got.is_floating_point():  # codes: how many lead the same as torch's
+        same = (got.cpu() == want.cpu()).long().cumprod(-1).sum(-1).min().item()
+        return f"{same}/{want.shape[-1]} same"
     got, want = got.float().cpu(), want.float().cpu()
     return (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
 
@@ -198,6 +210,46 @@ def prefill_stage(ar, args, variants, variant):
         transformer.precision
 
 
+def latent_stage(ar, args, variants, variant):
+    """The latent pass over ``--codes`` codes: the final-normed states the diffusion model is conditioned on."""
+    gen = torch.Generator().manual_seed(3)
+    cond, text = ar_prompt(ar, args, gen)
+    codes = torch.randint(0, ar.stop_mel_token, (1, args.codes), generator=gen)
+    out = {}
+    if variant == "torch":
+        ar.gpt.unpack()
+        lengths = torch.tensor([text.shape[1]]), torch.tensor([args.codes * ar.mel_length_compression])
+        return (lambda: out.update(r=ar(cond, text, lengths[0], codes, lengths[1], return_latent=True,
+                                        clip_inputs=False))), lambda: out["r"], "f32"
+    transformer, tables = variants.transformer(variant)
+
+    def latent_pass():
+        embeds, first = tables.latent(cond, text, codes)
+        out["r"] = transformer.latents(embeds)[:, first:first + args.codes]
+    return latent_pass, lambda: out["r"], transformer.precision
+
+
+def codes_stage(ar, args, variants, variant):
+    """``--codes`` codes sampled from one seed by the shared decode loop, on torch or on the variant's graph."""
+    if variant == "ort-int8":
+        raise Skip("the quantized graph has no decoder object (ar_step / prefill / latent only)")
+    cond, text = ar_prompt(ar, args, torch.Generator().manual_seed(4))
+    net = ar
+    if variant != "torch":
+        from tortoise.backends import load as load_graphs
+        net = load_graphs("autoregressive", args.models_dir, variants.runtime(variant),
+                          export_dir=args.export_dir)
+    net.post_init_gpt2_config(kv_cache=True)
+    out = {}
+
+    def sample():
+        torch.manual_seed(0)
+        out["r"] = net.inference_speech(cond, text, max_generate_length=args.codes, do_sample=True, top_p=0.8,
+                                        temperature=0.8)[:, :args.codes]
+    precision = "f32" if variant == "torch" else net._transformer()[0].precision
+    return sample, lambda: out["r"], precision
+
+
 def graph_stage(component, net, reference, inputs, variants, variant):
     """A single-graph stage: torch ``reference(**inputs)`` vs the graph's first output."""
     out = {}
@@ -246,7 +298,11 @@ def run_stage(label, make, variants, args, ar_only):
             print(f"{label:<18}{variant:<10}{'':>10}  skipped: {reason}", flush=True)
             continue
         try:
-            run, output, precision = make(variant)
+            try:
+                run, output, precision = make(variant)
+            except Skip as e:
+                print(f"{label:<18}{variant:<10}{'':>10}  skipped: {e}", flush=True)
+                continue
             with torch.no_grad():
                 run()  # warm-up (first-call allocations, OpenVINO's lazy init)
                 wall, cpu = median_wall_cpu(lambda: run(), args.repeats)
@@ -261,8 +317,9 @@ def run_stage(label, make, variants, args, ar_only):
         if variant == "torch":
             torch_out, torch_time = out, wall
         ratio = f"{wall / torch_time:.2f}" if torch_time else "-"
-        diff = f"{rel_diff(out, torch_out):.1e}" if torch_out is not None and variant != "torch" else "-"
-        print(f"{label:<18}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9}{diff:>11}", flush=True)
+        diff = rel_diff(out, torch_out) if torch_out is not None and variant != "torch" else "-"
+        diff = f"{diff:.1e}" if isinstance(diff, float) else diff
+        print(f"{label:<18}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9} {diff:>10}", flush=True)
     return failed
 
 
@@ -277,6 +334,7 @@ def main(argv=None):
     ap.add_argument("--text_tokens", type=int, default=100)
     ap.add_argument("--past", default="100", help="codes decoded before the timed steps (a comma list: one row each)")
     ap.add_argument("--steps", type=int, default=8, help="chained decode steps per timed call")
+    ap.add_argument("--codes", type=int, default=250, help="codes of the latent pass and of the sampled codes")
     ap.add_argument("--frames", type=int, default=1088, help="mel frames for diffusion and the vocoders")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: each one's default)")
@@ -296,7 +354,7 @@ def main(argv=None):
     stages = args.stages.split(",")
     failed = 0
     with torch.no_grad():
-        if "ar_step" in stages or "prefill" in stages:
+        if set(stages) & set(AR_STAGES):
             ar = args.ar = load("autoregressive", args)
             for batch in (int(b) for b in args.batches.split(",")) if "ar_step" in stages else ():
                 for past in (int(p) for p in args.past.split(",")):
@@ -305,8 +363,12 @@ def main(argv=None):
                                         variants, args, True)
             if "prefill" in stages:
                 failed += run_stage("prefill", lambda v: prefill_stage(ar, args, variants, v), variants, args, True)
+            if "latent" in stages:
+                failed += run_stage("latent", lambda v: latent_stage(ar, args, variants, v), variants, args, True)
+            if "codes" in stages:
+                failed += run_stage("codes", lambda v: codes_stage(ar, args, variants, v), variants, args, True)
             del ar, args.ar
-        for stage in (s for s in stages if s not in ("ar_step", "prefill")):
+        for stage in (s for s in stages if s not in AR_STAGES):
             try:
                 component, net, reference, inputs = stage_inputs(stage, args)
             except Exception as e:  # noqa: BLE001 - e.g. no BigVGAN directory
