@@ -63,12 +63,13 @@ class Skip(Exception):
     """A stage that ``variant`` cannot run; the message says why."""
 
 
-def rel_diff(got, want):
-    if not got.is_floating_point():  # codes: how many lead the same as torch's
+def difference(got, want):
+    """The table's diff cell: ``max |got - want| / max |want|``, or for codes how many lead the same as torch's."""
+    if not got.is_floating_point():
         same = (got.cpu() == want.cpu()).long().cumprod(-1).sum(-1).min().item()
         return f"{same}/{want.shape[-1]} same"
     got, want = got.float().cpu(), want.float().cpu()
-    return (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+    return f"{(got - want).abs().max().item() / max(want.abs().max().item(), 1e-12):.1e}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def codes_stage(ar, args, variants, variant):
         torch.manual_seed(0)
         out["r"] = net.inference_speech(cond, text, max_generate_length=args.codes, do_sample=True, top_p=0.8,
                                         temperature=0.8)[:, :args.codes]
-    precision = "f32" if variant == "torch" else net._transformer()[0].precision
+    precision = "f32" if variant == "torch" else net.graphs.transformer()[0].precision
     return sample, lambda: out["r"], precision
 
 
@@ -317,8 +318,7 @@ def run_stage(label, make, variants, args, ar_only):
         if variant == "torch":
             torch_out, torch_time = out, wall
         ratio = f"{wall / torch_time:.2f}" if torch_time else "-"
-        diff = rel_diff(out, torch_out) if torch_out is not None and variant != "torch" else "-"
-        diff = f"{diff:.1e}" if isinstance(diff, float) else diff
+        diff = difference(out, torch_out) if torch_out is not None and variant != "torch" else "-"
         print(f"{label:<18}{variant:<10}{precision:>10}{wall:>10.4f}{cpu:>10.4f}{ratio:>9} {diff:>10}", flush=True)
     return failed
 

@@ -168,15 +168,19 @@ class OvTransformer(Transformer):
     def __init__(self, path, device="CPU", precision="f32", threads=None):
         self.runner = OvRunner(path, device, precision, threads, kv_cache=True)
         self.precision = self.runner.precision
-        self.request = self.runner.request
         self._latent_request = None
         self._live = None
+
+    @property
+    def request(self):
+        """The decode's infer request (the runner's own: the transformer never runs the runner otherwise)."""
+        return self.runner.request
 
     def release(self):
         """The decode's KV cache (the request's state: 1.4 GB at batch 16 and 350 positions in f32) and the compiled
         model's buffers back to the system; the next prompt starts a new request."""
         self._live = None
-        self.request = self.runner.request = self.runner.compiled.create_infer_request()
+        self.runner.request = self.runner.compiled.create_infer_request()
         self._latent_request = None
         self.runner.release()
 
